@@ -1,0 +1,312 @@
+"""Typed run configuration: dataclass defaults, a TOML or YAML file, then `key=value` overrides, all validated.
+
+A key is dotted by section (`model.dim`, `train.lr`). Unknown keys and values of the wrong type are refused with a
+`CutrecError` that names the key, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+from cutrec.errors import CutrecError
+
+
+@dataclass
+class SyntheticConfig:
+    """The built-in generator: users walk Markov chains over item clusters, items drawn by Zipf popularity."""
+
+    num_users: int = 3000
+    num_items: int = 1000
+    num_clusters: int = 25
+    mean_length: int = 30
+    stay_probability: float = 0.7  # chance that the next item comes from the same cluster
+    zipf_exponent: float = 1.1
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    """Where the interactions come from and how they are cleaned and split."""
+
+    dataset: str = "synthetic"  # a registry name (`cutrec datasets`) or "synthetic"
+    path: str | None = None  # a local file; overrides the registry download
+    format: Literal["csv", "tsv", "parquet", "sequences"] | None = None  # None: from the file suffix
+    user_col: str = "user_id"
+    item_col: str = "item_id"
+    time_col: str | None = "timestamp"
+    rating_col: str | None = None
+    min_rating: float | None = None  # keep events whose rating is strictly above this
+    dedupe: bool = False  # drop repeated (user, item, timestamp) events
+    min_user_count: int = 0  # iterative k-core: users with fewer events are dropped
+    min_item_count: int = 0  # iterative k-core: items with fewer events are dropped
+    split: Literal["leave_one_out", "global_temporal"] = "leave_one_out"
+    test_fraction: float = 0.1  # global_temporal: the last share of events (by time) that picks test users
+    valid_fraction: float = 0.1  # global_temporal: share of the remaining users held out for validation
+    split_seed: int = 0
+    cache_dir: str = "~/.cache/cutrec"
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass
+class ModelConfig:
+    """The sequence encoder."""
+
+    name: Literal["sasrec"] = "sasrec"
+    max_len: int = 50
+    dim: int = 64
+    num_blocks: int = 2
+    num_heads: int = 1
+    dropout: float = 0.2
+
+
+@dataclass
+class LossConfig:
+    """The training loss; every loss sees only (hidden [M, D], items [N, D], targets [M])."""
+
+    name: Literal["CE", "CE-", "BCE", "BCE+", "gBCE"] = "CE"
+    num_negatives: int = 256  # CE-, BCE+, gBCE (BCE always uses 1)
+    distribution: Literal["uniform", "popularity"] = "uniform"
+    alpha: float = 1.0  # popularity sampling: q proportional to count ** alpha
+    logq_correction: bool = True  # CE-: subtract log(K q(n)) from negative logits
+    gbce_t: float = 0.75  # gBCE calibration parameter t in [0, 1]
+
+
+@dataclass
+class TrainConfig:
+    """The optimisation loop."""
+
+    epochs: int = 200
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    optimizer: Literal["adam", "adamw"] = "adam"
+    patience: int = 10  # epochs without a better validation NDCG@10 before stopping
+    seed: int = 0
+    device: str = "auto"  # "auto" (cuda when present), "cpu", "cuda", "cuda:1", ...
+    amp: bool = True  # bf16 autocast on CUDA; ignored on the CPU
+    compile: bool = False  # torch.compile the model
+    progress: bool = True  # a progress bar per epoch on the terminal
+
+
+@dataclass
+class EvalConfig:
+    """Full-catalog ranking evaluation."""
+
+    ks: list[int] = field(default_factory=lambda: [1, 5, 10, 20])
+    exclude_seen: bool = True  # items in the user's input are never recommended
+    batch_size: int = 1024  # users scored at a time
+    item_chunk: int = 65536  # catalog items scored at a time
+    valid_metric: str = "NDCG@10"
+
+
+@dataclass
+class RunConfig:
+    """Everything one `cutrec train` needs."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    out: str = "runs"  # the run folder is OUT/NAME
+    name: str | None = None  # None: dataset-loss-timestamp
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """The config as plain nested dicts and lists (for TOML/JSON)."""
+    return dataclasses.asdict(config)
+
+
+def load_file(path: str | Path) -> dict[str, Any]:
+    """Read a TOML (.toml) or YAML (.yaml/.yml) config file into nested dicts."""
+    path = Path(path)
+    if not path.is_file():
+        raise CutrecError(f"config file {str(path)!r} does not exist; pass an existing .toml or .yaml file")
+    suffix = path.suffix.lower()
+    if suffix == ".toml":
+        try:
+            import tomllib
+        except ModuleNotFoundError:  # Python 3.10
+            import tomli as tomllib
+        try:
+            return tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as err:
+            raise CutrecError(f"config file {str(path)!r} is not valid TOML: {err}") from None
+    if suffix in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ModuleNotFoundError:
+            raise CutrecError("YAML configs need PyYAML: pip install 'cutrec[yaml]', or use a .toml file") from None
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            raise CutrecError(f"config file {str(path)!r} is not valid YAML: {err}") from None
+        if loaded is None:
+            return {}
+        if not isinstance(loaded, dict):
+            raise CutrecError(f"config file {str(path)!r} must hold a mapping of sections, not {type(loaded).__name__}")
+        return loaded
+    raise CutrecError(f"config file {str(path)!r} has suffix {suffix!r}; use .toml, .yaml or .yml")
+
+
+def build_config(file_values: dict[str, Any] | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Defaults, then the file's values, then `key=value` overrides (dotted keys, strings parsed by type)."""
+    config = RunConfig()
+    if file_values:
+        _apply_mapping(config, file_values, prefix="")
+    for item in overrides or []:
+        if "=" not in item:
+            raise CutrecError(f"override {item!r} has no '='; write it as key=value, e.g. train.lr=0.001")
+        key, text = item.split("=", 1)
+        set_value(config, key.strip().lstrip("-"), text)
+    validate(config)
+    return config
+
+
+def set_value(config: Any, dotted_key: str, value: Any) -> None:
+    """Set one dotted key; a string value is parsed into the field's type."""
+    *parents, last = dotted_key.split(".")
+    target = config
+    for i, part in enumerate(parents):
+        target = _child(target, part, ".".join(parents[: i + 1]))
+    _set_local(target, last, value, dotted_key)
+
+
+def _child(target: Any, part: str, key: str) -> Any:
+    if not dataclasses.is_dataclass(target) or part not in _field_names(target):
+        raise CutrecError(f"unknown config section {key!r}; known: {', '.join(_field_names(target))}")
+    child = getattr(target, part)
+    if not dataclasses.is_dataclass(child):
+        raise CutrecError(f"config key {key!r} is a value, not a section")
+    return child
+
+
+def _field_names(obj: Any) -> list[str]:
+    return [f.name for f in dataclasses.fields(obj)] if dataclasses.is_dataclass(obj) else []
+
+
+def _apply_mapping(target: Any, values: dict[str, Any], prefix: str) -> None:
+    for key, value in values.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            _apply_mapping(_child_or_error(target, key, dotted), value, prefix=f"{dotted}.")
+        else:
+            _set_local(target, key, value, dotted)
+
+
+def _child_or_error(target: Any, key: str, dotted: str) -> Any:
+    if key not in _field_names(target) or not dataclasses.is_dataclass(getattr(target, key)):
+        raise CutrecError(f"unknown config section {dotted!r}; known: {', '.join(_field_names(target))}")
+    return getattr(target, key)
+
+
+def _set_local(target: Any, key: str, value: Any, dotted: str) -> None:
+    hints = typing.get_type_hints(type(target))
+    if key not in hints:
+        raise CutrecError(f"unknown config key {dotted!r}; known keys here: {', '.join(_field_names(target))}")
+    if dataclasses.is_dataclass(getattr(target, key)):
+        raise CutrecError(f"config key {dotted!r} is a section; set one of its keys, e.g. {dotted}.<key>=...")
+    setattr(target, key, _coerce(value, hints[key], dotted))
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Parse or check `value` against a field annotation; raise CutrecError naming `key` on mismatch."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            if type(None) in args:
+                return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, key)
+            except CutrecError as err:
+                errors.append(str(err))
+        raise CutrecError(errors[0] if errors else f"config key {key!r} cannot be {value!r}")
+    if origin is Literal:
+        text = value if not isinstance(value, str) else value.strip()
+        if text not in args:
+            choices = ", ".join(repr(a) for a in args)
+            raise CutrecError(f"config key {key!r} is {value!r}; choose one of {choices}")
+        return text
+    if origin is list:
+        (item_type,) = args
+        if isinstance(value, str):
+            parts = [p for p in value.strip("[]").split(",") if p.strip()]
+        elif isinstance(value, (list, tuple)):
+            parts = list(value)
+        else:
+            raise CutrecError(f"config key {key!r} needs a list, e.g. {key}=1,5,10; got {value!r}")
+        return [_coerce(p, item_type, key) for p in parts]
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in ("true", "1", "yes", "on"):
+            return True
+        if isinstance(value, str) and value.strip().lower() in ("false", "0", "no", "off"):
+            return False
+        raise CutrecError(f"config key {key!r} needs true or false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, bool) or isinstance(value, float):
+            raise CutrecError(f"config key {key!r} needs an integer, got {value!r}")
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise CutrecError(f"config key {key!r} needs an integer, got {value!r}") from None
+    if annotation is float:
+        if isinstance(value, bool):
+            raise CutrecError(f"config key {key!r} needs a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise CutrecError(f"config key {key!r} needs a number, got {value!r}") from None
+    if annotation is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise CutrecError(f"config key {key!r} needs a string, got {value!r}")
+        return str(value)
+    raise CutrecError(f"config key {key!r} has an unsupported type {annotation!r}")
+
+
+def validate(config: RunConfig) -> None:
+    """Range checks that types alone cannot express."""
+    checks = [
+        (config.model.max_len >= 1, "model.max_len", config.model.max_len, "use a sequence length of 1 or more"),
+        (config.model.dim >= 1, "model.dim", config.model.dim, "use a width of 1 or more"),
+        (config.model.num_blocks >= 1, "model.num_blocks", config.model.num_blocks, "use 1 or more blocks"),
+        (config.model.num_heads >= 1 and config.model.dim % max(config.model.num_heads, 1) == 0,
+         "model.num_heads", config.model.num_heads, "use 1 or more heads that divide model.dim"),
+        (0.0 <= config.model.dropout < 1.0, "model.dropout", config.model.dropout, "use a value in [0, 1)"),
+        (config.loss.num_negatives >= 1, "loss.num_negatives", config.loss.num_negatives,
+         "use 1 or more negatives"),
+        (config.loss.alpha >= 0.0, "loss.alpha", config.loss.alpha, "use a power of 0 or more"),
+        (0.0 <= config.loss.gbce_t <= 1.0, "loss.gbce_t", config.loss.gbce_t, "use a value in [0, 1]"),
+        (config.train.epochs >= 1, "train.epochs", config.train.epochs, "train for 1 or more epochs"),
+        (config.train.batch_size >= 1, "train.batch_size", config.train.batch_size, "use a batch of 1 or more"),
+        (config.train.lr > 0.0, "train.lr", config.train.lr, "use a positive learning rate"),
+        (config.train.patience >= 1, "train.patience", config.train.patience, "use a patience of 1 or more"),
+        (len(config.eval.ks) >= 1 and all(k >= 1 for k in config.eval.ks), "eval.ks", config.eval.ks,
+         "give cut-offs of 1 or more, e.g. eval.ks=1,5,10"),
+        (config.eval.batch_size >= 1, "eval.batch_size", config.eval.batch_size, "use 1 or more"),
+        (config.eval.item_chunk >= 1, "eval.item_chunk", config.eval.item_chunk, "use 1 or more"),
+        (0.0 < config.data.test_fraction < 1.0, "data.test_fraction", config.data.test_fraction,
+         "use a fraction in (0, 1)"),
+        (0.0 <= config.data.valid_fraction < 1.0, "data.valid_fraction", config.data.valid_fraction,
+         "use a fraction in [0, 1)"),
+        (config.data.min_user_count >= 0, "data.min_user_count", config.data.min_user_count, "use 0 or more"),
+        (config.data.min_item_count >= 0, "data.min_item_count", config.data.min_item_count, "use 0 or more"),
+    ]
+    for ok, key, value, fix in checks:
+        if not ok:
+            raise CutrecError(f"{key}={value!r} is out of range: {fix}")
+    metric = config.eval.valid_metric
+    name, _, k = metric.partition("@")
+    if name not in ("NDCG", "HR", "MRR") or not k.isdigit() or int(k) not in config.eval.ks:
+        raise CutrecError(
+            f"eval.valid_metric={metric!r} is not computed; use NDCG@k, HR@k or MRR@k with k in eval.ks={config.eval.ks}"
+        )
