@@ -308,5 +308,6 @@ def validate(config: RunConfig) -> None:
     name, _, k = metric.partition("@")
     if name not in ("NDCG", "HR", "MRR") or not k.isdigit() or int(k) not in config.eval.ks:
         raise CutrecError(
-            f"eval.valid_metric={metric!r} is not computed; use NDCG@k, HR@k or MRR@k with k in eval.ks={config.eval.ks}"
+            f"eval.valid_metric={metric!r} is not computed; "
+            f"use NDCG@k, HR@k or MRR@k with k in eval.ks={config.eval.ks}"
         )
