@@ -68,7 +68,7 @@ class ModelConfig:
 class LossConfig:
     """The training loss; every loss sees only (hidden [M, D], items [N, D], targets [M])."""
 
-    name: Literal["CE", "CE-", "BCE", "BCE+", "gBCE"] = "CE"
+    name: Literal["CE", "CCE", "CE-", "BCE", "BCE+", "gBCE"] = "CE"
     num_negatives: int = 256  # CE-, BCE+, gBCE (BCE always uses 1)
     distribution: Literal["uniform", "popularity"] = "uniform"
     alpha: float = 1.0  # popularity sampling: q proportional to count ** alpha

@@ -1,0 +1,227 @@
+"""Full-catalog top-k recommendation, scored chunk by chunk so no users x catalog score matrix is ever held whole.
+
+The model's ranking and the most-popular baseline go through the same function, so exclusion of seen items and tie
+handling are identical for both.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from cutrec.errors import CutrecError
+
+# Bits of the float32 -inf (0xFF800000) mapped by `_rank_keys`: scores at or below it are excluded items (or NaN).
+_NEG_INF_ORDER = -0x7F800000
+# The low 32 bits of a rank key hold `_ID_FLIP - item`, so among equal scores the lower item id has the larger key.
+_ID_FLIP = 0xFFFFFFFF
+
+
+def top_k_items(
+    user_vectors: torch.Tensor,
+    item_vectors: torch.Tensor,
+    k: int,
+    *,
+    item_bias: torch.Tensor | None = None,
+    exclude: tuple[torch.Tensor, torch.Tensor] | None = None,
+    item_chunk: int = 65536,
+) -> torch.Tensor:
+    """The k best items for each user by score `u . w (+ bias)`, best first.
+
+    Args:
+        user_vectors: [U, D] float, on the same device and of the same dtype as `item_vectors`.
+        item_vectors: [N, D] float. Scores are computed in float32 whatever the input dtype.
+        k: how many items to return per user, 1 <= k <= N.
+        item_bias: [N] float added to every user's scores, or None.
+        exclude: (offsets [U + 1], items [E]) int64 (or int32) in CSR form: `items[offsets[u]:offsets[u + 1]]` are
+            never recommended to user u. Offsets may start anywhere, so a batch of users can pass a slice of the
+            full offsets with the full items array. Repeated items are fine.
+        item_chunk: catalog items scored at a time.
+
+    Returns:
+        [U, k] int64 item ids, best first. Equal scores are ordered by item id, lower first, so the result is
+        deterministic and does not depend on `item_chunk` (0.0 and -0.0 count as equal).
+
+    Raises CutrecError when a user has fewer than k items with a score above -inf (too many excluded for this k).
+
+    Memory: each chunk holds scores [U, C] float32 (4 bytes an entry) and their rank keys [U, C] int64 (8 bytes),
+    about 12 * U * C bytes at peak (0.8 GB for U = 1024, C = 65536); the running top-k is [U, k] int64.
+    """
+    _check_vectors(user_vectors, item_vectors, k, item_bias, item_chunk)
+    num_users, num_items = user_vectors.shape[0], item_vectors.shape[0]
+    device = user_vectors.device
+    users = user_vectors.float()  # [U, D]
+    starts = list(range(0, num_items, item_chunk))
+    excluded = None if exclude is None else _exclusions_by_chunk(exclude, num_users, num_items, starts, device)
+    best = torch.empty(num_users, 0, dtype=torch.int64, device=device)  # running top keys [U, <= k]
+    for chunk_index, start in enumerate(starts):
+        stop = min(start + item_chunk, num_items)
+        scores = users @ item_vectors[start:stop].float().T  # [U, C]
+        if item_bias is not None:
+            scores += item_bias[start:stop].float()
+        if excluded is not None:
+            rows, items, bounds = excluded
+            lo, hi = bounds[chunk_index], bounds[chunk_index + 1]
+            scores[rows[lo:hi], items[lo:hi] - start] = float("-inf")
+        keys = _rank_keys(scores, start)  # [U, C]
+        chunk_best = torch.topk(keys, min(k, stop - start), dim=1).values  # [U, min(k, C)]
+        merged = torch.cat([best, chunk_best], dim=1)  # [U, <= 2k]
+        best = torch.topk(merged, min(k, merged.shape[1]), dim=1).values  # [U, <= k]
+    short = (best >> 32) <= _NEG_INF_ORDER  # [U, k] True where the pick scored -inf (excluded)
+    if short.any():
+        user = int(short.any(dim=1).nonzero()[0])
+        raise CutrecError(
+            f"user {user} has fewer than k={k} items left to recommend after exclusion (or scores of -inf); "
+            "lower k or exclude fewer items"
+        )
+    return _ID_FLIP - (best & _ID_FLIP)  # [U, k]
+
+
+def most_popular_top_k(
+    popularity: torch.Tensor,
+    num_users: int,
+    k: int,
+    *,
+    exclude: tuple[torch.Tensor, torch.Tensor] | None = None,
+    item_chunk: int = 65536,
+) -> torch.Tensor:
+    """The most-popular baseline: `top_k_items` with every user's vector [1] and each item's vector [popularity].
+
+    Args:
+        popularity: [N] float item scores, e.g. `popularity_scores` of the training items.
+        num_users: U, the number of users to rank for (the rows of `exclude`).
+        k, exclude, item_chunk: as in `top_k_items`.
+
+    Returns:
+        [U, k] int64 item ids, most popular first, ties by lower item id.
+    """
+    if popularity.dim() != 1:
+        raise CutrecError(f"popularity has shape {tuple(popularity.shape)}; pass one score per item, shape [N]")
+    if num_users < 0:
+        raise CutrecError(f"num_users={num_users} is negative; pass the number of users to rank for")
+    users = popularity.new_ones(num_users, 1)  # [U, 1]
+    return top_k_items(users, popularity[:, None], k, exclude=exclude, item_chunk=item_chunk)
+
+
+def popularity_scores(train_items: np.ndarray | torch.Tensor, num_items: int) -> torch.Tensor:
+    """How often each item occurs in the training interactions.
+
+    Args:
+        train_items: [T] integer item ids of all training interactions.
+        num_items: N, the catalog size.
+
+    Returns:
+        [N] float32 counts, on the device of `train_items`.
+    """
+    items = torch.as_tensor(train_items)
+    if items.dim() != 1 or items.dtype not in (torch.int32, torch.int64):
+        raise CutrecError(
+            f"train_items has shape {tuple(items.shape)} and dtype {items.dtype}; pass a 1-D int64 (or int32) array"
+        )
+    if num_items < 1:
+        raise CutrecError(f"num_items={num_items} is out of range; pass the catalog size, 1 or more")
+    _check_item_range(items, num_items, "train_items")
+    return torch.bincount(items.long(), minlength=num_items).float()  # [N]
+
+
+def _rank_keys(scores: torch.Tensor, start: int) -> torch.Tensor:
+    """One int64 key per score that orders like the score, then by item id (lower first): no two keys tie.
+
+    The high 32 bits hold the float32 bits made to sort as signed integers (a negative float is sign and magnitude,
+    so its magnitude is negated; -0.0 becomes 0), the low 32 bits `_ID_FLIP - item id`.
+    """
+    bits = scores.view(torch.int32)  # [U, C]
+    ordered = torch.where(bits < 0, (bits & 0x7FFFFFFF).neg_(), bits)  # [U, C]
+    item_ids = torch.arange(start, start + scores.shape[1], device=scores.device)  # [C]
+    return ordered.to(torch.int64).mul_(1 << 32).add_(_ID_FLIP - item_ids)  # [U, C]
+
+
+def _check_vectors(
+    user_vectors: torch.Tensor,
+    item_vectors: torch.Tensor,
+    k: int,
+    item_bias: torch.Tensor | None,
+    item_chunk: int,
+) -> None:
+    if user_vectors.dim() != 2 or item_vectors.dim() != 2:
+        raise CutrecError(
+            f"user_vectors {tuple(user_vectors.shape)} and item_vectors {tuple(item_vectors.shape)} must be 2-D; "
+            "pass [U, D] and [N, D]"
+        )
+    if user_vectors.shape[1] != item_vectors.shape[1]:
+        raise CutrecError(
+            f"user_vectors have width {user_vectors.shape[1]} but item_vectors {item_vectors.shape[1]}; "
+            "pass vectors of the same width D"
+        )
+    if user_vectors.device != item_vectors.device or user_vectors.dtype != item_vectors.dtype:
+        raise CutrecError(
+            f"user_vectors ({user_vectors.dtype}, {user_vectors.device}) and item_vectors "
+            f"({item_vectors.dtype}, {item_vectors.device}) differ; move them to one device and dtype"
+        )
+    if not user_vectors.dtype.is_floating_point:
+        raise CutrecError(f"vectors have dtype {user_vectors.dtype}; pass floating-point vectors")
+    num_items = item_vectors.shape[0]
+    if not 1 <= k <= num_items:
+        raise CutrecError(f"k={k} is out of range for a catalog of {num_items} items; use 1 <= k <= {num_items}")
+    if num_items > _ID_FLIP:
+        raise CutrecError(f"the catalog has {num_items} items; ranking supports at most {_ID_FLIP}")
+    if item_chunk < 1:
+        raise CutrecError(f"item_chunk={item_chunk} is out of range; use 1 or more")
+    if item_bias is not None and (item_bias.shape != (num_items,) or item_bias.device != item_vectors.device):
+        raise CutrecError(
+            f"item_bias has shape {tuple(item_bias.shape)} on {item_bias.device}; "
+            f"pass shape [{num_items}] on {item_vectors.device}"
+        )
+
+
+def _exclusions_by_chunk(
+    exclude: tuple[torch.Tensor, torch.Tensor],
+    num_users: int,
+    num_items: int,
+    starts: list[int],
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """(rows [E], items [E], bounds): the excluded pairs sorted by item; chunk c owns entries bounds[c]:bounds[c+1]."""
+    offsets, items = exclude
+    if offsets.shape != (num_users + 1,):
+        raise CutrecError(
+            f"exclude offsets have shape {tuple(offsets.shape)}; pass num_users + 1 = {num_users + 1} offsets"
+        )
+    rows, items = _csr_pairs(offsets, items, num_items, "exclude")  # [E], [E]
+    items, order = torch.sort(items.to(device))  # [E]
+    rows = rows.to(device)[order]  # [E]
+    chunk_edges = torch.tensor([*starts, num_items], device=device)  # [chunks + 1]
+    return rows, items, torch.searchsorted(items, chunk_edges).tolist()
+
+
+def _csr_pairs(
+    offsets: torch.Tensor, items: torch.Tensor, num_items: int, name: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Check a CSR list (row u holds `items[offsets[u]:offsets[u + 1]]`); return its (row, item) pairs [E], int64."""
+    if offsets.dim() != 1 or items.dim() != 1 or not {offsets.dtype, items.dtype} <= {torch.int32, torch.int64}:
+        raise CutrecError(
+            f"{name} offsets {tuple(offsets.shape)} {offsets.dtype} and items {tuple(items.shape)} {items.dtype} "
+            "must be 1-D int64 (or int32)"
+        )
+    if len(offsets) == 0:
+        raise CutrecError(f"{name} offsets are empty; pass num_users + 1 offsets")
+    offsets = offsets.long()
+    first, last = int(offsets[0]), int(offsets[-1])
+    lengths = offsets.diff()  # [U]
+    if first < 0 or last > len(items) or (len(lengths) and int(lengths.min()) < 0):
+        raise CutrecError(
+            f"{name} offsets run from {first} to {last} over {len(items)} items; "
+            f"make them non-decreasing within [0, {len(items)}]"
+        )
+    items = items[first:last].long()  # [E]
+    _check_item_range(items, num_items, f"{name} items")
+    rows = torch.repeat_interleave(torch.arange(len(lengths), device=offsets.device), lengths)  # [E]
+    return rows, items
+
+
+def _check_item_range(items: torch.Tensor, num_items: int, name: str) -> None:
+    if len(items) and (int(items.min()) < 0 or int(items.max()) >= num_items):
+        raise CutrecError(
+            f"{name} hold ids from {int(items.min())} to {int(items.max())}; "
+            f"use item ids in [0, {num_items - 1}]"
+        )

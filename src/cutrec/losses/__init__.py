@@ -1,0 +1,79 @@
+"""The public losses, all on the seam (hidden [M, D], items [N, D], targets [M]) of docs/architecture.md.
+
+`build_loss` turns a LossConfig into one callable `loss(hidden, items, targets, seed=...)`; the seed is new every
+training step (the trainer derives it from the run seed and the step counter) so sampled losses draw fresh negatives
+reproducibly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+
+import torch
+
+from cutrec.config import LossConfig
+from cutrec.errors import CutrecError
+from cutrec.losses.reference import (
+    binary_cross_entropy,
+    cross_entropy,
+    gbce_beta,
+    sampled_cross_entropy,
+)
+from cutrec.losses.sampling import NegativeDistribution
+
+__all__ = [
+    "NegativeDistribution",
+    "binary_cross_entropy",
+    "build_loss",
+    "cross_entropy",
+    "cut_cross_entropy",
+    "sampled_cross_entropy",
+]
+
+LossFn = Callable[..., torch.Tensor]
+
+
+def cut_cross_entropy(*args, **kwargs) -> torch.Tensor:
+    """Exact full-softmax CE without the [M, N] logits (Triton on CUDA, chunked PyTorch elsewhere)."""
+    from cutrec.losses.cut_cross_entropy import cut_cross_entropy as implementation
+
+    return implementation(*args, **kwargs)
+
+
+def _without_seed(loss: LossFn) -> LossFn:
+    def call(hidden: torch.Tensor, items: torch.Tensor, targets: torch.Tensor, *, seed: int = 0) -> torch.Tensor:
+        return loss(hidden, items, targets)
+
+    return call
+
+
+def build_loss(config: LossConfig, num_items: int, item_counts: torch.Tensor | None = None) -> LossFn:
+    """The loss named by config.name as `loss(hidden, items, targets, *, seed)`."""
+    if config.distribution == "popularity":
+        if item_counts is None:
+            raise CutrecError("loss.distribution='popularity' needs training item counts; none were given")
+        distribution = NegativeDistribution.popularity(item_counts, config.alpha)
+    else:
+        distribution = NegativeDistribution.uniform(num_items)
+    if config.name == "CE":
+        return _without_seed(cross_entropy)
+    if config.name == "CCE":
+        return _without_seed(cut_cross_entropy)
+    if config.name == "CE-":
+        return partial(
+            sampled_cross_entropy,
+            num_negatives=config.num_negatives,
+            distribution=distribution,
+            logq_correction=config.logq_correction,
+        )
+    if config.name == "BCE":
+        return partial(binary_cross_entropy, num_negatives=1, distribution=distribution)
+    if config.name == "BCE+":
+        return partial(binary_cross_entropy, num_negatives=config.num_negatives, distribution=distribution)
+    if config.name == "gBCE":
+        beta = gbce_beta(config.num_negatives, num_items, config.gbce_t)
+        return partial(
+            binary_cross_entropy, num_negatives=config.num_negatives, distribution=distribution, positive_power=beta
+        )
+    raise CutrecError(f"loss.name={config.name!r} is unknown; choose CE, CCE, CE-, BCE, BCE+ or gBCE")

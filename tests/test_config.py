@@ -1,0 +1,56 @@
+"""Config: file plus overrides, unknown keys and wrong types refused with the key named."""
+
+import pytest
+
+from cutrec.config import build_config, load_file, to_dict
+from cutrec.errors import CutrecError
+
+
+def test_defaults_file_then_overrides(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('[model]\ndim = 32\n[train]\nlr = 0.01\n[eval]\nks = [5, 10]\n[data.synthetic]\nnum_items = 77\n')
+    config = build_config(load_file(path), ["train.lr=0.5", "--model.num_blocks=3", "eval.valid_metric=HR@5"])
+    assert config.model.dim == 32 and config.model.num_blocks == 3
+    assert config.train.lr == 0.5 and config.eval.ks == [5, 10] and config.data.synthetic.num_items == 77
+    assert build_config(to_dict(config)) == config
+
+
+def test_yaml_file(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("loss:\n  name: CE-\n  num_negatives: 16\ndata:\n  path: null\n")
+    config = build_config(load_file(path))
+    assert config.loss.name == "CE-" and config.loss.num_negatives == 16 and config.data.path is None
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("model.dimm=3", "unknown config key 'model.dimm'"),
+        ("modle.dim=3", "unknown config section 'modle'"),
+        ("model.dim=abc", "config key 'model.dim' needs an integer"),
+        ("train.lr=fast", "config key 'train.lr' needs a number"),
+        ("train.amp=maybe", "config key 'train.amp' needs true or false"),
+        ("loss.name=XE", "config key 'loss.name' is 'XE'; choose one of"),
+        ("model.max_len=0", "model.max_len=0 is out of range"),
+        ("loss.num_negatives=0", "loss.num_negatives=0 is out of range"),
+        ("model=3", "is a section"),
+        ("train.lr", "has no '='"),
+        ("eval.valid_metric=NDCG@7", "eval.valid_metric='NDCG@7' is not computed"),
+    ],
+)
+def test_bad_overrides_name_the_key(override, message):
+    with pytest.raises(CutrecError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        build_config({}, [override])
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(CutrecError, match="does not exist"):
+        load_file(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[model\n")
+    with pytest.raises(CutrecError, match="not valid TOML"):
+        load_file(bad)
+    with pytest.raises(CutrecError, match="unknown config key 'model.width'"):
+        build_config({"model": {"width": 3}})
+    with pytest.raises(CutrecError, match="needs an integer"):
+        build_config({"model": {"dim": 3.5}})
