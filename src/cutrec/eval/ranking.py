@@ -222,6 +222,5 @@ def _csr_pairs(
 def _check_item_range(items: torch.Tensor, num_items: int, name: str) -> None:
     if len(items) and (int(items.min()) < 0 or int(items.max()) >= num_items):
         raise CutrecError(
-            f"{name} hold ids from {int(items.min())} to {int(items.max())}; "
-            f"use item ids in [0, {num_items - 1}]"
+            f"{name} hold ids from {int(items.min())} to {int(items.max())}; use item ids in [0, {num_items - 1}]"
         )

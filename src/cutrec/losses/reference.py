@@ -168,7 +168,8 @@ def sampled_cross_entropy(
     negative = _at_least_float32(negative)
     if logq_correction:
         num_k = negatives.shape[-1]
-        negative = negative - (math.log(num_k) + distribution.log_q(negatives).to(negative.dtype))  # broadcast [M, K] or [K]
+        log_kq = math.log(num_k) + distribution.log_q(negatives).to(negative.dtype)  # [M, K] or [K]
+        negative = negative - log_kq
     hits = negatives.unsqueeze(0) if negatives.ndim == 1 else negatives  # [1 or M, K]
     negative = negative.masked_fill(hits == safe.unsqueeze(1), -math.inf)  # [M, K]
     scores = torch.cat([_at_least_float32(positive).unsqueeze(1), negative], dim=1)  # [M, K + 1]

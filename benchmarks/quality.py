@@ -1,0 +1,134 @@
+"""Quality benchmark: train SASRec with several losses on real datasets and tabulate full-ranking test metrics.
+
+Each (dataset, loss, seed) is one `cutrec train` run in its own process (several at once on one GPU); the script
+collects every run's metrics.json and log.csv into one json and one markdown table naming the machine and the date.
+
+    python benchmarks/quality.py --data-root ../shared/data --datasets amazon-beauty amazon-toys \
+        --losses CE CE- BCE --seeds 0 --parallel 6 --out benchmarks/results/quality
+
+Settings follow ../shared/data/README.md (emb 64, 1 block, 1 head, dropout 0.2, max_len 50, lr 1e-3).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import date
+from pathlib import Path
+
+SETTINGS = [
+    "--model.dim=64",
+    "--model.num_blocks=1",
+    "--model.num_heads=1",
+    "--model.dropout=0.2",
+    "--model.max_len=50",
+    "--train.lr=0.001",
+    "--train.batch_size=128",
+    "--data.format=sequences",
+    "--train.progress=false",
+]
+
+
+def machine_name() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def run_one(args: argparse.Namespace, dataset: str, loss: str, seed: int) -> dict:
+    name = f"{dataset}-{loss}-seed{seed}"
+    folder = Path(args.runs) / name
+    command = [
+        sys.executable, "-m", "cutrec.cli", "train",
+        f"--data={Path(args.data_root) / dataset / 'sequences.txt'}",
+        f"--dataset={dataset}", f"--loss={loss}", f"--seed={seed}", f"--out={args.runs}", f"--name={name}",
+        f"--epochs={args.epochs}", f"--train.patience={args.patience}", f"--loss.num_negatives={args.negatives}",
+        *SETTINGS, *args.extra,
+    ]
+    started = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    (Path(args.runs) / f"{name}.stderr.txt").write_text(result.stderr[-20000:])
+    if result.returncode != 0:
+        return {"dataset": dataset, "loss": loss, "seed": seed, "error": result.stderr.strip().splitlines()[-1:]}
+    metrics = json.loads((folder / "metrics.json").read_text())
+    with (folder / "log.csv").open() as file:
+        log = list(csv.DictReader(file))
+    return {
+        "dataset": dataset,
+        "loss": loss,
+        "seed": seed,
+        "test": metrics["test"],
+        "best_epoch": metrics["best_epoch"],
+        "epochs_run": len(log),
+        "median_epoch_seconds": statistics.median(float(r["epoch_seconds"]) for r in log),
+        "peak_gpu_mb": max(float(r["peak_gpu_mb"]) for r in log),
+        "wall_seconds": wall,
+    }
+
+
+def markdown(results: list[dict], header: str) -> str:
+    lines = [
+        header,
+        "",
+        "| dataset | loss | seed | NDCG@10 | HR@10 | MostPop NDCG@10 | best epoch | epochs run | median epoch s "
+        "| peak GPU MB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        if "error" in r:
+            lines.append(f"| {r['dataset']} | {r['loss']} | {r['seed']} | failed: {r['error']} |||||||")
+            continue
+        model = r["test"]["SASRec"]
+        lines.append(
+            f"| {r['dataset']} | {r['loss']} | {r['seed']} | {model['NDCG@10']:.4f} | {model['HR@10']:.4f} | "
+            f"{r['test']['MostPopular']['NDCG@10']:.4f} | {r['best_epoch']} | {r['epochs_run']} | "
+            f"{r['median_epoch_seconds']:.2f} | {r['peak_gpu_mb']:.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-root", default="../shared/data")
+    parser.add_argument("--datasets", nargs="+", default=["amazon-beauty", "amazon-toys"])
+    parser.add_argument("--losses", nargs="+", default=["CE", "CE-", "BCE"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--epochs", type=int, default=200)
+    parser.add_argument("--patience", type=int, default=50)
+    parser.add_argument("--negatives", type=int, default=256)
+    parser.add_argument("--parallel", type=int, default=1)
+    parser.add_argument("--runs", default="runs/quality")
+    parser.add_argument("--out", default="benchmarks/results/quality")
+    parser.add_argument("extra", nargs="*", help="more --section.key=value settings for every run")
+    args = parser.parse_args()
+    jobs = [(d, loss, s) for d in args.datasets for loss in args.losses for s in args.seeds]
+    with ThreadPoolExecutor(args.parallel) as pool:
+        results = list(pool.map(lambda job: run_one(args, *job), jobs))
+    header = (
+        f"# SASRec test metrics, full-catalog ranking, leave-one-out\n\nMachine: {machine_name()}; date: "
+        f"{date.today()}; {args.parallel} runs at a time on it (epoch times include that sharing); epochs <= "
+        f"{args.epochs}, patience {args.patience}, negatives {args.negatives}; settings: {' '.join(SETTINGS)} "
+        f"{' '.join(args.extra)}"
+    )
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps({"machine": machine_name(), "date": str(date.today()),
+                                                    "args": vars(args), "runs": results}, indent=2))
+    table = markdown(results, header)
+    out.with_suffix(".md").write_text(table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

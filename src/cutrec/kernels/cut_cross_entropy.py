@@ -1,0 +1,331 @@
+"""Triton kernels of the cut cross-entropy: exact full-softmax CE over the catalog without an [M, N] logit matrix.
+
+For positions i (hidden h_i, target y_i) and items j (row w_j of the item table, bias b_j):
+z_ij = h_i . w_j + b_j, loss_i = logsumexp_j z_ij - z_iy_i.
+
+Two launches, no atomics, so the same inputs give bit-identical outputs:
+
+1. `_forward_kernel`, one program per block of BLOCK_M positions, looping over tiles of BLOCK_N items: tile logits
+   from tl.dot (tensor cores for 16-bit inputs, IEEE fp32 for fp32 inputs; fp32 accumulation), an online
+   log-sum-exp in base 2, the target logit from a gather of the target rows, and, when the hidden gradient is
+   wanted, the flash-attention style running sum acc_i = sum_j softmax_ij w_j. It writes lse [M] fp32, loss [M]
+   fp32 (0 on ignored rows) and G_i = acc_i / l_i - w_y_i [M, D] in hidden's dtype, which is exactly
+   d loss_i / d h_i: the hidden gradient is then dloss_i * G_i, an elementwise product, with no further pass over
+   the logits.
+2. `_item_backward_kernel`, one program per block of BLOCK_N items, looping over blocks of BLOCK_M positions:
+   recomputed logits, g_ij = (softmax_ij - [j == y_i]) * dloss_i, dW_j = sum_i g_ij h_i and db_j = sum_i g_ij,
+   accumulated in fp32 in registers and stored once in the items' (bias') dtype. The one-hot term is applied inside
+   the tile, so nothing is scattered.
+
+D is a compile-time constant (one compilation per model width), so the row stride's alignment is known and loads
+vectorise even for D that is not a multiple of 16; row and column indices are widened to int64 before they are
+multiplied by D, since M x D and N x D offsets outgrow int32 at catalog scale.
+
+Memory beyond the inputs and the returned gradients: lse and loss (8 M bytes) plus G (M x D in hidden's dtype, and
+it becomes grad_hidden after one elementwise product). Nothing of size M x N is ever stored.
+
+Work floor (docs/kernels.md): 4 GEMMs of 2 M N D flops (forward logits, forward softmax @ W, backward logits,
+backward g^T @ H) and 2 exponential passes over the M x N logits (one per launch). At M=32768, N=1M, D=64 that is
+1.7e13 flop (~22 ms at ~790 TFLOP/s bf16) and 6.6e10 exponentials (~18 ms at ~3.6e12/s): the exponentials set the
+pace at small D.
+
+Under the Triton interpreter (TRITON_INTERPRET=1, CPU tensors) tl.dot on bf16 is wrong and fp32 -> bf16 casts
+truncate instead of rounding to nearest, so there every dot runs on fp32 tiles (FP32_DOT), the kernels write fp32
+outputs that the launch helpers round with PyTorch, and small blocks keep the interpreted test time low.
+"""
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+LOG2E = tl.constexpr(1.4426950408889634)  # log2(e): exp(x) = exp2(x * LOG2E)
+LN2 = tl.constexpr(0.6931471805599453)  # ln(2): ln(x) = log2(x) * LN2
+
+# Launch configurations, (kernel, BLOCK_D at most, bytes per element) -> (BLOCK_M, BLOCK_N, num_warps, num_stages).
+# Starting points for H100/H200, to be tuned by timing. Checked only by compiling for sm_90 with triton 3.7 (no GPU):
+# the 16-bit rows spill no registers (forward D=512: 56 bytes). fp32 runs IEEE dots on the FMA units, which hold the
+# whole D of both operands in registers: its rows are the least-spilling found, and D > 128 in fp32 still spills.
+_GPU_BLOCKS = {
+    ("forward", 64, 2): (128, 128, 8, 3),
+    ("forward", 128, 2): (128, 64, 8, 3),
+    ("forward", 256, 2): (64, 64, 8, 2),
+    ("forward", 512, 2): (64, 32, 8, 2),
+    ("forward", 64, 4): (32, 64, 8, 2),
+    ("forward", 128, 4): (32, 64, 8, 2),
+    ("forward", 256, 4): (16, 32, 4, 2),
+    ("forward", 512, 4): (16, 32, 4, 2),
+    ("item_backward", 64, 2): (64, 128, 8, 3),
+    ("item_backward", 128, 2): (64, 128, 8, 3),
+    ("item_backward", 256, 2): (64, 64, 8, 2),
+    ("item_backward", 512, 2): (32, 64, 8, 2),
+    ("item_backward", 64, 4): (64, 64, 8, 2),
+    ("item_backward", 128, 4): (64, 32, 8, 2),
+    ("item_backward", 256, 4): (64, 32, 8, 2),
+    ("item_backward", 512, 4): (32, 16, 4, 2),
+}
+_INTERPRETER_BLOCKS = {"forward": (32, 64, 4, 1), "item_backward": (32, 64, 4, 1)}
+MAX_DIM = 512  # the widest D the table covers (losses/cut_cross_entropy.py sends wider D to the torch fallback)
+
+
+def interpreting() -> bool:
+    """True when Triton kernels run through the CPU interpreter."""
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _block_d(dim: int) -> int:
+    return max(16, triton.next_power_of_2(dim))
+
+
+def _block_config(kernel: str, dim: int, dtype: torch.dtype, interpret: bool) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) for `kernel` ("forward" or "item_backward") at width `dim`."""
+    if interpret:
+        return _INTERPRETER_BLOCKS[kernel]
+    if dim > MAX_DIM:
+        raise ValueError(f"D={dim} is wider than the widest configured D={MAX_DIM}")
+    block_d = _block_d(dim)
+    element_bytes = 4 if dtype == torch.float32 else 2
+    bucket = min(b for b in (64, 128, 256, 512) if b >= block_d)
+    return _GPU_BLOCKS[(kernel, bucket, element_bytes)]
+
+
+@triton.jit
+def _dot(a, b, FP32_DOT: tl.constexpr):
+    """a @ b accumulated in fp32. FP32_DOT: fp32 operands, IEEE products (no TF32); else a is rounded to b's dtype."""
+    if FP32_DOT:
+        product = tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    else:
+        product = tl.dot(a.to(b.dtype), b)
+    return product
+
+
+@triton.jit
+def _forward_kernel(
+    hidden_ptr,  # [M, D] contiguous
+    items_ptr,  # [N, D] contiguous, hidden's dtype
+    bias_ptr,  # [N] hidden's dtype (read only when HAS_BIAS)
+    targets_ptr,  # [M] int64 or int32
+    lse_ptr,  # [M] fp32 out
+    loss_ptr,  # [M] fp32 out
+    grad_factor_ptr,  # [M, D] hidden's dtype out: G = d loss_i / d h_i (written only when COMPUTE_GRAD_FACTOR)
+    num_rows,
+    num_items,
+    ignore_index,
+    HAS_BIAS: tl.constexpr,
+    COMPUTE_GRAD_FACTOR: tl.constexpr,
+    FP32_DOT: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # [BM]
+    row_mask = rows < num_rows
+    dims = tl.arange(0, BLOCK_D)  # [BD]
+    dim_mask = dims < DIM
+    row_dim_mask = row_mask[:, None] & dim_mask[None, :]  # [BM, BD]
+    h = tl.load(hidden_ptr + rows.to(tl.int64)[:, None] * DIM + dims[None, :], mask=row_dim_mask, other=0.0)
+
+    target = tl.load(targets_ptr + rows, mask=row_mask, other=ignore_index)  # [BM]
+    valid = row_mask & (target != ignore_index)
+    safe_target = tl.where(valid, target, 0).to(tl.int64)
+    target_offsets = safe_target[:, None] * DIM + dims[None, :]  # [BM, BD]: the target rows of the item table
+    target_dim_mask = valid[:, None] & dim_mask[None, :]
+    w_target = tl.load(items_ptr + target_offsets, mask=target_dim_mask, other=0.0).to(tl.float32)  # [BM, BD]
+    target_logit = tl.sum(h.to(tl.float32) * w_target, axis=1)  # [BM]
+    if HAS_BIAS:
+        target_logit += tl.load(bias_ptr + safe_target, mask=valid, other=0.0).to(tl.float32)
+
+    max2 = tl.full([BLOCK_M], float("-inf"), tl.float32)  # running max of z * log2(e)
+    sum_exp = tl.zeros([BLOCK_M], tl.float32)  # running sum of exp2(z * log2(e) - max2)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)  # running sum of exp2(...) * w_j
+    for start in range(0, num_items, BLOCK_N):
+        cols = start + tl.arange(0, BLOCK_N)  # [BN]
+        col_mask = cols < num_items
+        w = tl.load(
+            items_ptr + cols.to(tl.int64)[:, None] * DIM + dims[None, :],
+            mask=col_mask[:, None] & dim_mask[None, :],
+            other=0.0,
+        )  # [BN, BD]
+        z = _dot(h, tl.trans(w), FP32_DOT)  # [BM, BN] fp32
+        if HAS_BIAS:
+            z += tl.load(bias_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
+        z = tl.where(col_mask[None, :], z, float("-inf"))
+        new_max2 = tl.maximum(max2, tl.max(z, axis=1) * LOG2E)
+        rescale = tl.exp2(max2 - new_max2)
+        p = tl.exp2(z * LOG2E - new_max2[:, None])  # [BM, BN]
+        sum_exp = sum_exp * rescale + tl.sum(p, axis=1)
+        if COMPUTE_GRAD_FACTOR:
+            acc = acc * rescale[:, None] + _dot(p, w, FP32_DOT)
+        max2 = new_max2
+
+    lse = (max2 + tl.log2(sum_exp)) * LN2  # [BM]
+    loss = tl.where(valid, lse - target_logit, 0.0)
+    tl.store(lse_ptr + rows, lse, mask=row_mask)
+    tl.store(loss_ptr + rows, loss, mask=row_mask)
+    if COMPUTE_GRAD_FACTOR:
+        # Gathered again rather than kept live through the loop: registers are the scarce resource there.
+        w_target = tl.load(items_ptr + target_offsets, mask=target_dim_mask, other=0.0).to(tl.float32)
+        grad_factor = acc / sum_exp[:, None] - w_target  # [BM, BD]: softmax-weighted mean item minus target item
+        grad_factor = tl.where(valid[:, None], grad_factor, 0.0)
+        tl.store(
+            grad_factor_ptr + rows.to(tl.int64)[:, None] * DIM + dims[None, :],
+            grad_factor.to(grad_factor_ptr.dtype.element_ty),
+            mask=row_dim_mask,
+        )
+
+
+@triton.jit
+def _item_backward_kernel(
+    hidden_ptr,  # [M, D] contiguous
+    items_ptr,  # [N, D] contiguous, hidden's dtype
+    bias_ptr,  # [N] (read only when HAS_BIAS)
+    targets_ptr,  # [M] int64 or int32
+    lse_ptr,  # [M] fp32
+    grad_loss_ptr,  # [M] fp32: incoming gradient of each position's loss
+    grad_items_ptr,  # [N, D] out, items' dtype
+    grad_bias_ptr,  # [N] out, bias' dtype (written only when HAS_BIAS)
+    num_rows,
+    num_items,
+    ignore_index,
+    HAS_BIAS: tl.constexpr,
+    FP32_DOT: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)  # [BN]
+    col_mask = cols < num_items
+    dims = tl.arange(0, BLOCK_D)  # [BD]
+    dim_mask = dims < DIM
+    col_dim_mask = col_mask[:, None] & dim_mask[None, :]  # [BN, BD]
+    w = tl.load(items_ptr + cols.to(tl.int64)[:, None] * DIM + dims[None, :], mask=col_dim_mask, other=0.0)
+    if HAS_BIAS:
+        b = tl.load(bias_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)  # [BN]
+
+    grad_w = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    grad_b = tl.zeros([BLOCK_N], tl.float32)
+    for start in range(0, num_rows, BLOCK_M):
+        rows = start + tl.arange(0, BLOCK_M)  # [BM]
+        row_mask = rows < num_rows
+        h = tl.load(
+            hidden_ptr + rows.to(tl.int64)[:, None] * DIM + dims[None, :],
+            mask=row_mask[:, None] & dim_mask[None, :],
+            other=0.0,
+        )  # [BM, BD]
+        target = tl.load(targets_ptr + rows, mask=row_mask, other=ignore_index)
+        grad_loss = tl.load(grad_loss_ptr + rows, mask=row_mask, other=0.0)
+        grad_loss = tl.where(target != ignore_index, grad_loss, 0.0)  # ignored and padded rows contribute nothing
+        lse2 = tl.load(lse_ptr + rows, mask=row_mask, other=float("inf")) * LOG2E  # padded rows: softmax 0
+
+        z_t = _dot(w, tl.trans(h), FP32_DOT)  # [BN, BM] fp32: logits, transposed
+        if HAS_BIAS:
+            z_t += b[:, None]
+        p_t = tl.exp2(z_t * LOG2E - lse2[None, :])  # softmax, transposed
+        one_hot_t = (cols[:, None] == target[None, :]).to(tl.float32)
+        g_t = (p_t - one_hot_t) * grad_loss[None, :]  # [BN, BM]: d loss / d z, transposed
+        grad_w += _dot(g_t, h, FP32_DOT)
+        grad_b += tl.sum(g_t, axis=1)
+
+    tl.store(
+        grad_items_ptr + cols.to(tl.int64)[:, None] * DIM + dims[None, :],
+        grad_w.to(grad_items_ptr.dtype.element_ty),
+        mask=col_dim_mask,
+    )
+    if HAS_BIAS:
+        tl.store(grad_bias_ptr + cols, grad_b.to(grad_bias_ptr.dtype.element_ty), mask=col_mask)
+
+
+def forward(
+    hidden: torch.Tensor,
+    items: torch.Tensor,
+    bias: torch.Tensor | None,
+    targets: torch.Tensor,
+    ignore_index: int,
+    compute_grad_factor: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Launch the forward kernel: (loss [M] fp32, lse [M] fp32, G [M, D] or [0, D] in hidden's dtype).
+
+    `items` and `bias` must already have hidden's dtype; G is computed only when `compute_grad_factor`.
+    """
+    hidden, items, targets = hidden.contiguous(), items.contiguous(), targets.contiguous()
+    num_rows, dim = hidden.shape
+    num_items = items.shape[0]
+    interpret = interpreting()
+    loss = torch.empty(num_rows, dtype=torch.float32, device=hidden.device)
+    lse = torch.empty(num_rows, dtype=torch.float32, device=hidden.device)
+    factor_dtype = torch.float32 if interpret else hidden.dtype
+    grad_factor = torch.empty((num_rows if compute_grad_factor else 0, dim), dtype=factor_dtype, device=hidden.device)
+    if num_rows == 0:
+        return loss, lse, grad_factor.to(hidden.dtype)
+    block_m, block_n, num_warps, num_stages = _block_config("forward", dim, hidden.dtype, interpret)
+    _forward_kernel[(triton.cdiv(num_rows, block_m),)](
+        hidden,
+        items,
+        bias.contiguous() if bias is not None else items,
+        targets,
+        lse,
+        loss,
+        grad_factor if compute_grad_factor else hidden,
+        num_rows,
+        num_items,
+        ignore_index,
+        HAS_BIAS=bias is not None,
+        COMPUTE_GRAD_FACTOR=compute_grad_factor,
+        FP32_DOT=interpret or hidden.dtype == torch.float32,
+        BLOCK_M=block_m,
+        BLOCK_N=block_n,
+        DIM=dim,
+        BLOCK_D=_block_d(dim),
+        num_warps=num_warps,
+        num_stages=num_stages,
+    )
+    return loss, lse, grad_factor.to(hidden.dtype)
+
+
+def item_backward(
+    hidden: torch.Tensor,
+    items: torch.Tensor,
+    bias: torch.Tensor | None,
+    targets: torch.Tensor,
+    lse: torch.Tensor,
+    grad_loss: torch.Tensor,
+    ignore_index: int,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Launch the item backward: (grad_items [N, D] in items' dtype, grad_bias [N] in bias' dtype or None).
+
+    `grad_loss` [M] is the incoming gradient of every position's loss; rows equal to `ignore_index` are skipped.
+    """
+    hidden, items, targets = hidden.contiguous(), items.contiguous(), targets.contiguous()
+    lse, grad_loss = lse.contiguous(), grad_loss.float().contiguous()
+    num_rows, dim = hidden.shape
+    num_items = items.shape[0]
+    interpret = interpreting()
+    grad_dtype = torch.float32 if interpret else items.dtype
+    grad_items = torch.empty(items.shape, dtype=grad_dtype, device=items.device)
+    grad_bias = torch.empty(bias.shape, dtype=grad_dtype, device=bias.device) if bias is not None else None
+    block_m, block_n, num_warps, num_stages = _block_config("item_backward", dim, hidden.dtype, interpret)
+    _item_backward_kernel[(triton.cdiv(num_items, block_n),)](
+        hidden,
+        items,
+        bias.contiguous() if bias is not None else items,
+        targets,
+        lse,
+        grad_loss,
+        grad_items,
+        grad_bias if grad_bias is not None else grad_items,
+        num_rows,
+        num_items,
+        ignore_index,
+        HAS_BIAS=bias is not None,
+        FP32_DOT=interpret or hidden.dtype == torch.float32,
+        BLOCK_M=block_m,
+        BLOCK_N=block_n,
+        DIM=dim,
+        BLOCK_D=_block_d(dim),
+        num_warps=num_warps,
+        num_stages=num_stages,
+    )
+    return grad_items.to(items.dtype), grad_bias.to(bias.dtype) if bias is not None else None

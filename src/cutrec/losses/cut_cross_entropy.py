@@ -1,0 +1,271 @@
+"""Cut cross-entropy: the exact full-softmax CE over the catalog, computed without storing the [M, N] logits.
+
+`cut_cross_entropy(hidden, items, targets)` has the semantics of `reference.cross_entropy` (docs/kernels.md):
+loss_i = logsumexp_j z_ij - z_iy_i with z_ij = h_i . w_j (+ b_j); rows whose target equals `ignore_index`
+contribute 0 and "mean" divides by the number of the other rows. Two implementations with identical semantics:
+"triton" (kernels/cut_cross_entropy.py: two launches, deterministic) and "torch" (chunked over positions, so memory
+stays at chunk x N; the CPU fallback). Both are torch.library custom ops with fake implementations and registered
+autograd, so `torch.compile(fullgraph=True)` traces through them.
+
+The forward op also returns G = d loss_i / d h_i ([M, D], hidden's dtype), so the hidden gradient is dloss_i * G_i;
+the item backward op recomputes the logits block by block for d items and d bias.
+(No `from __future__ import annotations` here: custom_op reads the annotations to infer the op schemas.)
+"""
+
+import importlib.util
+import os
+from typing import Literal
+
+import torch
+from torch import nn
+
+from cutrec.errors import CutrecError
+from cutrec.losses.reference import Reduction, check_seam, reduce_loss
+
+Impl = Literal["auto", "triton", "torch"]
+
+TORCH_CHUNK_BUDGET_BYTES = 256 * 2**20  # the torch fallback keeps at most this many bytes of fp32 logits per chunk
+TRITON_MAX_DIM = 512  # the widest D in the Triton kernels' block table (kernels/cut_cross_entropy.py MAX_DIM)
+_TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
+
+
+def _resolve_impl(impl: str, device: torch.device, dim: int) -> str:
+    """Resolve "auto" (triton on CUDA when it can run D, else torch) and check that the named impl can run here."""
+    if impl == "auto":
+        return "triton" if device.type == "cuda" and _TRITON_INSTALLED and dim <= TRITON_MAX_DIM else "torch"
+    if impl == "torch":
+        return impl
+    if impl == "triton":
+        if not _TRITON_INSTALLED:
+            raise CutrecError('impl="triton" needs the triton package: pip install triton, or use impl="torch"')
+        if dim > TRITON_MAX_DIM:
+            raise CutrecError(f'impl="triton" supports D <= {TRITON_MAX_DIM}, got D={dim}; use impl="torch"')
+        if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+            raise CutrecError(
+                f'impl="triton" on {device.type} tensors runs only through the Triton interpreter: '
+                'use impl="torch", or set TRITON_INTERPRET=1 in the environment'
+            )
+        return impl
+    raise CutrecError(f"impl={impl!r} is unknown; use 'auto', 'triton' or 'torch'")
+
+
+def _check_target_range(targets: torch.Tensor, num_items: int, ignore_index: int) -> None:
+    """One min/max reduction over the non-ignored targets; raise naming an id outside [0, num_items)."""
+    if targets.numel() == 0:
+        return
+    kept = torch.where(targets == ignore_index, torch.zeros_like(targets), targets)
+    low, high = torch.stack(torch.aminmax(kept)).tolist()  # one device-to-host copy
+    if low < 0 or high >= num_items:
+        bad = low if low < 0 else high
+        raise CutrecError(
+            f"target {bad} is not an item id in [0, {num_items}) nor ignore_index={ignore_index}; "
+            "fix the targets or pass the ignore_index that marks padding"
+        )
+
+
+def _chunk_rows(num_items: int) -> int:
+    return max(1, TORCH_CHUNK_BUDGET_BYTES // (num_items * 4))
+
+
+def _torch_forward(
+    hidden: torch.Tensor,
+    items: torch.Tensor,
+    bias: torch.Tensor | None,
+    targets: torch.Tensor,
+    ignore_index: int,
+    compute_grad_factor: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Chunked PyTorch forward: (loss [M] fp32, lse [M] fp32, G [M, D] or [0, D]) like the Triton kernel."""
+    num_rows, dim = hidden.shape
+    loss = hidden.new_empty(num_rows, dtype=torch.float32)
+    lse = hidden.new_empty(num_rows, dtype=torch.float32)
+    grad_factor = hidden.new_empty((num_rows if compute_grad_factor else 0, dim))
+    valid = targets != ignore_index  # [M]
+    safe_targets = torch.where(valid, targets, torch.zeros_like(targets)).long()
+    chunk = _chunk_rows(items.shape[0])
+    for start in range(0, num_rows, chunk):
+        rows = slice(start, start + chunk)
+        logits = (hidden[rows] @ items.T).float()  # [C, N]
+        if bias is not None:
+            logits += bias.float()
+        chunk_lse = torch.logsumexp(logits, dim=1)  # [C]
+        target_logit = logits.gather(1, safe_targets[rows, None]).squeeze(1)  # [C]
+        lse[rows] = chunk_lse
+        loss[rows] = torch.where(valid[rows], chunk_lse - target_logit, torch.zeros_like(chunk_lse))
+        if compute_grad_factor:
+            probs = logits.sub_(chunk_lse[:, None]).exp_()  # [C, N] softmax, in place of the logits
+            chunk_factor = (probs.to(items.dtype) @ items).float() - items[safe_targets[rows]].float()  # [C, D]
+            grad_factor[rows] = torch.where(valid[rows, None], chunk_factor, torch.zeros_like(chunk_factor))
+    return loss, lse, grad_factor
+
+
+def _torch_item_backward(
+    hidden: torch.Tensor,
+    items: torch.Tensor,
+    bias: torch.Tensor | None,
+    targets: torch.Tensor,
+    lse: torch.Tensor,
+    grad_loss: torch.Tensor,
+    ignore_index: int,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Chunked PyTorch item backward: recompute softmax per chunk, accumulate dW and db in fp32."""
+    num_rows, dim = hidden.shape
+    num_items = items.shape[0]
+    valid = targets != ignore_index
+    safe_targets = torch.where(valid, targets, torch.zeros_like(targets)).long()
+    grad_loss = torch.where(valid, grad_loss.float(), torch.zeros_like(lse))  # [M]
+    grad_items = hidden.new_zeros((num_items, dim), dtype=torch.float32)
+    grad_bias = hidden.new_zeros(num_items, dtype=torch.float32) if bias is not None else None
+    chunk = _chunk_rows(num_items)
+    for start in range(0, num_rows, chunk):
+        rows = slice(start, start + chunk)
+        logits = (hidden[rows] @ items.T).float()  # [C, N]
+        if bias is not None:
+            logits += bias.float()
+        grad_logits = logits.sub_(lse[rows, None]).exp_()  # [C, N] softmax
+        grad_logits[torch.arange(grad_logits.shape[0], device=hidden.device), safe_targets[rows]] -= 1.0
+        grad_logits *= grad_loss[rows, None]
+        grad_items.addmm_(grad_logits.T, hidden[rows].float())  # [N, C] x [C, D]
+        if grad_bias is not None:
+            grad_bias += grad_logits.sum(0)
+    return grad_items.to(items.dtype), grad_bias.to(bias.dtype) if grad_bias is not None else None
+
+
+@torch.library.custom_op("cutrec::cut_cross_entropy_forward", mutates_args=())
+def _forward_op(
+    hidden: torch.Tensor,
+    items: torch.Tensor,
+    bias: torch.Tensor | None,
+    targets: torch.Tensor,
+    ignore_index: int,
+    compute_grad_factor: bool,
+    impl: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss [M] fp32, lse [M] fp32, G [M, D] or [0, D] in hidden's dtype); items and bias have hidden's dtype."""
+    _check_target_range(targets, items.shape[0], ignore_index)
+    if impl == "triton":
+        from cutrec.kernels import cut_cross_entropy as kernels
+
+        return kernels.forward(hidden, items, bias, targets, ignore_index, compute_grad_factor)
+    return _torch_forward(hidden, items, bias, targets, ignore_index, compute_grad_factor)
+
+
+@_forward_op.register_fake
+def _forward_fake(hidden, items, bias, targets, ignore_index, compute_grad_factor, impl):
+    num_rows, dim = hidden.shape
+    loss = hidden.new_empty(num_rows, dtype=torch.float32)
+    lse = hidden.new_empty(num_rows, dtype=torch.float32)
+    grad_factor = hidden.new_empty((num_rows if compute_grad_factor else 0, dim))
+    return loss, lse, grad_factor
+
+
+@torch.library.custom_op("cutrec::cut_cross_entropy_item_backward", mutates_args=())
+def _item_backward_op(
+    hidden: torch.Tensor,
+    items: torch.Tensor,
+    bias: torch.Tensor | None,
+    targets: torch.Tensor,
+    lse: torch.Tensor,
+    grad_loss: torch.Tensor,
+    ignore_index: int,
+    impl: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(grad_items [N, D], grad_bias [N], or [0] without bias); rows equal to ignore_index contribute nothing."""
+    if impl == "triton":
+        from cutrec.kernels import cut_cross_entropy as kernels
+
+        grad_items, grad_bias = kernels.item_backward(hidden, items, bias, targets, lse, grad_loss, ignore_index)
+    else:
+        grad_items, grad_bias = _torch_item_backward(hidden, items, bias, targets, lse, grad_loss, ignore_index)
+    return grad_items, grad_bias if grad_bias is not None else items.new_empty(0)
+
+
+@_item_backward_op.register_fake
+def _item_backward_fake(hidden, items, bias, targets, lse, grad_loss, ignore_index, impl):
+    return items.new_empty(items.shape), bias.new_empty(bias.shape) if bias is not None else items.new_empty(0)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    hidden, items, bias, targets, ignore_index, _, impl = inputs
+    _, lse, grad_factor = output
+    ctx.save_for_backward(hidden, items, bias, targets, lse, grad_factor)
+    ctx.ignore_index = ignore_index
+    ctx.impl = impl
+    ctx.mark_non_differentiable(lse, grad_factor)
+
+
+def _backward(ctx, grad_loss, grad_lse, grad_grad_factor):
+    hidden, items, bias, targets, lse, grad_factor = ctx.saved_tensors
+    grad_hidden = grad_items = grad_bias = None
+    if ctx.needs_input_grad[0]:
+        grad_hidden = (grad_factor.float() * grad_loss[:, None]).to(hidden.dtype)  # [M, D]
+    if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+        grad_items, grad_bias = _item_backward_op(
+            hidden, items, bias, targets, lse, grad_loss, ctx.ignore_index, ctx.impl
+        )
+        grad_items = grad_items if ctx.needs_input_grad[1] else None
+        grad_bias = grad_bias if ctx.needs_input_grad[2] else None
+    return grad_hidden, grad_items, grad_bias, None, None, None, None
+
+
+_forward_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def cut_cross_entropy(
+    hidden: torch.Tensor,
+    items: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    bias: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    reduction: Reduction = "mean",
+    impl: Impl = "auto",
+) -> torch.Tensor:
+    """Full-softmax CE of `hidden` [M, D] against every row of `items` [N, D] (+ `bias` [N]), targets [M].
+
+    Returns a float32 scalar ("mean", "sum") or [M] ("none"). Gradients flow to hidden, items and bias.
+    `items` and `bias` are cast to hidden's dtype when they differ (as autocast does for a linear layer), so with
+    bf16 hidden and an fp32 item table the logits use bf16 operands with fp32 accumulation, and the gradients come
+    back in each input's own dtype. `impl`: "triton" (CUDA, or CPU under TRITON_INTERPRET=1), "torch" (chunked
+    fallback), or "auto" (triton on CUDA when installed and D <= 512, else torch). The forward checks the target
+    range with one min/max reduction and a device-to-host copy of its two numbers.
+    """
+    check_seam(hidden, items, targets, bias)
+    if reduction not in ("mean", "sum", "none"):
+        raise CutrecError(f"reduction={reduction!r} is unknown; use 'mean', 'sum' or 'none'")
+    if items.shape[0] == 0:
+        raise CutrecError("items is empty: the catalog needs at least one item")
+    if bias is not None and bias.device != hidden.device:
+        raise CutrecError(f"bias must be on hidden's device {hidden.device}, got {bias.device}")
+    resolved = _resolve_impl(impl, hidden.device, hidden.shape[1])
+    items = items.to(hidden.dtype)
+    bias = bias.to(hidden.dtype) if bias is not None else None
+    compute_grad_factor = torch.is_grad_enabled() and hidden.requires_grad
+    per_position, _, _ = _forward_op(hidden, items, bias, targets, ignore_index, compute_grad_factor, resolved)
+    return reduce_loss(per_position, targets != ignore_index, reduction)
+
+
+class CutCrossEntropy(nn.Module):
+    """`cut_cross_entropy` as a module: options fixed at construction, forward(hidden, items, targets, bias=None)."""
+
+    def __init__(self, *, ignore_index: int = -100, reduction: Reduction = "mean", impl: Impl = "auto") -> None:
+        super().__init__()
+        self.ignore_index = ignore_index
+        self.reduction = reduction
+        self.impl = impl
+
+    def forward(
+        self, hidden: torch.Tensor, items: torch.Tensor, targets: torch.Tensor, bias: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return cut_cross_entropy(
+            hidden,
+            items,
+            targets,
+            bias=bias,
+            ignore_index=self.ignore_index,
+            reduction=self.reduction,
+            impl=self.impl,
+        )
+
+    def extra_repr(self) -> str:
+        return f"ignore_index={self.ignore_index}, reduction={self.reduction!r}, impl={self.impl!r}"
