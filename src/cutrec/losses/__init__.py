@@ -14,6 +14,7 @@ import torch
 
 from cutrec.config import LossConfig
 from cutrec.errors import CutrecError
+from cutrec.losses.cut_cross_entropy import CutCrossEntropy, cut_cross_entropy
 from cutrec.losses.reference import (
     binary_cross_entropy,
     cross_entropy,
@@ -23,6 +24,7 @@ from cutrec.losses.reference import (
 from cutrec.losses.sampling import NegativeDistribution
 
 __all__ = [
+    "CutCrossEntropy",
     "NegativeDistribution",
     "binary_cross_entropy",
     "build_loss",
@@ -32,13 +34,6 @@ __all__ = [
 ]
 
 LossFn = Callable[..., torch.Tensor]
-
-
-def cut_cross_entropy(*args, **kwargs) -> torch.Tensor:
-    """Exact full-softmax CE without the [M, N] logits (Triton on CUDA, chunked PyTorch elsewhere)."""
-    from cutrec.losses.cut_cross_entropy import cut_cross_entropy as implementation
-
-    return implementation(*args, **kwargs)
 
 
 def _without_seed(loss: LossFn) -> LossFn:

@@ -3,9 +3,10 @@
 `cut_cross_entropy(hidden, items, targets)` has the semantics of `reference.cross_entropy` (docs/kernels.md):
 loss_i = logsumexp_j z_ij - z_iy_i with z_ij = h_i . w_j (+ b_j); rows whose target equals `ignore_index`
 contribute 0 and "mean" divides by the number of the other rows. Two implementations with identical semantics:
-"triton" (kernels/cut_cross_entropy.py: two launches, deterministic) and "torch" (chunked over positions, so memory
-stays at chunk x N; the CPU fallback). Both are torch.library custom ops with fake implementations and registered
-autograd, so `torch.compile(fullgraph=True)` traces through them.
+"triton" (kernels/cut_cross_entropy.py: two launches, deterministic) and "torch" (the CPU fallback: fp32, chunked
+over positions so the logits take at most TORCH_CHUNK_BUDGET_BYTES, plus fp32 copies of the item table and of its
+gradient). Both are torch.library custom ops with fake implementations and registered autograd, so
+`torch.compile(fullgraph=True)` traces through them.
 
 The forward op also returns G = d loss_i / d h_i ([M, D], hidden's dtype), so the hidden gradient is dloss_i * G_i;
 the item backward op recomputes the logits block by block for d items and d bias.
@@ -75,8 +76,13 @@ def _torch_forward(
     ignore_index: int,
     compute_grad_factor: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Chunked PyTorch forward: (loss [M] fp32, lse [M] fp32, G [M, D] or [0, D]) like the Triton kernel."""
+    """Chunked PyTorch forward: (loss [M] fp32, lse [M] fp32, G [M, D] or [0, D]) like the Triton kernel.
+
+    Computes in fp32 like the kernel's accumulators, so a 16-bit item table is copied to fp32 once (N x D x 4 bytes).
+    """
     num_rows, dim = hidden.shape
+    items_f32 = items.float()  # [N, D]
+    bias_f32 = bias.float() if bias is not None else None
     loss = hidden.new_empty(num_rows, dtype=torch.float32)
     lse = hidden.new_empty(num_rows, dtype=torch.float32)
     grad_factor = hidden.new_empty((num_rows if compute_grad_factor else 0, dim))
@@ -85,16 +91,16 @@ def _torch_forward(
     chunk = _chunk_rows(items.shape[0])
     for start in range(0, num_rows, chunk):
         rows = slice(start, start + chunk)
-        logits = (hidden[rows] @ items.T).float()  # [C, N]
-        if bias is not None:
-            logits += bias.float()
+        logits = hidden[rows].float() @ items_f32.T  # [C, N]
+        if bias_f32 is not None:
+            logits += bias_f32
         chunk_lse = torch.logsumexp(logits, dim=1)  # [C]
         target_logit = logits.gather(1, safe_targets[rows, None]).squeeze(1)  # [C]
         lse[rows] = chunk_lse
         loss[rows] = torch.where(valid[rows], chunk_lse - target_logit, torch.zeros_like(chunk_lse))
         if compute_grad_factor:
             probs = logits.sub_(chunk_lse[:, None]).exp_()  # [C, N] softmax, in place of the logits
-            chunk_factor = (probs.to(items.dtype) @ items).float() - items[safe_targets[rows]].float()  # [C, D]
+            chunk_factor = probs @ items_f32 - items_f32[safe_targets[rows]]  # [C, D]
             grad_factor[rows] = torch.where(valid[rows, None], chunk_factor, torch.zeros_like(chunk_factor))
     return loss, lse, grad_factor
 
@@ -108,9 +114,11 @@ def _torch_item_backward(
     grad_loss: torch.Tensor,
     ignore_index: int,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Chunked PyTorch item backward: recompute softmax per chunk, accumulate dW and db in fp32."""
+    """Chunked PyTorch item backward: recompute the softmax per chunk in fp32, accumulate dW and db in fp32."""
     num_rows, dim = hidden.shape
     num_items = items.shape[0]
+    items_f32 = items.float()  # [N, D]
+    bias_f32 = bias.float() if bias is not None else None
     valid = targets != ignore_index
     safe_targets = torch.where(valid, targets, torch.zeros_like(targets)).long()
     grad_loss = torch.where(valid, grad_loss.float(), torch.zeros_like(lse))  # [M]
@@ -119,13 +127,14 @@ def _torch_item_backward(
     chunk = _chunk_rows(num_items)
     for start in range(0, num_rows, chunk):
         rows = slice(start, start + chunk)
-        logits = (hidden[rows] @ items.T).float()  # [C, N]
-        if bias is not None:
-            logits += bias.float()
+        hidden_rows = hidden[rows].float()  # [C, D]
+        logits = hidden_rows @ items_f32.T  # [C, N]
+        if bias_f32 is not None:
+            logits += bias_f32
         grad_logits = logits.sub_(lse[rows, None]).exp_()  # [C, N] softmax
         grad_logits[torch.arange(grad_logits.shape[0], device=hidden.device), safe_targets[rows]] -= 1.0
         grad_logits *= grad_loss[rows, None]
-        grad_items.addmm_(grad_logits.T, hidden[rows].float())  # [N, C] x [C, D]
+        grad_items.addmm_(grad_logits.T, hidden_rows)  # [N, C] x [C, D]
         if grad_bias is not None:
             grad_bias += grad_logits.sum(0)
     return grad_items.to(items.dtype), grad_bias.to(bias.dtype) if grad_bias is not None else None

@@ -20,15 +20,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from cutrec.data.batches import num_train_batches, train_batches
-from cutrec.data.load import load_sequences
-from cutrec.data.splits import Split, global_temporal, leave_one_out
-from cutrec.eval.metrics import format_table, item_user_counts
-from cutrec.eval.ranking import popularity_scores
 from tqdm import tqdm
 
 from cutrec.config import RunConfig, to_dict
+from cutrec.data.batches import num_train_batches, train_batches
+from cutrec.data.load import load_sequences
+from cutrec.data.splits import Split, global_temporal, leave_one_out
 from cutrec.errors import CutrecError
+from cutrec.eval.metrics import format_table, item_user_counts
+from cutrec.eval.ranking import popularity_scores
 from cutrec.losses import build_loss
 from cutrec.models import build_model
 from cutrec.models.sasrec import SASRec
@@ -170,7 +170,7 @@ def train(config: RunConfig) -> Path:
             total=num_train_batches(split.train, batch_size=config.train.batch_size),
             desc=f"epoch {epoch}",
             leave=False,
-            disable=not config.train.progress,
+            disable=None if config.train.progress else True,  # None: only on a terminal
             file=sys.stderr,
         )
         for inputs, targets in bar:
