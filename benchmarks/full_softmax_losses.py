@@ -1,7 +1,8 @@
 """Full-softmax loss benchmark: forward+backward time and extra memory of cut CE against the baselines, side by side.
 
-Methods: cutrec's cut CE (Triton), PyTorch CE on materialised logits, Apple's `cut-cross-entropy` (25.1.1, its
-default impl "cce" and the exact "cce_exact"), Liger's fused linear cross-entropy (0.8.5), and
+Methods: cutrec's cut CE (Triton), PyTorch CE on materialised logits, Apple's `cut-cross-entropy` (25.1.1: its
+default, which skips gradient tiles below a threshold, and exact with filter_eps=None), Liger's fused linear
+cross-entropy (0.8.5), and
 `torch.nn.functional.linear_cross_entropy` where the installed torch has it. Every method runs on the same fresh
 random bf16 inputs in one process, one shape after another. Time: CUDA events around forward+backward, median of
 `reps` runs after a warm-up. Extra memory (docs/kernels.md): peak allocated during one forward+backward minus what
@@ -61,8 +62,8 @@ def methods() -> dict[str, Callable]:
     try:
         from cut_cross_entropy import linear_cross_entropy
 
-        found["Apple CCE (cce)"] = lambda h, w, t: linear_cross_entropy(h, w, t, impl="cce")
-        found["Apple CCE (cce_exact)"] = lambda h, w, t: linear_cross_entropy(h, w, t, impl="cce_exact")
+        found["Apple CCE (default: gradient filter on)"] = lambda h, w, t: linear_cross_entropy(h, w, t)
+        found["Apple CCE (exact: filter_eps=None)"] = lambda h, w, t: linear_cross_entropy(h, w, t, filter_eps=None)
     except ImportError as err:
         print(f"Apple cut-cross-entropy not available: {err}", file=sys.stderr)
     try:

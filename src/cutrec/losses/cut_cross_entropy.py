@@ -8,7 +8,7 @@ over positions so the logits take at most TORCH_CHUNK_BUDGET_BYTES, plus fp32 co
 gradient). Both are torch.library custom ops with fake implementations and registered autograd, so
 `torch.compile(fullgraph=True)` traces through them.
 
-The forward op also returns G = d loss_i / d h_i ([M, D], hidden's dtype), so the hidden gradient is dloss_i * G_i;
+The forward op also returns G = d loss_i / d h_i ([M, D], fp32), so the hidden gradient is dloss_i * G_i;
 the item backward op recomputes the logits block by block for d items and d bias.
 (No `from __future__ import annotations` here: custom_op reads the annotations to infer the op schemas.)
 """
@@ -85,7 +85,7 @@ def _torch_forward(
     bias_f32 = bias.float() if bias is not None else None
     loss = hidden.new_empty(num_rows, dtype=torch.float32)
     lse = hidden.new_empty(num_rows, dtype=torch.float32)
-    grad_factor = hidden.new_empty((num_rows if compute_grad_factor else 0, dim))
+    grad_factor = hidden.new_empty((num_rows if compute_grad_factor else 0, dim), dtype=torch.float32)
     valid = targets != ignore_index  # [M]
     safe_targets = torch.where(valid, targets, torch.zeros_like(targets)).long()
     chunk = _chunk_rows(items.shape[0])
@@ -150,7 +150,7 @@ def _forward_op(
     compute_grad_factor: bool,
     impl: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(loss [M] fp32, lse [M] fp32, G [M, D] or [0, D] in hidden's dtype); items and bias have hidden's dtype."""
+    """(loss [M] fp32, lse [M] fp32, G [M, D] or [0, D] fp32); items and bias have hidden's dtype."""
     _check_target_range(targets, items.shape[0], ignore_index)
     if impl == "triton":
         from cutrec.kernels import cut_cross_entropy as kernels
@@ -164,7 +164,7 @@ def _forward_fake(hidden, items, bias, targets, ignore_index, compute_grad_facto
     num_rows, dim = hidden.shape
     loss = hidden.new_empty(num_rows, dtype=torch.float32)
     lse = hidden.new_empty(num_rows, dtype=torch.float32)
-    grad_factor = hidden.new_empty((num_rows if compute_grad_factor else 0, dim))
+    grad_factor = hidden.new_empty((num_rows if compute_grad_factor else 0, dim), dtype=torch.float32)
     return loss, lse, grad_factor
 
 
@@ -207,7 +207,7 @@ def _backward(ctx, grad_loss, grad_lse, grad_grad_factor):
     hidden, items, bias, targets, lse, grad_factor = ctx.saved_tensors
     grad_hidden = grad_items = grad_bias = None
     if ctx.needs_input_grad[0]:
-        grad_hidden = (grad_factor.float() * grad_loss[:, None]).to(hidden.dtype)  # [M, D]
+        grad_hidden = (grad_factor * grad_loss[:, None]).to(hidden.dtype)  # [M, D]
     if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
         grad_items, grad_bias = _item_backward_op(
             hidden, items, bias, targets, lse, grad_loss, ctx.ignore_index, ctx.impl
