@@ -102,6 +102,8 @@ def measure(loss_fn: Callable, m: int, n: int, d: int, reps: int, device: torch.
         milliseconds = time_ms(step, reps)
     except torch.OutOfMemoryError:
         return {"status": "OOM"}
+    except Exception as err:  # a baseline that rejects this shape; recorded, not fatal
+        return {"status": f"error: {type(err).__name__}: {str(err)[:80]}"}
     finally:
         hidden.grad, items.grad = None, None
         torch.cuda.empty_cache()
@@ -115,6 +117,8 @@ def main() -> None:
     parser.add_argument("--d", type=int, nargs="+", default=[64, 256])
     parser.add_argument("--methods", nargs="*", help="substrings of method names to run (default: all)")
     parser.add_argument("--budget-ms", type=float, default=3000.0, help="timed time per method and shape")
+    parser.add_argument("--max-step-ms", type=float, default=20000.0,
+                        help="skip a method whose step, extrapolated linearly in N from its last size, exceeds this")
     parser.add_argument("--out", default="benchmarks/results/full_softmax_losses")
     args = parser.parse_args()
 
@@ -126,17 +130,24 @@ def main() -> None:
     rows = []
     for d in args.d:
         for m in args.m:
+            last_ms: dict[str, tuple[int, float]] = {}  # method -> (N, ms) of its last measured size at this D, M
             for n in args.n:
                 flop_floor = 4 * 2 * m * n * d / rate * 1e3
                 exp_floor = 2 * m * n / EXP_RATE * 1e3
                 for name, loss_fn in available.items():
                     logits_bytes = m * n * 4
+                    predicted = last_ms[name][1] * n / last_ms[name][0] if name in last_ms else 0.0
                     if name.startswith("torch CE") and logits_bytes > memory:
                         result = {"status": f"skipped: fp32 logits alone need {logits_bytes / 2**30:.0f} GiB"}
+                    elif predicted > args.max_step_ms:
+                        result = {"status": f"skipped: ~{predicted / 1e3:.0f} s per step (linear in N from "
+                                            f"N={last_ms[name][0]:,})"}
                     else:
                         estimate = max(flop_floor, exp_floor) * 3
                         reps = int(max(3, min(30, args.budget_ms / max(estimate, 1e-3))))
                         result = measure(loss_fn, m, n, d, reps, device)
+                        if result["status"] == "ok":
+                            last_ms[name] = (n, result["ms"])
                     row = {"method": name, "M": m, "N": n, "D": d, "flop_floor_ms": flop_floor,
                            "exp_floor_ms": exp_floor, **result}
                     rows.append(row)

@@ -48,14 +48,18 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _overrides(args: argparse.Namespace, extra: list[str]) -> list[str]:
-    """Short options, then free `key=value` / `--key=value` words, in that order."""
+    """Short options, then free `key=value`, `--key=value` or `--key value` words, in that order."""
     overrides = [f"{key}={getattr(args, key)}" for key in SHORT_OPTIONS.values() if getattr(args, key) is not None]
-    for word in extra:
-        if not word.startswith("--") and "=" not in word:
-            raise CutrecError(f"unexpected argument {word!r}; set config keys as --section.key=value")
+    words = iter(extra)
+    for word in words:
         if word.startswith("--") and "=" not in word:
-            raise CutrecError(f"option {word!r} needs a value: write it as {word}=VALUE")
-        overrides.append(word[2:] if word.startswith("--") else word)
+            value = next(words, None)
+            if value is None or value.startswith("--"):
+                raise CutrecError(f"option {word!r} needs a value: write it as {word}=VALUE")
+            word = f"{word}={value}"
+        if "=" not in word:
+            raise CutrecError(f"unexpected argument {word!r}; set config keys as --section.key=value")
+        overrides.append(word.removeprefix("--"))
     return overrides
 
 

@@ -86,6 +86,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     optimizer: Literal["adam", "adamw"] = "adam"
     patience: int = 10  # epochs without a better validation NDCG@10 before stopping
+    time_limit_minutes: float | None = None  # stop after the epoch that passes this wall time; test the best
     seed: int = 0
     device: str = "auto"  # "auto" (cuda when present), "cpu", "cuda", "cuda:1", ...
     amp: bool = True  # bf16 autocast on CUDA; ignored on the CPU
@@ -290,6 +291,8 @@ def validate(config: RunConfig) -> None:
         (config.train.batch_size >= 1, "train.batch_size", config.train.batch_size, "use a batch of 1 or more"),
         (config.train.lr > 0.0, "train.lr", config.train.lr, "use a positive learning rate"),
         (config.train.patience >= 1, "train.patience", config.train.patience, "use a patience of 1 or more"),
+        (config.train.time_limit_minutes is None or config.train.time_limit_minutes > 0, "train.time_limit_minutes",
+         config.train.time_limit_minutes, "use a positive number of minutes, or none"),
         (len(config.eval.ks) >= 1 and all(k >= 1 for k in config.eval.ks), "eval.ks", config.eval.ks,
          "give cut-offs of 1 or more, e.g. eval.ks=1,5,10"),
         (config.eval.batch_size >= 1, "eval.batch_size", config.eval.batch_size, "use 1 or more"),

@@ -150,9 +150,13 @@ def train(config: RunConfig) -> Path:
     optimizer = _optimizer(config, model)
     loss_fn = build_loss(config.loss, split.num_items, data.item_counts.to(device))
     metric_names = [f"{m}@{k}" for m in ("NDCG", "HR") for k in config.eval.ks]
-    log = EpochLog(folder / LOG_NAME, ["epoch", "step", "train_loss", *metric_names, "epoch_seconds", "peak_gpu_mb"])
+    log = EpochLog(
+        folder / LOG_NAME,
+        ["epoch", "step", "train_loss", *metric_names, "epoch_seconds", "train_seconds", "peak_train_gpu_mb"],
+    )
 
     best_metric, best_epoch, step = -math.inf, 0, 0
+    training_started = time.perf_counter()
     for epoch in range(1, config.train.epochs + 1):
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
@@ -193,6 +197,8 @@ def train(config: RunConfig) -> Path:
             batches += 1
             bar.set_postfix(loss=f"{total_loss / batches:.4f}")
         train_loss = total_loss / max(batches, 1)
+        train_seconds = time.perf_counter() - started
+        peak_mb = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0  # training only
         if not math.isfinite(train_loss):
             raise CutrecError(
                 f"training loss became {train_loss} in epoch {epoch}; lower train.lr (now {config.train.lr})"
@@ -205,7 +211,6 @@ def train(config: RunConfig) -> Path:
             num_train_users=data.num_train_users,
         )
         seconds = time.perf_counter() - started
-        peak_mb = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0
         current = valid[config.eval.valid_metric]
         improved = current > best_metric
         if improved:
@@ -226,7 +231,8 @@ def train(config: RunConfig) -> Path:
             )
         log.append(
             {"epoch": epoch, "step": step, "train_loss": f"{train_loss:.6f}", "epoch_seconds": f"{seconds:.3f}",
-             "peak_gpu_mb": f"{peak_mb:.1f}", **{k: f"{valid[k]:.6f}" for k in metric_names}}
+             "train_seconds": f"{train_seconds:.3f}", "peak_train_gpu_mb": f"{peak_mb:.1f}",
+             **{k: f"{valid[k]:.6f}" for k in metric_names}}
         )
         print(
             f"epoch {epoch:3d}  loss {train_loss:.4f}  valid {config.eval.valid_metric} {current:.4f}"
@@ -236,6 +242,10 @@ def train(config: RunConfig) -> Path:
         if epoch - best_epoch >= config.train.patience:
             print(f"early stop: {config.eval.valid_metric} has not improved for {config.train.patience} epochs",
                   file=sys.stderr)
+            break
+        limit = config.train.time_limit_minutes
+        if limit is not None and time.perf_counter() - training_started > 60 * limit:
+            print(f"stop: train.time_limit_minutes={limit} reached after epoch {epoch}", file=sys.stderr)
             break
 
     results = test_run(folder, device)

@@ -1,0 +1,104 @@
+"""The `cutrec` command: one-line errors with exit status 2 for user mistakes, and a short end-to-end run."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cutrec.cli import main
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture
+def bad_files(tmp_path):
+    (tmp_path / "columns.csv").write_text("a,b,c\n1,2,3\n")
+    (tmp_path / "float_ids.csv").write_text("user_id,item_id,timestamp\n1,2,3\n1,2.5,4\n")
+    (tmp_path / "missing.csv").write_text("user_id,item_id,timestamp\n1,2,3\n1,3,\n")
+    (tmp_path / "tiny.csv").write_text("user_id,item_id,timestamp\n1,2,3\n1,3,4\n2,2,5\n")
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--data", "{tmp}/nothing.csv"], "nothing.csv' does not exist"),
+        (["--data", "{tmp}/columns.csv"], "has no column 'user_id' (columns: a, b, c); set data.user_col"),
+        (["--data", "{tmp}/float_ids.csv"], "holds 2.5 in data row 2, which is no id"),
+        (["--data", "{tmp}/missing.csv"], "has a missing value in data row 2"),
+        (["--data", "{tmp}/tiny.csv", "--data.min_user_count=5"], "no events are left after the iterative k-core"),
+        (["--model.max_len=0"], "model.max_len=0 is out of range: use a sequence length of 1 or more"),
+        (["--model.max_len", "0"], "model.max_len=0 is out of range"),
+        (["--model.dim"], "option '--model.dim' needs a value"),
+        (["--negatives", "0"], "loss.num_negatives=0 is out of range: use 1 or more negatives"),
+        (["--model.foo=1"], "unknown config key 'model.foo'"),
+        (["--train.lr=fast"], "config key 'train.lr' needs a number, got 'fast'"),
+        (["--dataset", "nope"], "data.dataset='nope' is not a known dataset"),
+        (["--config", "{tmp}/none.toml"], "none.toml' does not exist"),
+        (["stray"], "unexpected argument 'stray'"),
+    ],
+)
+def test_user_mistakes_give_one_line_errors(bad_files, capsys, args, message):
+    args = [a.replace("{tmp}", str(bad_files)) for a in args]
+    code = main(["train", *args, f"--out={bad_files}/runs", f"--data.cache_dir={bad_files / 'cache'}"])
+    error = capsys.readouterr().err.strip()
+    assert code == 2
+    assert error.startswith("cutrec: error: ") and message in error
+    assert "\n" not in error and "Traceback" not in error
+
+
+def test_console_script_exits_non_zero_without_traceback(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "cutrec.cli", "train", "--data", str(tmp_path / "absent.tsv")],
+        capture_output=True, text=True, cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    assert "absent.tsv' does not exist" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_evaluate_missing_run(capsys, tmp_path):
+    assert main(["evaluate", str(tmp_path / "no-run")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_datasets_lists_the_registry(capsys):
+    assert main(["datasets"]) == 0
+    listing = capsys.readouterr().out
+    for name in ("ml-1m", "amazon-beauty", "gowalla", "zvuk", "30music"):
+        assert name in listing
+
+
+def test_end_to_end_synthetic_beats_most_popular_twice(tmp_path, capsys):
+    """Train briefly on the built-in synthetic data, then re-score the saved run with `cutrec evaluate`."""
+    args = [
+        "train", f"--out={tmp_path}", "--name=e2e", "--epochs=6", "--train.patience=6", "--seed=3",
+        "--data.synthetic.num_users=1200", "--data.synthetic.num_items=400", "--model.dim=32", "--model.num_blocks=1",
+        "--batch-size=64", "--lr=0.003", "--train.progress=false",
+    ]
+    assert main(args) == 0
+    run = tmp_path / "e2e"
+    metrics = json.loads((run / "metrics.json").read_text())
+    model, popular = metrics["test"]["SASRec"]["NDCG@10"], metrics["test"]["MostPopular"]["NDCG@10"]
+    assert model >= 2 * popular > 0, (model, popular)
+    log = (run / "log.csv").read_text().splitlines()
+    assert log[0].startswith("epoch,step,train_loss") and len(log) == 7
+    assert json.loads((run / "config.json").read_text())["train"]["seed"] == 3
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--device=cpu"]) == 0
+    assert f"{model:.4f}" in capsys.readouterr().out
+    assert main(args) == 2  # the same run folder is never overwritten
+    assert "already holds a run" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not (SHARED / "ml-100k").is_dir(), reason="needs ../shared/data")
+def test_real_log_with_global_temporal_split_runs(tmp_path):
+    args = [
+        "train", f"--data={SHARED / 'ml-100k' / 'ratings.tsv'}", f"--out={tmp_path}", "--name=ml",
+        "--data.split=global_temporal", "--data.min_user_count=5", "--data.min_item_count=5", "--epochs=1",
+        "--model.dim=16", "--model.num_blocks=1", "--train.progress=false", f"--data.cache_dir={tmp_path / 'cache'}",
+    ]
+    assert main(args) == 0
+    metrics = json.loads((tmp_path / "ml" / "metrics.json").read_text())
+    assert metrics["test_users"] > 0 and 0.0 <= metrics["test"]["SASRec"]["HR@10"] <= 1.0
