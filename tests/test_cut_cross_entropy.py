@@ -97,6 +97,19 @@ def test_matches_float64_reference(impl, shape, dtype, has_bias, reduction, seed
     assert_no_worse_than_pytorch(hidden, items, bias, targets, upstream, reduction, impl)
 
 
+@pytest.mark.parametrize(("shape", "has_bias"), [((20, 3000, 16), True), ((37, 1001, 24), False)])
+def test_catalog_split_across_programs_matches_reference(shape, has_bias):
+    """Few positions: the forward splits the catalog across programs and combines the partial sums."""
+    from cutrec.kernels import cut_cross_entropy as kernels
+
+    block_m, block_n, _, _ = kernels._block_config("forward", shape[2], torch.float32, interpret=True)
+    splits = kernels._num_splits(-(-shape[0] // block_m), shape[1], block_n, torch.device("cpu"), interpret=True)
+    assert splits > 1
+    hidden, items, bias, targets, upstream = make_inputs(shape, torch.float32, has_bias, seed=5)
+    for reduction in ("mean", "none"):
+        assert_no_worse_than_pytorch(hidden, items, bias, targets, upstream, reduction, "triton")
+
+
 @pytest.mark.parametrize("impl", IMPLS)
 def test_all_rows_ignored_gives_zero_loss_and_grads(impl):
     hidden, items, bias, targets, upstream = make_inputs((9, 100, 16), torch.float32, True, seed=1)

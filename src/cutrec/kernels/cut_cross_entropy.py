@@ -44,15 +44,15 @@ LOG2E = tl.constexpr(1.4426950408889634)  # log2(e): exp(x) = exp2(x * LOG2E)
 LN2 = tl.constexpr(0.6931471805599453)  # ln(2): ln(x) = log2(x) * LN2
 
 # Launch configurations, (kernel, BLOCK_D at most, bytes per element) -> (BLOCK_M, BLOCK_N, num_warps, num_stages).
-# D=64 16-bit rows: the fastest of 24 configurations timed by benchmarks/tune_cut_cross_entropy.py on an H200
-# (M=32768, N=1M: forward 20.3 ms, item backward 25.7 ms). Other rows are starting points checked only by compiling
-# for sm_90 with triton 3.7:
+# D=64 and D=256 16-bit rows: the fastest of 24 configurations timed by benchmarks/tune_cut_cross_entropy.py on an
+# H200 (M=32768; D=64, N=1M: forward 20.3 ms, item backward 25.7 ms; D=256, N=300k: 16.0 ms and 18.7 ms). Other
+# rows are starting points checked only by compiling for sm_90 with triton 3.7:
 # the 16-bit rows spill no registers (forward D=512: 56 bytes). fp32 runs IEEE dots on the FMA units, which hold the
 # whole D of both operands in registers: its rows are the least-spilling found, and D > 128 in fp32 still spills.
 _GPU_BLOCKS = {
     ("forward", 64, 2): (128, 64, 4, 3),
     ("forward", 128, 2): (128, 64, 8, 3),
-    ("forward", 256, 2): (64, 64, 8, 2),
+    ("forward", 256, 2): (128, 64, 8, 3),
     ("forward", 512, 2): (64, 32, 8, 2),
     ("forward", 64, 4): (32, 64, 8, 2),
     ("forward", 128, 4): (32, 64, 8, 2),
@@ -60,7 +60,7 @@ _GPU_BLOCKS = {
     ("forward", 512, 4): (16, 32, 4, 2),
     ("item_backward", 64, 2): (64, 128, 4, 2),
     ("item_backward", 128, 2): (64, 128, 8, 3),
-    ("item_backward", 256, 2): (64, 64, 8, 2),
+    ("item_backward", 256, 2): (64, 128, 8, 3),
     ("item_backward", 512, 2): (32, 64, 8, 2),
     ("item_backward", 64, 4): (64, 64, 8, 2),
     ("item_backward", 128, 4): (64, 32, 8, 2),
@@ -111,11 +111,16 @@ def _forward_kernel(
     lse_ptr,  # [M] fp32 out
     loss_ptr,  # [M] fp32 out
     grad_factor_ptr,  # [M, D] fp32 out: G = d loss_i / d h_i (written only when COMPUTE_GRAD_FACTOR)
+    partial_max_ptr,  # [S, M] fp32 out (SPLIT only): running max of z * log2(e) over the split's items
+    partial_sum_ptr,  # [S, M] fp32 out (SPLIT only): sum of exp2(z * log2(e) - max) over the split's items
+    partial_acc_ptr,  # [S, M, D] fp32 out (SPLIT and COMPUTE_GRAD_FACTOR): sum of exp2(...) * w_j over the split
     num_rows,
     num_items,
+    split_size,  # items per split (a multiple of BLOCK_N); the whole catalog when not SPLIT
     ignore_index,
     HAS_BIAS: tl.constexpr,
     COMPUTE_GRAD_FACTOR: tl.constexpr,
+    SPLIT: tl.constexpr,
     FP32_DOT: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -142,7 +147,9 @@ def _forward_kernel(
     max2 = tl.full([BLOCK_M], float("-inf"), tl.float32)  # running max of z * log2(e)
     sum_exp = tl.zeros([BLOCK_M], tl.float32)  # running sum of exp2(z * log2(e) - max2)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)  # running sum of exp2(...) * w_j
-    for start in range(0, num_items, BLOCK_N):
+    split = tl.program_id(1)
+    split_start = split * split_size
+    for start in range(split_start, tl.minimum(split_start + split_size, num_items), BLOCK_N):
         cols = start + tl.arange(0, BLOCK_N)  # [BN]
         col_mask = cols < num_items
         w = tl.load(
@@ -162,6 +169,14 @@ def _forward_kernel(
             acc = acc * rescale[:, None] + _dot(p, w, FP32_DOT)
         max2 = new_max2
 
+    if SPLIT:  # partial results; the launch helper combines the splits
+        partial_rows = split.to(tl.int64) * num_rows + rows  # [BM]
+        tl.store(partial_max_ptr + partial_rows, max2, mask=row_mask)
+        tl.store(partial_sum_ptr + partial_rows, sum_exp, mask=row_mask)
+        tl.store(loss_ptr + rows, target_logit, mask=row_mask & (split == 0))  # the target logit, for the combine
+        if COMPUTE_GRAD_FACTOR:
+            tl.store(partial_acc_ptr + partial_rows[:, None] * DIM + dims[None, :], acc, mask=row_dim_mask)
+        return
     lse = (max2 + tl.log2(sum_exp)) * LN2  # [BM]
     loss = tl.where(valid, lse - target_logit, 0.0)
     tl.store(lse_ptr + rows, lse, mask=row_mask)
@@ -240,6 +255,38 @@ def _item_backward_kernel(
         tl.store(grad_bias_ptr + cols, grad_b.to(grad_bias_ptr.dtype.element_ty), mask=col_mask)
 
 
+def _num_splits(row_blocks: int, num_items: int, block_n: int, device: torch.device, interpret: bool) -> int:
+    """Split the catalog across programs when there are too few row blocks to fill the GPU (small M, large N).
+
+    Aims at two programs per multiprocessor, each split keeping at least 8 item tiles. The interpreter pretends to
+    have 4 multiprocessors so small test shapes take the split path too.
+    """
+    processors = 4 if interpret else torch.cuda.get_device_properties(device).multi_processor_count
+    if row_blocks >= processors:
+        return 1
+    return max(1, min(triton.cdiv(2 * processors, row_blocks), triton.cdiv(num_items, 8 * block_n)))
+
+
+def _combine_splits(
+    partial_max: torch.Tensor,
+    partial_sum: torch.Tensor,
+    partial_acc: torch.Tensor | None,
+    target_logit: torch.Tensor,
+    w_target: torch.Tensor | None,
+    valid: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Merge per-split (max, sum, acc) into (loss [M], lse [M], G [M, D]), like the end of the one-split kernel."""
+    top = partial_max.max(0).values  # [M]
+    weights = torch.exp2(partial_max - top)  # [S, M]; an empty split has max -inf and weight 0
+    total = (weights * partial_sum).sum(0)  # [M]
+    lse = (top + torch.log2(total)) * LN2.value  # [M]
+    loss = torch.where(valid, lse - target_logit, 0.0)
+    if partial_acc is None:
+        return loss, lse, None
+    grad_factor = torch.einsum("sm,smd->md", weights, partial_acc) / total[:, None] - w_target  # [M, D]
+    return loss, lse, torch.where(valid[:, None], grad_factor, 0.0)
+
+
 def forward(
     hidden: torch.Tensor,
     items: torch.Tensor,
@@ -251,6 +298,8 @@ def forward(
     """Launch the forward kernel: (loss [M] fp32, lse [M] fp32, G [M, D] or [0, D] fp32).
 
     `items` and `bias` must already have hidden's dtype; G is computed only when `compute_grad_factor`.
+    With few positions the catalog is split across programs; the splits' partial sums are then combined here
+    (extra memory S x M x (D + 2) x 4 bytes for S splits, S <= 2 x multiprocessors / row blocks).
     """
     hidden, items, targets = hidden.contiguous(), items.contiguous(), targets.contiguous()
     num_rows, dim = hidden.shape
@@ -262,7 +311,19 @@ def forward(
     if num_rows == 0:
         return loss, lse, grad_factor
     block_m, block_n, num_warps, num_stages = _block_config("forward", dim, hidden.dtype, interpret)
-    _forward_kernel[(triton.cdiv(num_rows, block_m),)](
+    row_blocks = triton.cdiv(num_rows, block_m)
+    num_splits = _num_splits(row_blocks, num_items, block_n, hidden.device, interpret)
+    split_size = triton.cdiv(triton.cdiv(num_items, num_splits), block_n) * block_n
+    num_splits = triton.cdiv(num_items, split_size)
+    split = num_splits > 1
+    partial_shape = (num_splits, num_rows) if split else (0,)
+    partial_max = torch.empty(partial_shape, dtype=torch.float32, device=hidden.device)
+    partial_sum = torch.empty(partial_shape, dtype=torch.float32, device=hidden.device)
+    partial_acc = torch.empty(
+        (num_splits, num_rows, dim) if split and compute_grad_factor else (0,), dtype=torch.float32,
+        device=hidden.device,
+    )
+    _forward_kernel[(row_blocks, num_splits)](
         hidden,
         items,
         bias.contiguous() if bias is not None else items,
@@ -270,11 +331,16 @@ def forward(
         lse,
         loss,
         grad_factor if compute_grad_factor else hidden,
+        partial_max,
+        partial_sum,
+        partial_acc,
         num_rows,
         num_items,
+        split_size,
         ignore_index,
         HAS_BIAS=bias is not None,
         COMPUTE_GRAD_FACTOR=compute_grad_factor,
+        SPLIT=split,
         FP32_DOT=interpret or hidden.dtype == torch.float32,
         BLOCK_M=block_m,
         BLOCK_N=block_n,
@@ -283,7 +349,14 @@ def forward(
         num_warps=num_warps,
         num_stages=num_stages,
     )
-    return loss, lse, grad_factor
+    if not split:
+        return loss, lse, grad_factor
+    valid = targets != ignore_index
+    w_target = items[torch.where(valid, targets, 0)].float() if compute_grad_factor else None  # [M, D]
+    loss, lse, combined = _combine_splits(
+        partial_max, partial_sum, partial_acc if compute_grad_factor else None, loss, w_target, valid
+    )
+    return loss, lse, combined if compute_grad_factor else grad_factor
 
 
 def item_backward(
