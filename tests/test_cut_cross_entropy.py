@@ -19,7 +19,8 @@ cce_module = importlib.import_module("cutrec.losses.cut_cross_entropy")  # the m
 IMPLS = ["torch", "triton"]
 # Relative to max|truth|: 1e-4 in fp32 (the kernels add N / BLOCK_N tile sums one after another: about 1600 tiles
 # at N=100k, so up to ~1600 * 6e-8 = 1e-4; measured 2.2e-5 on an H200 where cuBLAS's tree sums gave 1e-5), one
-# unit in the last place in bf16 (2**-8) and fp16 (2**-11) for the final rounding of dloss * G.
+# unit in the last place in bf16 (2**-8) and fp16 (2**-11), because G is rounded to the input dtype once before
+# dloss * G is rounded again.
 TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 2**-8, torch.float16: 2**-11}
 SHAPES = [(37, 1001, 24), (70, 333, 80), (5, 50, 16), (130, 2049, 33)]  # (M, N, D), none a multiple of a block
 REDUCTIONS = ["mean", "sum", "none"]
@@ -325,3 +326,23 @@ def test_gpu_extra_memory_is_linear_in_positions_and_items():
     assert extra < limit, (
         f"extra memory {extra / 2**20:.1f} MiB >= {limit / 2**20:.1f} MiB (gradients {gradient_bytes})"
     )
+
+
+def test_autocast_computes_in_the_autocast_dtype():
+    hidden, items, _, targets, _ = make_inputs((33, 300, 16), torch.float32, False, seed=9)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = cut_cross_entropy(hidden, items, targets, impl="torch")
+    in_bf16 = cut_cross_entropy(hidden.bfloat16(), items.bfloat16(), targets, impl="torch")
+    in_fp32 = cut_cross_entropy(hidden, items, targets, impl="torch")
+    assert under_autocast.item() == in_bf16.item() != in_fp32.item()
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_second_backward_through_one_forward_is_refused(impl):
+    """The hidden-gradient buffer is reused in place, so retain_graph=True cannot silently give a wrong gradient."""
+    hidden, items, _, targets, _ = make_inputs((20, 200, 16), torch.float32, False, seed=4)
+    hidden.requires_grad_()
+    loss = cut_cross_entropy(hidden, items, targets, impl=impl)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()

@@ -9,7 +9,7 @@ Two launches, no atomics, so the same inputs give bit-identical outputs:
    from tl.dot (tensor cores for 16-bit inputs, IEEE fp32 for fp32 inputs; fp32 accumulation), an online
    log-sum-exp in base 2, the target logit from a gather of the target rows, and, when the hidden gradient is
    wanted, the flash-attention style running sum acc_i = sum_j softmax_ij w_j. It writes lse [M] fp32, loss [M]
-   fp32 (0 on ignored rows) and G_i = acc_i / l_i - w_y_i [M, D] in fp32, which is exactly
+   fp32 (0 on ignored rows) and G_i = acc_i / l_i - w_y_i [M, D] in hidden's dtype, which is exactly
    d loss_i / d h_i: the hidden gradient is then dloss_i * G_i, an elementwise product, with no further pass over
    the logits.
 2. `_item_backward_kernel`, one program per block of BLOCK_N items, looping over blocks of BLOCK_M positions:
@@ -21,8 +21,10 @@ D is a compile-time constant (one compilation per model width), so the row strid
 vectorise even for D that is not a multiple of 16; row and column indices are widened to int64 before they are
 multiplied by D, since M x D and N x D offsets outgrow int32 at catalog scale.
 
-Memory beyond the inputs and the returned gradients: lse and loss (8 M bytes) plus G (M x D fp32; kept in fp32 so
-that grad_hidden = dloss * G is rounded to hidden's dtype once, not twice). Nothing of size M x N is ever stored.
+Memory beyond the inputs and the returned gradients: lse and loss (8 M bytes); G (M x D in hidden's dtype) is scaled
+in place by dloss in the backward and returned as the hidden gradient, so it is not extra. With few positions the
+forward splits the catalog and keeps S x M x (D + 2) fp32 partial sums until they are combined (S x M <= about
+2 x 132 x BLOCK_M rows). Nothing of size M x N is ever stored.
 
 Work floor (docs/kernels.md): 4 GEMMs of 2 M N D flops (forward logits, forward softmax @ W, backward logits,
 backward g^T @ H) and 2 exponential passes over the M x N logits (one per launch). At M=32768, N=1M, D=64 that is
@@ -110,7 +112,7 @@ def _forward_kernel(
     targets_ptr,  # [M] int64 or int32
     lse_ptr,  # [M] fp32 out
     loss_ptr,  # [M] fp32 out
-    grad_factor_ptr,  # [M, D] fp32 out: G = d loss_i / d h_i (written only when COMPUTE_GRAD_FACTOR)
+    grad_factor_ptr,  # [M, D] out, hidden's dtype: G = d loss_i / d h_i (written only when COMPUTE_GRAD_FACTOR)
     partial_max_ptr,  # [S, M] fp32 out (SPLIT only): running max of z * log2(e) over the split's items
     partial_sum_ptr,  # [S, M] fp32 out (SPLIT only): sum of exp2(z * log2(e) - max) over the split's items
     partial_acc_ptr,  # [S, M, D] fp32 out (SPLIT and COMPUTE_GRAD_FACTOR): sum of exp2(...) * w_j over the split
@@ -295,7 +297,7 @@ def forward(
     ignore_index: int,
     compute_grad_factor: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Launch the forward kernel: (loss [M] fp32, lse [M] fp32, G [M, D] or [0, D] fp32).
+    """Launch the forward kernel: (loss [M] fp32, lse [M] fp32, G [M, D] or [0, D] in hidden's dtype).
 
     `items` and `bias` must already have hidden's dtype; G is computed only when `compute_grad_factor`.
     With few positions the catalog is split across programs; the splits' partial sums are then combined here
@@ -307,9 +309,10 @@ def forward(
     interpret = interpreting()
     loss = torch.empty(num_rows, dtype=torch.float32, device=hidden.device)
     lse = torch.empty(num_rows, dtype=torch.float32, device=hidden.device)
-    grad_factor = torch.empty((num_rows if compute_grad_factor else 0, dim), dtype=torch.float32, device=hidden.device)
+    factor_dtype = torch.float32 if interpret else hidden.dtype  # the interpreter truncates casts: round in torch
+    grad_factor = torch.empty((num_rows if compute_grad_factor else 0, dim), dtype=factor_dtype, device=hidden.device)
     if num_rows == 0:
-        return loss, lse, grad_factor
+        return loss, lse, grad_factor.to(hidden.dtype)
     block_m, block_n, num_warps, num_stages = _block_config("forward", dim, hidden.dtype, interpret)
     row_blocks = triton.cdiv(num_rows, block_m)
     num_splits = _num_splits(row_blocks, num_items, block_n, hidden.device, interpret)
@@ -350,13 +353,13 @@ def forward(
         num_stages=num_stages,
     )
     if not split:
-        return loss, lse, grad_factor
+        return loss, lse, grad_factor.to(hidden.dtype)
     valid = targets != ignore_index
     w_target = items[torch.where(valid, targets, 0)].float() if compute_grad_factor else None  # [M, D]
     loss, lse, combined = _combine_splits(
         partial_max, partial_sum, partial_acc if compute_grad_factor else None, loss, w_target, valid
     )
-    return loss, lse, combined if compute_grad_factor else grad_factor
+    return loss, lse, (combined if compute_grad_factor else grad_factor).to(hidden.dtype)
 
 
 def item_backward(

@@ -8,7 +8,8 @@ over positions so the logits take at most TORCH_CHUNK_BUDGET_BYTES, plus fp32 co
 gradient). Both are torch.library custom ops with fake implementations and registered autograd, so
 `torch.compile(fullgraph=True)` traces through them.
 
-The forward op also returns G = d loss_i / d h_i ([M, D], fp32), so the hidden gradient is dloss_i * G_i;
+The forward op also returns G = d loss_i / d h_i ([M, D], hidden's dtype); the backward scales it in place by dloss_i
+into the hidden gradient;
 the item backward op recomputes the logits block by block for d items and d bias.
 (No `from __future__ import annotations` here: custom_op reads the annotations to infer the op schemas.)
 """
@@ -85,7 +86,7 @@ def _torch_forward(
     bias_f32 = bias.float() if bias is not None else None
     loss = hidden.new_empty(num_rows, dtype=torch.float32)
     lse = hidden.new_empty(num_rows, dtype=torch.float32)
-    grad_factor = hidden.new_empty((num_rows if compute_grad_factor else 0, dim), dtype=torch.float32)
+    grad_factor = hidden.new_empty((num_rows if compute_grad_factor else 0, dim))
     valid = targets != ignore_index  # [M]
     safe_targets = torch.where(valid, targets, torch.zeros_like(targets)).long()
     chunk = _chunk_rows(items.shape[0])
@@ -150,13 +151,14 @@ def _forward_op(
     compute_grad_factor: bool,
     impl: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(loss [M] fp32, lse [M] fp32, G [M, D] or [0, D] fp32); items and bias have hidden's dtype."""
+    """(loss [M] fp32, lse [M] fp32, G [M, D] or [0, D] in hidden's dtype); items and bias have hidden's dtype."""
     _check_target_range(targets, items.shape[0], ignore_index)
     if impl == "triton":
         from cutrec.kernels import cut_cross_entropy as kernels
 
         return kernels.forward(hidden, items, bias, targets, ignore_index, compute_grad_factor)
-    return _torch_forward(hidden, items, bias, targets, ignore_index, compute_grad_factor)
+    with torch.autocast(hidden.device.type, enabled=False):  # the fallback computes in fp32 whatever the context
+        return _torch_forward(hidden, items, bias, targets, ignore_index, compute_grad_factor)
 
 
 @_forward_op.register_fake
@@ -164,7 +166,7 @@ def _forward_fake(hidden, items, bias, targets, ignore_index, compute_grad_facto
     num_rows, dim = hidden.shape
     loss = hidden.new_empty(num_rows, dtype=torch.float32)
     lse = hidden.new_empty(num_rows, dtype=torch.float32)
-    grad_factor = hidden.new_empty((num_rows if compute_grad_factor else 0, dim), dtype=torch.float32)
+    grad_factor = hidden.new_empty((num_rows if compute_grad_factor else 0, dim))
     return loss, lse, grad_factor
 
 
@@ -185,7 +187,8 @@ def _item_backward_op(
 
         grad_items, grad_bias = kernels.item_backward(hidden, items, bias, targets, lse, grad_loss, ignore_index)
     else:
-        grad_items, grad_bias = _torch_item_backward(hidden, items, bias, targets, lse, grad_loss, ignore_index)
+        with torch.autocast(hidden.device.type, enabled=False):
+            grad_items, grad_bias = _torch_item_backward(hidden, items, bias, targets, lse, grad_loss, ignore_index)
     return grad_items, grad_bias if grad_bias is not None else items.new_empty(0)
 
 
@@ -207,7 +210,9 @@ def _backward(ctx, grad_loss, grad_lse, grad_grad_factor):
     hidden, items, bias, targets, lse, grad_factor = ctx.saved_tensors
     grad_hidden = grad_items = grad_bias = None
     if ctx.needs_input_grad[0]:
-        grad_hidden = (grad_factor * grad_loss[:, None]).to(hidden.dtype)  # [M, D]
+        # G becomes the hidden gradient in place, so it costs no memory beyond the returned gradient. A second
+        # backward through the same forward (retain_graph=True) is refused by autograd's saved-tensor version check.
+        grad_hidden = grad_factor.mul_(grad_loss[:, None])  # [M, D]
     if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
         grad_items, grad_bias = _item_backward_op(
             hidden, items, bias, targets, lse, grad_loss, ctx.ignore_index, ctx.impl
@@ -233,7 +238,8 @@ def cut_cross_entropy(
     """Full-softmax CE of `hidden` [M, D] against every row of `items` [N, D] (+ `bias` [N]), targets [M].
 
     Returns a float32 scalar ("mean", "sum") or [M] ("none"). Gradients flow to hidden, items and bias.
-    `items` and `bias` are cast to hidden's dtype when they differ (as autocast does for a linear layer), so with
+    Under autocast, hidden is first cast to the autocast dtype. `items` and `bias` are then cast to hidden's dtype
+    when they differ (as autocast does for a linear layer), so with
     bf16 hidden and an fp32 item table the logits use bf16 operands with fp32 accumulation, and the gradients come
     back in each input's own dtype. `impl`: "triton" (CUDA, or CPU under TRITON_INTERPRET=1), "torch" (chunked
     fallback), or "auto" (triton on CUDA when installed and D <= 512, else torch). The forward checks the target
@@ -247,6 +253,8 @@ def cut_cross_entropy(
     if bias is not None and bias.device != hidden.device:
         raise CutrecError(f"bias must be on hidden's device {hidden.device}, got {bias.device}")
     resolved = _resolve_impl(impl, hidden.device, hidden.shape[1])
+    if torch.is_autocast_enabled(hidden.device.type):  # compute in the autocast dtype, as a linear layer would
+        hidden = hidden.to(torch.get_autocast_dtype(hidden.device.type))
     items = items.to(hidden.dtype)
     bias = bias.to(hidden.dtype) if bias is not None else None
     compute_grad_factor = torch.is_grad_enabled() and hidden.requires_grad
