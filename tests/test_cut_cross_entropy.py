@@ -235,6 +235,15 @@ def test_target_out_of_range_names_the_value(impl):
         cut_cross_entropy(hidden, items, targets, impl=impl)
 
 
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("num_rows", [9, 300])  # one row block (split path under the interpreter) and several
+def test_unchecked_bad_target_gives_nan_not_a_wrong_loss(impl, num_rows):
+    hidden, items, _, targets, _ = make_inputs((num_rows, 700, 16), torch.float32, False, seed=6, ignored_fraction=0)
+    targets[3] = 700
+    losses = cut_cross_entropy(hidden, items, targets, reduction="none", impl=impl, check_targets=False)
+    assert torch.isnan(losses[3]) and torch.isfinite(losses[torch.arange(num_rows) != 3]).all()
+
+
 def test_bad_arguments_raise():
     hidden, items, bias, targets, _ = make_inputs((8, 30, 16), torch.float32, True, seed=11)
     with pytest.raises(CutrecError, match="hidden must be \\[M, D\\]"):

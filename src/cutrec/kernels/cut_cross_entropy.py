@@ -138,9 +138,10 @@ def _forward_kernel(
 
     target = tl.load(targets_ptr + rows, mask=row_mask, other=ignore_index)  # [BM]
     valid = row_mask & (target != ignore_index)
-    safe_target = tl.where(valid, target, 0).to(tl.int64)
+    in_range = (target >= 0) & (target < num_items)  # an unchecked bad target gives a NaN loss, never a wrong one
+    safe_target = tl.where(valid & in_range, target, 0).to(tl.int64)
     target_offsets = safe_target[:, None] * DIM + dims[None, :]  # [BM, BD]: the target rows of the item table
-    target_dim_mask = valid[:, None] & dim_mask[None, :]
+    target_dim_mask = (valid & in_range)[:, None] & dim_mask[None, :]
     w_target = tl.load(items_ptr + target_offsets, mask=target_dim_mask, other=0.0).to(tl.float32)  # [BM, BD]
     target_logit = tl.sum(h.to(tl.float32) * w_target, axis=1)  # [BM]
     if HAS_BIAS:
@@ -180,7 +181,7 @@ def _forward_kernel(
             tl.store(partial_acc_ptr + partial_rows[:, None] * DIM + dims[None, :], acc, mask=row_dim_mask)
         return
     lse = (max2 + tl.log2(sum_exp)) * LN2  # [BM]
-    loss = tl.where(valid, lse - target_logit, 0.0)
+    loss = tl.where(valid, tl.where(in_range, lse - target_logit, float("nan")), 0.0)
     tl.store(lse_ptr + rows, lse, mask=row_mask)
     tl.store(loss_ptr + rows, loss, mask=row_mask)
     if COMPUTE_GRAD_FACTOR:
@@ -355,9 +356,11 @@ def forward(
     if not split:
         return loss, lse, grad_factor.to(hidden.dtype)
     valid = targets != ignore_index
-    w_target = items[torch.where(valid, targets, 0)].float() if compute_grad_factor else None  # [M, D]
+    in_range = (targets >= 0) & (targets < num_items)
+    w_target = items[torch.where(valid & in_range, targets, 0)].float() if compute_grad_factor else None  # [M, D]
+    target_logit = torch.where(in_range, loss, float("nan"))  # split 0 wrote the target logits into `loss`
     loss, lse, combined = _combine_splits(
-        partial_max, partial_sum, partial_acc if compute_grad_factor else None, loss, w_target, valid
+        partial_max, partial_sum, partial_acc if compute_grad_factor else None, target_logit, w_target, valid
     )
     return loss, lse, (combined if compute_grad_factor else grad_factor).to(hidden.dtype)
 

@@ -88,7 +88,8 @@ def _torch_forward(
     lse = hidden.new_empty(num_rows, dtype=torch.float32)
     grad_factor = hidden.new_empty((num_rows if compute_grad_factor else 0, dim))
     valid = targets != ignore_index  # [M]
-    safe_targets = torch.where(valid, targets, torch.zeros_like(targets)).long()
+    in_range = (targets >= 0) & (targets < items.shape[0])  # an unchecked bad target gives a NaN loss
+    safe_targets = torch.where(valid & in_range, targets, torch.zeros_like(targets)).long()
     chunk = _chunk_rows(items.shape[0])
     for start in range(0, num_rows, chunk):
         rows = slice(start, start + chunk)
@@ -98,7 +99,8 @@ def _torch_forward(
         chunk_lse = torch.logsumexp(logits, dim=1)  # [C]
         target_logit = logits.gather(1, safe_targets[rows, None]).squeeze(1)  # [C]
         lse[rows] = chunk_lse
-        loss[rows] = torch.where(valid[rows], chunk_lse - target_logit, torch.zeros_like(chunk_lse))
+        chunk_loss = torch.where(in_range[rows], chunk_lse - target_logit, torch.full_like(chunk_lse, float("nan")))
+        loss[rows] = torch.where(valid[rows], chunk_loss, torch.zeros_like(chunk_lse))
         if compute_grad_factor:
             probs = logits.sub_(chunk_lse[:, None]).exp_()  # [C, N] softmax, in place of the logits
             chunk_factor = probs @ items_f32 - items_f32[safe_targets[rows]]  # [C, D]
@@ -149,10 +151,12 @@ def _forward_op(
     targets: torch.Tensor,
     ignore_index: int,
     compute_grad_factor: bool,
+    check_targets: bool,
     impl: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(loss [M] fp32, lse [M] fp32, G [M, D] or [0, D] in hidden's dtype); items and bias have hidden's dtype."""
-    _check_target_range(targets, items.shape[0], ignore_index)
+    if check_targets:
+        _check_target_range(targets, items.shape[0], ignore_index)
     if impl == "triton":
         from cutrec.kernels import cut_cross_entropy as kernels
 
@@ -162,7 +166,7 @@ def _forward_op(
 
 
 @_forward_op.register_fake
-def _forward_fake(hidden, items, bias, targets, ignore_index, compute_grad_factor, impl):
+def _forward_fake(hidden, items, bias, targets, ignore_index, compute_grad_factor, check_targets, impl):
     num_rows, dim = hidden.shape
     loss = hidden.new_empty(num_rows, dtype=torch.float32)
     lse = hidden.new_empty(num_rows, dtype=torch.float32)
@@ -198,7 +202,7 @@ def _item_backward_fake(hidden, items, bias, targets, lse, grad_loss, ignore_ind
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    hidden, items, bias, targets, ignore_index, _, impl = inputs
+    hidden, items, bias, targets, ignore_index, _, _, impl = inputs
     _, lse, grad_factor = output
     ctx.save_for_backward(hidden, items, bias, targets, lse, grad_factor)
     ctx.ignore_index = ignore_index
@@ -219,7 +223,7 @@ def _backward(ctx, grad_loss, grad_lse, grad_grad_factor):
         )
         grad_items = grad_items if ctx.needs_input_grad[1] else None
         grad_bias = grad_bias if ctx.needs_input_grad[2] else None
-    return grad_hidden, grad_items, grad_bias, None, None, None, None
+    return grad_hidden, grad_items, grad_bias, None, None, None, None, None
 
 
 _forward_op.register_autograd(_backward, setup_context=_setup_context)
@@ -234,16 +238,18 @@ def cut_cross_entropy(
     ignore_index: int = -100,
     reduction: Reduction = "mean",
     impl: Impl = "auto",
+    check_targets: bool = True,
 ) -> torch.Tensor:
     """Full-softmax CE of `hidden` [M, D] against every row of `items` [N, D] (+ `bias` [N]), targets [M].
 
     Returns a float32 scalar ("mean", "sum") or [M] ("none"). Gradients flow to hidden, items and bias.
     Under autocast, hidden is first cast to the autocast dtype. `items` and `bias` are then cast to hidden's dtype
-    when they differ (as autocast does for a linear layer), so with
-    bf16 hidden and an fp32 item table the logits use bf16 operands with fp32 accumulation, and the gradients come
-    back in each input's own dtype. `impl`: "triton" (CUDA, or CPU under TRITON_INTERPRET=1), "torch" (chunked
-    fallback), or "auto" (triton on CUDA when installed and D <= 512, else torch). The forward checks the target
-    range with one min/max reduction and a device-to-host copy of its two numbers.
+    when they differ (as autocast does for a linear layer), so with bf16 hidden and an fp32 item table the logits
+    use bf16 operands with fp32 accumulation, and the gradients come back in each input's own dtype.
+    `impl`: "triton" (CUDA, or CPU under TRITON_INTERPRET=1), "torch" (chunked fallback), or "auto" (triton on CUDA
+    when installed and D <= 512, else torch). The forward checks the target range with one min/max reduction and a
+    device-to-host copy of its two numbers; `check_targets=False` skips that copy (which stalls the CPU's queueing
+    of kernels), and a target outside [0, N) then gives a NaN loss instead of an error.
     """
     check_seam(hidden, items, targets, bias)
     if reduction not in ("mean", "sum", "none"):
@@ -258,7 +264,9 @@ def cut_cross_entropy(
     items = items.to(hidden.dtype)
     bias = bias.to(hidden.dtype) if bias is not None else None
     compute_grad_factor = torch.is_grad_enabled() and hidden.requires_grad
-    per_position, _, _ = _forward_op(hidden, items, bias, targets, ignore_index, compute_grad_factor, resolved)
+    per_position, _, _ = _forward_op(
+        hidden, items, bias, targets, ignore_index, compute_grad_factor, check_targets, resolved
+    )
     return reduce_loss(per_position, targets != ignore_index, reduction)
 
 

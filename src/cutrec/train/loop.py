@@ -162,7 +162,7 @@ def train(config: RunConfig) -> Path:
             torch.cuda.reset_peak_memory_stats(device)
         started = time.perf_counter()
         model.train()
-        total_loss, batches = 0.0, 0
+        total_loss, batches = torch.zeros((), device=device), 0  # summed on the device: no sync per step
         bar = tqdm(
             train_batches(
                 split.train,
@@ -193,10 +193,11 @@ def train(config: RunConfig) -> Path:
             loss.backward()
             optimizer.step()
             step += 1
-            total_loss += loss.item()
+            total_loss += loss.detach()
             batches += 1
-            bar.set_postfix(loss=f"{total_loss / batches:.4f}")
-        train_loss = total_loss / max(batches, 1)
+            if batches % 50 == 0:
+                bar.set_postfix(loss=f"{total_loss.item() / batches:.4f}")
+        train_loss = total_loss.item() / max(batches, 1)
         train_seconds = time.perf_counter() - started
         peak_mb = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0  # training only
         if not math.isfinite(train_loss):
