@@ -10,12 +10,12 @@ import contextlib
 
 import numpy as np
 import torch
+
+from cutrec.config import EvalConfig
 from cutrec.data.batches import eval_batches
 from cutrec.data.splits import EvalSet
 from cutrec.eval.metrics import ranking_metrics
 from cutrec.eval.ranking import top_k_items
-
-from cutrec.config import EvalConfig
 from cutrec.models.sasrec import SASRec
 
 
