@@ -89,7 +89,21 @@ def test_end_to_end_synthetic_beats_most_popular_twice(tmp_path, capsys):
     assert main(["evaluate", str(run), "--device=cpu"]) == 0
     assert f"{model:.4f}" in capsys.readouterr().out
     assert main(args) == 2  # the same run folder is never overwritten
-    assert "already holds a run" in capsys.readouterr().err
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_cut_cross_entropy_trains_like_full_cross_entropy(tmp_path):
+    """--loss CCE (the chunked fallback on the CPU) follows the same trajectory as --loss CE."""
+    results = {}
+    for loss in ("CE", "CCE"):
+        args = [
+            "train", f"--out={tmp_path}", f"--name={loss}", f"--loss={loss}", "--epochs=2", "--seed=1",
+            "--data.synthetic.num_users=300", "--data.synthetic.num_items=200", "--model.dim=16",
+            "--model.num_blocks=1", "--train.progress=false",
+        ]
+        assert main(args) == 0
+        results[loss] = json.loads((tmp_path / loss / "metrics.json").read_text())["test"]["SASRec"]
+    assert results["CCE"]["NDCG@10"] == pytest.approx(results["CE"]["NDCG@10"], abs=0.01)
 
 
 @pytest.mark.skipif(not (SHARED / "ml-100k").is_dir(), reason="needs ../shared/data")

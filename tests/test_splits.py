@@ -52,7 +52,7 @@ def test_leave_one_out_hand_checked():
 
 
 def test_leave_one_out_random_no_leaks():
-    rng = np.random.default_rng()
+    rng = np.random.default_rng(12345)
     data, time_of = _unique_events(rng, int(rng.integers(50, 300)))
     split = leave_one_out(data)
     events = _user_events(data)
@@ -95,7 +95,7 @@ def test_global_temporal_hand_checked():
 
 @pytest.mark.parametrize("test_fraction,valid_fraction", [(0.1, 0.1), (0.3, 0.25), (0.05, 0.0)])
 def test_global_temporal_random_no_leaks(test_fraction, valid_fraction):
-    rng = np.random.default_rng()
+    rng = np.random.default_rng(54321)
     data, time_of = _unique_events(rng, int(rng.integers(200, 600)))
     seed = int(rng.integers(0, 1000))
     split = global_temporal(data, test_fraction=test_fraction, valid_fraction=valid_fraction, seed=seed)

@@ -71,6 +71,13 @@ def _train(args: argparse.Namespace, extra: list[str]) -> None:
     file_values = load_file(args.config) if args.config else {}
     overrides = _overrides(args, extra)
     config = build_config(file_values, overrides)
+    if config.data.path is not None and config.data.dataset in registry.DATASETS:
+        presets = registry.DATASETS[config.data.dataset].preprocessing
+        print(
+            f"note: data.path is set, so the registry defaults of {config.data.dataset!r} ({presets}) are not "
+            "applied; pass them as --data.KEY=VALUE if the file needs them",
+            file=sys.stderr,
+        )
     if config.data.path is None and config.data.dataset != "synthetic":
         if config.data.dataset not in registry.DATASETS:
             names = ", ".join(["synthetic", *registry.DATASETS])

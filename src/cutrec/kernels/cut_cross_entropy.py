@@ -22,7 +22,8 @@ vectorise even for D that is not a multiple of 16; row and column indices are wi
 multiplied by D, since M x D and N x D offsets outgrow int32 at catalog scale.
 
 Memory beyond the inputs and the returned gradients: lse and loss (8 M bytes); G (M x D in hidden's dtype) is scaled
-in place by dloss in the backward and returned as the hidden gradient, so it is not extra. With few positions the
+in place by dloss in the backward and returned as the hidden gradient, so it is not extra (autograd copies it once
+more only when hidden is a leaf tensor, as in the benchmark). With few positions the
 forward splits the catalog and keeps S x M x (D + 2) fp32 partial sums until they are combined (S x M <= about
 2 x 132 x BLOCK_M rows). Nothing of size M x N is ever stored.
 

@@ -15,7 +15,7 @@ from cutrec.config import EvalConfig
 from cutrec.data.batches import eval_batches
 from cutrec.data.splits import EvalSet
 from cutrec.eval.metrics import ranking_metrics
-from cutrec.eval.ranking import top_k_items
+from cutrec.eval.ranking import most_popular_top_k, top_k_items
 from cutrec.models.sasrec import SASRec
 
 
@@ -31,7 +31,8 @@ def _batch_exclusion(evalset: EvalSet, rows: np.ndarray, device: torch.device) -
     )
 
 
-def _autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+def autocast_context(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA when enabled; nothing on the CPU."""
     if device.type == "cuda" and enabled:
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
@@ -49,7 +50,7 @@ def model_top_items(
     for inputs, lengths, rows in eval_batches(
         evalset, max_len=model.max_len, batch_size=config.batch_size, padding_id=model.padding_id
     ):
-        with _autocast(device, amp):
+        with autocast_context(device, amp):
             users = model.last_hidden(inputs.to(device), lengths.to(device))  # [B, D]
         exclude = _batch_exclusion(evalset, rows.numpy(), device) if config.exclude_seen else None
         tops.append(top_k_items(users.float(), items, k, exclude=exclude, item_chunk=config.item_chunk).cpu())
@@ -60,15 +61,12 @@ def model_top_items(
 def popular_top_items(popularity: torch.Tensor, evalset: EvalSet, config: EvalConfig) -> torch.Tensor:
     """[U, max(ks)] most-popular items for every user (seen items excluded the same way as for the model)."""
     k = max(config.ks)
-    scores = popularity.float().view(-1, 1)  # [N, 1]
     tops = []
-    device = popularity.device
     num_users = len(evalset.targets)
     for start in range(0, num_users, config.batch_size):
         rows = np.arange(start, min(start + config.batch_size, num_users))
-        users = torch.ones(len(rows), 1, device=device)  # [B, 1]
-        exclude = _batch_exclusion(evalset, rows, device) if config.exclude_seen else None
-        tops.append(top_k_items(users, scores, k, exclude=exclude, item_chunk=config.item_chunk).cpu())
+        exclude = _batch_exclusion(evalset, rows, popularity.device) if config.exclude_seen else None
+        tops.append(most_popular_top_k(popularity, len(rows), k, exclude=exclude, item_chunk=config.item_chunk).cpu())
     return torch.cat(tops)  # [U, k]
 
 

@@ -8,7 +8,6 @@ checkpoint.pt (the best model so far, written atomically) and metrics.json (test
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import math
 import sys
@@ -23,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from cutrec.config import RunConfig, to_dict
-from cutrec.data.batches import num_train_batches, train_batches
+from cutrec.data.batches import IGNORE_INDEX, num_train_batches, train_batches
 from cutrec.data.load import load_sequences
 from cutrec.data.splits import Split, global_temporal, leave_one_out
 from cutrec.errors import CutrecError
@@ -41,7 +40,7 @@ from cutrec.train.checkpoint import (
     save_checkpoint,
     write_json,
 )
-from cutrec.train.evaluate import model_top_items, popular_top_items, score
+from cutrec.train.evaluate import autocast_context, model_top_items, popular_top_items, score
 
 
 def resolve_device(name: str) -> torch.device:
@@ -98,16 +97,12 @@ def training_data(config: RunConfig) -> TrainingData:
 def run_folder(config: RunConfig) -> Path:
     name = config.name or f"{config.data.dataset}-{config.loss.name}-{datetime.now():%Y%m%d-%H%M%S}"
     folder = Path(config.out).expanduser() / name
-    if (folder / CHECKPOINT_NAME).exists():
-        raise CutrecError(f"run folder {str(folder)!r} already holds a run; pick another name= or out=")
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir()  # exclusive: two runs can never share a folder, and no earlier run is overwritten
+    except FileExistsError:
+        raise CutrecError(f"run folder {str(folder)!r} already exists; pick another --name or --out") from None
     return folder
-
-
-def _autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
-    if device.type == "cuda" and enabled:
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def _optimizer(config: RunConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -179,10 +174,10 @@ def train(config: RunConfig) -> Path:
         )
         for inputs, targets in bar:
             inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-            with _autocast(device, config.train.amp):
+            with autocast_context(device, config.train.amp):
                 hidden = forward(inputs)  # [B, L, D]
                 flat_targets = targets.view(-1)  # [B * L]
-                keep = flat_targets != -100
+                keep = flat_targets != IGNORE_INDEX
                 loss = loss_fn(
                     hidden.view(-1, hidden.shape[-1])[keep],  # [M, D] positions with a target
                     model.item_table,
