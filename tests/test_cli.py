@@ -106,6 +106,19 @@ def test_cut_cross_entropy_trains_like_full_cross_entropy(tmp_path):
     assert results["CCE"]["NDCG@10"] == pytest.approx(results["CE"]["NDCG@10"], abs=0.01)
 
 
+@pytest.mark.parametrize("share", ["none", "block"])
+def test_sampled_cut_cross_entropy_trains(tmp_path, share):
+    args = [
+        "train", f"--out={tmp_path}", "--name=run", "--loss=CCE-", "--negatives=32", f"--share={share}",
+        "--loss.distribution=popularity", "--epochs=2", "--data.synthetic.num_users=300",
+        "--data.synthetic.num_items=200", "--model.dim=16", "--model.num_blocks=1", "--train.progress=false",
+    ]
+    assert main(args) == 0
+    log = (tmp_path / "run" / "log.csv").read_text().splitlines()
+    losses = [float(line.split(",")[2]) for line in log[1:]]
+    assert len(losses) == 2 and losses[1] < losses[0]
+
+
 @pytest.mark.skipif(not (SHARED / "ml-100k").is_dir(), reason="needs ../shared/data")
 def test_real_log_with_global_temporal_split_runs(tmp_path):
     args = [

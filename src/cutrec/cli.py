@@ -18,6 +18,7 @@ SHORT_OPTIONS = {
     "--data": "data.path",
     "--loss": "loss.name",
     "--negatives": "loss.num_negatives",
+    "--share": "loss.share",
     "--epochs": "train.epochs",
     "--batch-size": "train.batch_size",
     "--lr": "train.lr",

@@ -68,8 +68,9 @@ class ModelConfig:
 class LossConfig:
     """The training loss; every loss sees only (hidden [M, D], items [N, D], targets [M])."""
 
-    name: Literal["CE", "CCE", "CE-", "BCE", "BCE+", "gBCE"] = "CE"
-    num_negatives: int = 256  # CE-, BCE+, gBCE (BCE always uses 1)
+    name: Literal["CE", "CCE", "CE-", "CCE-", "BCE", "BCE+", "gBCE"] = "CE"
+    num_negatives: int = 256  # CE-, CCE-, BCE+, gBCE (BCE always uses 1)
+    share: Literal["none", "block", "batch"] = "none"  # CCE-: who shares a set of negatives
     distribution: Literal["uniform", "popularity"] = "uniform"
     alpha: float = 1.0  # popularity sampling: q proportional to count ** alpha
     logq_correction: bool = True  # CE-: subtract log(K q(n)) from negative logits

@@ -21,16 +21,19 @@ from cutrec.losses.reference import (
     gbce_beta,
     sampled_cross_entropy,
 )
+from cutrec.losses.sampled_cut_cross_entropy import SampledCutCrossEntropy, sampled_cut_cross_entropy
 from cutrec.losses.sampling import NegativeDistribution
 
 __all__ = [
     "CutCrossEntropy",
     "NegativeDistribution",
+    "SampledCutCrossEntropy",
     "binary_cross_entropy",
     "build_loss",
     "cross_entropy",
     "cut_cross_entropy",
     "sampled_cross_entropy",
+    "sampled_cut_cross_entropy",
 ]
 
 LossFn = Callable[..., torch.Tensor]
@@ -62,6 +65,14 @@ def build_loss(config: LossConfig, num_items: int, item_counts: torch.Tensor | N
             distribution=distribution,
             logq_correction=config.logq_correction,
         )
+    if config.name == "CCE-":
+        return partial(
+            sampled_cut_cross_entropy,
+            num_negatives=config.num_negatives,
+            distribution=distribution,
+            logq_correction=config.logq_correction,
+            share=config.share,
+        )
     if config.name == "BCE":
         return partial(binary_cross_entropy, num_negatives=1, distribution=distribution)
     if config.name == "BCE+":
@@ -71,4 +82,4 @@ def build_loss(config: LossConfig, num_items: int, item_counts: torch.Tensor | N
         return partial(
             binary_cross_entropy, num_negatives=config.num_negatives, distribution=distribution, positive_power=beta
         )
-    raise CutrecError(f"loss.name={config.name!r} is unknown; choose CE, CCE, CE-, BCE, BCE+ or gBCE")
+    raise CutrecError(f"loss.name={config.name!r} is unknown; choose CE, CCE, CE-, CCE-, BCE, BCE+ or gBCE")

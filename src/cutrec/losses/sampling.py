@@ -1,13 +1,17 @@
 """Negative-sampling distributions over the catalog: uniform and popularity (count ** alpha), with log q for logQ.
 
-A distribution draws item ids with a `torch.Generator` that the caller seeds (the trainer passes a new seed every
-step), and reports log q(j) so that sampled losses can apply the logQ correction of ../docs/kernels.md.
+Two ways to draw: `sample` uses a seeded `torch.Generator` (the plain-PyTorch CE-), and `counter_draws` is
+counter-based: item ids are a pure function of (seed, stream, k) through a 32-bit integer hash, so a sampled loss can
+regenerate its negatives in the backward pass instead of storing them, and a GPU kernel can compute the very same ids
+(the hash uses only 32-bit multiply, xor and shift). Popularity draws go through an alias table (Vose's method):
+one uniform index and one uniform coin per draw.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from cutrec.errors import CutrecError
@@ -19,6 +23,7 @@ class NegativeDistribution:
 
     num_items: int
     probs: torch.Tensor | None = None
+    _alias: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def uniform(cls, num_items: int) -> NegativeDistribution:
@@ -52,6 +57,15 @@ class NegativeDistribution:
         probs = self.probs.to(device)
         return torch.multinomial(probs, count, replacement=True, generator=generator).view(shape)
 
+    def alias_table(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(keep [N] float32, alias [N] int64) of Vose's alias method, built once (O(N)) and cached."""
+        if self.probs is None:
+            raise CutrecError("a uniform distribution needs no alias table")
+        if self._alias is None:
+            self._alias = build_alias_table(self.probs.double().numpy())
+        keep, alias = self._alias
+        return keep.to(device), alias.to(device)
+
     def log_q(self, ids: torch.Tensor) -> torch.Tensor:
         """log q(ids) in float32, same shape as ids."""
         if self.probs is None:
@@ -64,3 +78,63 @@ def seeded_generator(seed: int, device: torch.device) -> torch.Generator:
     generator = torch.Generator(device=device)
     generator.manual_seed(int(seed))
     return generator
+
+
+def build_alias_table(probs: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Vose's alias method: draw j uniformly, keep it with probability keep[j], else take alias[j].
+
+    probs [N] sums to 1. Returns (keep [N] float32, alias [N] int64). A Python loop over the items: about a
+    second per million items, once per dataset.
+    """
+    num_items = len(probs)
+    scaled = probs * num_items  # [N]; mean 1
+    keep = np.ones(num_items)
+    alias = np.arange(num_items)
+    small = [int(i) for i in np.flatnonzero(scaled < 1.0)]
+    large = [int(i) for i in np.flatnonzero(scaled >= 1.0)]
+    while small and large:
+        lower, upper = small.pop(), large.pop()
+        keep[lower], alias[lower] = scaled[lower], upper
+        scaled[upper] += scaled[lower] - 1.0
+        (small if scaled[upper] < 1.0 else large).append(upper)
+    return torch.from_numpy(keep.astype(np.float32)), torch.from_numpy(alias.astype(np.int64))
+
+
+_MASK32 = 0xFFFFFFFF
+
+
+def _mul32(x: torch.Tensor, constant: int) -> torch.Tensor:
+    """(x * constant) mod 2**32 for int64 tensors holding uint32 values, without int64 overflow."""
+    low = x * (constant & 0xFFFF)  # < 2**48
+    high = ((x * (constant >> 16)) & 0xFFFF) << 16  # < 2**32
+    return (low + high) & _MASK32
+
+
+def mix32(x: torch.Tensor) -> torch.Tensor:
+    """A bijective 32-bit integer hash (Chris Wellons' lowbias32) of uint32 values held in int64."""
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def counter_draws(
+    distribution: NegativeDistribution, seed: int, streams: torch.Tensor, num_negatives: int
+) -> torch.Tensor:
+    """Item ids [S, K] drawn from `distribution` as a pure function of (seed, streams [S], k in 0..K-1).
+
+    counter = stream * K + k (int64); h = mix32(mix32(mix32(seed) ^ low32(counter)) ^ high32(counter)).
+    Uniform: id = (h * N) >> 32. Popularity: j = (h * N) >> 32, coin = (mix32(h ^ 0x5BD1E995) >> 8) / 2**24,
+    id = j if coin < keep[j] else alias[j].
+    """
+    device = streams.device
+    counters = streams.long()[:, None] * num_negatives + torch.arange(num_negatives, device=device)  # [S, K]
+    seed_hash = mix32(torch.tensor(int(seed) & _MASK32, device=device))
+    hashed = mix32(mix32(seed_hash ^ (counters & _MASK32)) ^ ((counters >> 32) & _MASK32))  # [S, K] uint32 values
+    index = (hashed * distribution.num_items) >> 32  # [S, K] in [0, N)
+    if distribution.probs is None:
+        return index
+    keep, alias = distribution.alias_table(device)
+    coin = (mix32(hashed ^ 0x5BD1E995) >> 8).float() * 2.0**-24  # [S, K] in [0, 1)
+    return torch.where(coin < keep[index], index, alias[index])

@@ -1,0 +1,218 @@
+"""Sampled cut cross-entropy (CCE-): the CE- objective with negatives regenerated, never stored.
+
+The objective is exactly docs/kernels.md's CE- (and `reference.sampled_cross_entropy` given the same negatives):
+s_0 = z_iy, s_k = z_in_k - log(K q(n_k)) (logQ, optional), s_k = -inf where n_k == y (accidental hits), loss_i =
+logsumexp_k s_ik - s_i0. Negatives are a pure function of (seed, stream, k) (`sampling.counter_draws`), where the
+stream is the position (share="none": every position its own K negatives), the block of BLOCK_ROWS consecutive
+positions (share="block") or 0 (share="batch": one set for the whole batch). The backward pass draws them again, so
+the memory of a step holds one log-sum-exp per position and no [M, K] index tensor.
+
+This module is the PyTorch implementation (impl="torch"): positions are processed in chunks, so the largest
+temporary is chunk x K x D (about TORCH_CHUNK_BUDGET_BYTES), never M x K x D. The Triton kernels (issue 4) are
+not written yet; impl="auto" therefore runs this implementation on every device.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from cutrec.errors import CutrecError
+from cutrec.losses.reference import Reduction, check_seam, reduce_loss
+from cutrec.losses.sampling import NegativeDistribution, counter_draws
+
+Share = Literal["none", "block", "batch"]
+BLOCK_ROWS = 64  # share="block": consecutive positions that share one set of negatives
+TORCH_CHUNK_BUDGET_BYTES = 256 * 2**20  # the chunk x K x D fp32 gather of the PyTorch implementation
+
+
+@dataclass
+class _Options:
+    """What the forward and the backward need to regenerate and score the negatives."""
+
+    num_negatives: int
+    distribution: NegativeDistribution
+    logq_correction: bool
+    share: Share
+    seed: int
+    ignore_index: int
+    negatives: torch.Tensor | None  # explicit [M, K] or [K] ids, or None to draw them
+
+
+def _chunk_rows(num_negatives: int, dim: int) -> int:
+    return max(1, TORCH_CHUNK_BUDGET_BYTES // (num_negatives * dim * 4))
+
+
+def _negatives(options: _Options, rows: torch.Tensor) -> torch.Tensor:
+    """[C, K] negative ids of positions `rows` [C]."""
+    if options.negatives is not None:
+        explicit = options.negatives
+        return explicit[rows] if explicit.ndim == 2 else explicit.expand(len(rows), -1)
+    if options.share == "none":
+        streams = rows
+    elif options.share == "block":
+        streams = torch.div(rows, BLOCK_ROWS, rounding_mode="floor")
+    else:
+        streams = torch.zeros_like(rows)
+    return counter_draws(options.distribution, options.seed, streams, options.num_negatives)
+
+
+def _chunk_scores(
+    hidden: torch.Tensor, items: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor, options: _Options
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(h [C, D], w_target [C, D], ids [C, K], w_neg [C, K, D], scores [C, K + 1]) of one chunk, in fp32 or fp64."""
+    compute = torch.promote_types(hidden.dtype, torch.float32)
+    h = hidden[rows].to(compute)  # [C, D]
+    valid = targets[rows] != options.ignore_index
+    safe = torch.where(valid, targets[rows], torch.zeros_like(targets[rows])).long()  # [C]
+    w_target = items[safe].to(compute)  # [C, D]
+    ids = _negatives(options, rows)  # [C, K]
+    w_neg = items[ids].to(compute)  # [C, K, D]
+    negative = torch.bmm(w_neg, h.unsqueeze(-1)).squeeze(-1)  # [C, K]
+    if options.logq_correction:
+        negative = negative - (math.log(ids.shape[1]) + options.distribution.log_q(ids).to(compute))
+    negative = negative.masked_fill(ids == safe.unsqueeze(1), -math.inf)  # accidental hits removed exactly
+    positive = (h * w_target).sum(-1, keepdim=True)  # [C, 1]
+    return h, w_target, ids, w_neg, torch.cat([positive, negative], dim=1)  # scores [C, K + 1]
+
+
+class _SampledCutCrossEntropy(torch.autograd.Function):
+    """Per-position losses [M] (fp32, or fp64 for fp64 inputs); the backward regenerates the negatives per chunk.
+
+    The item gradient is accumulated with index_add_, deterministic on the CPU; on CUDA it uses atomic adds.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, items, targets, options: _Options):
+        num_rows = hidden.shape[0]
+        compute = torch.promote_types(hidden.dtype, torch.float32)
+        loss = hidden.new_zeros(num_rows, dtype=compute)
+        lse = hidden.new_zeros(num_rows, dtype=compute)
+        chunk = _chunk_rows(options.num_negatives if options.negatives is None else options.negatives.shape[-1],
+                            hidden.shape[1])
+        for start in range(0, num_rows, chunk):
+            rows = torch.arange(start, min(start + chunk, num_rows), device=hidden.device)  # [C]
+            *_, scores = _chunk_scores(hidden, items, targets, rows, options)
+            chunk_lse = torch.logsumexp(scores, dim=1)  # [C]
+            lse[rows] = chunk_lse
+            loss[rows] = chunk_lse - scores[:, 0]
+        valid = targets != options.ignore_index
+        ctx.save_for_backward(hidden, items, targets, lse)
+        ctx.options = options
+        ctx.chunk = chunk
+        return torch.where(valid, loss, torch.zeros_like(loss))
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        hidden, items, targets, lse = ctx.saved_tensors
+        options = ctx.options
+        valid = targets != options.ignore_index
+        compute = lse.dtype
+        grad_loss = torch.where(valid, grad_loss.to(compute), torch.zeros_like(lse))  # [M]
+        grad_hidden = torch.zeros(hidden.shape, dtype=compute, device=hidden.device)
+        grad_items = torch.zeros(items.shape, dtype=compute, device=items.device)
+        num_rows, dim = hidden.shape
+        for start in range(0, num_rows, ctx.chunk):
+            rows = torch.arange(start, min(start + ctx.chunk, num_rows), device=hidden.device)  # [C]
+            h, w_target, ids, w_neg, scores = _chunk_scores(hidden, items, targets, rows, options)
+            probs = torch.exp(scores - lse[rows, None]) * grad_loss[rows, None]  # [C, K + 1]: d loss / d score
+            probs[:, 0] -= grad_loss[rows]  # the positive: softmax - 1
+            grad_hidden[rows] = probs[:, :1] * w_target + torch.bmm(probs[:, None, 1:], w_neg).squeeze(1)
+            safe = torch.where(valid[rows], targets[rows], torch.zeros_like(targets[rows])).long()
+            grad_items.index_add_(0, safe, probs[:, :1] * h)
+            grad_items.index_add_(0, ids.reshape(-1), (probs[:, 1:, None] * h[:, None, :]).reshape(-1, dim))
+        grad_hidden = grad_hidden.to(hidden.dtype) if ctx.needs_input_grad[0] else None
+        grad_items = grad_items.to(items.dtype) if ctx.needs_input_grad[1] else None
+        return grad_hidden, grad_items, None, None
+
+
+def _distribution(
+    distribution: Literal["uniform", "popularity"] | NegativeDistribution,
+    num_items: int,
+    item_counts: torch.Tensor | None,
+    alpha: float,
+) -> NegativeDistribution:
+    if isinstance(distribution, NegativeDistribution):
+        if distribution.num_items != num_items:
+            raise CutrecError(
+                f"the negative distribution covers {distribution.num_items} items but items has {num_items} rows"
+            )
+        return distribution
+    if distribution == "uniform":
+        return NegativeDistribution.uniform(num_items)
+    if distribution == "popularity":
+        if item_counts is None:
+            raise CutrecError('distribution="popularity" needs item_counts (training events per item)')
+        if len(item_counts) != num_items:
+            raise CutrecError(f"item_counts has {len(item_counts)} entries but items has {num_items} rows")
+        return NegativeDistribution.popularity(item_counts, alpha)
+    raise CutrecError(f"distribution={distribution!r} is unknown; use 'uniform' or 'popularity'")
+
+
+def sampled_cut_cross_entropy(
+    hidden: torch.Tensor,
+    items: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    num_negatives: int,
+    distribution: Literal["uniform", "popularity"] | NegativeDistribution = "uniform",
+    item_counts: torch.Tensor | None = None,
+    alpha: float = 1.0,
+    logq_correction: bool = True,
+    share: Share = "none",
+    negatives: torch.Tensor | None = None,
+    seed: int = 0,
+    ignore_index: int = -100,
+    reduction: Reduction = "mean",
+    impl: Literal["auto", "torch"] = "auto",
+) -> torch.Tensor:
+    """CE- of hidden [M, D] against K negatives per position drawn from (seed, share), or explicit `negatives`.
+
+    `distribution`: "uniform", "popularity" (q proportional to item_counts ** alpha, drawn through an alias table),
+    or a prebuilt NegativeDistribution (it caches its alias table across calls). `negatives`: [M, K] or [K] item ids
+    that replace the drawn ones (num_negatives is then ignored). Under autocast, hidden is cast to the autocast
+    dtype; scores and gradients accumulate in fp32 and come back in each input's dtype.
+    """
+    check_seam(hidden, items, targets)
+    if num_negatives < 1:
+        raise CutrecError(f"num_negatives={num_negatives} must be at least 1")
+    if share not in ("none", "block", "batch"):
+        raise CutrecError(f"share={share!r} is unknown; use 'none', 'block' or 'batch'")
+    if impl not in ("auto", "torch"):
+        raise CutrecError(f"impl={impl!r} is not available for the sampled loss yet; use 'auto' or 'torch'")
+    if negatives is not None:
+        shape_ok = negatives.ndim == 1 or (negatives.ndim == 2 and negatives.shape[0] == hidden.shape[0])
+        if not shape_ok or negatives.numel() == 0:
+            raise CutrecError(f"negatives must be [M, K] or [K] item ids, got shape {tuple(negatives.shape)}")
+        if negatives.min() < 0 or negatives.max() >= items.shape[0]:
+            raise CutrecError(f"negatives must be item ids in [0, {items.shape[0]})")
+        negatives = negatives.long()
+    if torch.is_autocast_enabled(hidden.device.type):
+        hidden = hidden.to(torch.get_autocast_dtype(hidden.device.type))
+    options = _Options(
+        num_negatives=num_negatives,
+        distribution=_distribution(distribution, items.shape[0], item_counts, alpha),
+        logq_correction=logq_correction,
+        share=share,
+        seed=seed,
+        ignore_index=ignore_index,
+        negatives=negatives,
+    )
+    with torch.autocast(hidden.device.type, enabled=False):
+        per_position = _SampledCutCrossEntropy.apply(hidden, items, targets, options)
+    return reduce_loss(per_position, targets != ignore_index, reduction)
+
+
+class SampledCutCrossEntropy(nn.Module):
+    """`sampled_cut_cross_entropy` as a module; forward(hidden, items, targets, seed=0)."""
+
+    def __init__(self, **options) -> None:  # the keyword options of sampled_cut_cross_entropy
+        super().__init__()
+        self.options = options
+
+    def forward(self, hidden: torch.Tensor, items: torch.Tensor, targets: torch.Tensor, seed: int = 0) -> torch.Tensor:
+        return sampled_cut_cross_entropy(hidden, items, targets, seed=seed, **self.options)

@@ -1,0 +1,161 @@
+"""Sampled cut CE (PyTorch implementation): equal to the plain CE- on the same negatives, regenerated draws, hits."""
+
+import importlib
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import chisquare
+
+from cutrec.config import LossConfig
+from cutrec.errors import CutrecError
+from cutrec.losses import build_loss, sampled_cut_cross_entropy
+from cutrec.losses.reference import sampled_cross_entropy
+from cutrec.losses.sampled_cut_cross_entropy import BLOCK_ROWS
+from cutrec.losses.sampling import NegativeDistribution, counter_draws
+
+sampled_module = importlib.import_module("cutrec.losses.sampled_cut_cross_entropy")  # the module, not the function
+SHAPES = [(37, 101, 24), (130, 333, 17), (5, 7, 16)]  # (M, N, D), odd sizes; N=7 makes accidental hits common
+
+
+def make_inputs(shape, dtype, seed, ignored=0.25):
+    num_rows, num_items, dim = shape
+    generator = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(num_rows, dim, generator=generator).to(dtype)
+    items = (torch.randn(num_items, dim, generator=generator) * 2.0 / dim**0.5).to(dtype)
+    targets = torch.randint(0, num_items, (num_rows,), generator=generator)
+    targets[torch.rand(num_rows, generator=generator) < ignored] = -100
+    targets[0] = 1
+    return hidden, items, targets
+
+
+def loss_and_grads(fn, hidden, items, targets, dtype=None, **kwargs):
+    leaves = [t.detach().to(dtype or t.dtype).requires_grad_() for t in (hidden, items)]
+    loss = fn(leaves[0], leaves[1], targets, **kwargs)
+    loss.backward()
+    return [loss.detach(), leaves[0].grad, leaves[1].grad]
+
+
+def drawn(distribution, seed, num_rows, num_negatives, share):
+    """The negatives the loss draws: [M, K] ids from counter_draws with the share mode's streams."""
+    rows = torch.arange(num_rows)
+    streams = {"none": rows, "block": rows // BLOCK_ROWS, "batch": torch.zeros_like(rows)}[share]
+    return counter_draws(distribution, seed, streams, num_negatives)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("share", ["none", "block", "batch"])
+@pytest.mark.parametrize("popularity", [False, True])
+def test_equals_plain_sampled_ce_on_the_drawn_negatives(shape, share, popularity):
+    """float64: loss and both gradients equal reference CE- given the very negatives the loss regenerates."""
+    hidden, items, targets = make_inputs(shape, torch.float64, seed=sum(shape))
+    counts = torch.from_numpy(np.random.default_rng(1).integers(1, 30, shape[1]).astype(np.float64))
+    uniform = NegativeDistribution.uniform(shape[1])
+    distribution = NegativeDistribution.popularity(counts, 0.8) if popularity else uniform
+    ours = loss_and_grads(sampled_cut_cross_entropy, hidden, items, targets, num_negatives=9,
+                          distribution=distribution, share=share, seed=11)
+    negatives = drawn(distribution, 11, shape[0], 9, share)
+    truth = loss_and_grads(sampled_cross_entropy, hidden, items, targets, negatives=negatives,
+                           distribution=distribution)
+    for value, expected in zip(ours, truth, strict=True):
+        torch.testing.assert_close(value, expected, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("explicit_shape", ["per_position", "shared"])
+def test_explicit_negatives(explicit_shape):
+    hidden, items, targets = make_inputs((40, 90, 12), torch.float64, seed=3)
+    shape = (40, 6) if explicit_shape == "per_position" else (6,)
+    negatives = torch.randint(0, 90, shape, generator=torch.Generator().manual_seed(4))
+    for logq in (True, False):
+        ours = loss_and_grads(sampled_cut_cross_entropy, hidden, items, targets, num_negatives=1,
+                              negatives=negatives, logq_correction=logq)
+        truth = loss_and_grads(sampled_cross_entropy, hidden, items, targets, negatives=negatives,
+                               logq_correction=logq)
+        for value, expected in zip(ours, truth, strict=True):
+            torch.testing.assert_close(value, expected, rtol=1e-9, atol=1e-12)
+
+
+def test_bf16_no_worse_than_plain_bf16():
+    """Acceptance rule of kernels.md on bf16 inputs (max-abs error, tolerance one bf16 ulp of max|truth|)."""
+    hidden, items, targets = make_inputs((64, 500, 32), torch.bfloat16, seed=8)
+    negatives = drawn(NegativeDistribution.uniform(500), 2, 64, 31, "none")
+    ours = loss_and_grads(sampled_cut_cross_entropy, hidden, items, targets, num_negatives=31, seed=2)
+    truth = loss_and_grads(sampled_cross_entropy, hidden, items, targets, torch.float64, negatives=negatives)
+    plain = loss_and_grads(sampled_cross_entropy, hidden, items, targets, negatives=negatives)
+    for value, exact, baseline in zip(ours, truth, plain, strict=True):
+        assert torch.isfinite(value).all()
+        error = (value.double() - exact).abs().max().item()
+        allowed = (baseline.double() - exact).abs().max().item() + 2**-8 * exact.abs().max().item()
+        assert error <= allowed
+
+
+def test_same_seed_same_loss_new_seed_new_negatives():
+    hidden, items, targets = make_inputs((50, 1000, 16), torch.float32, seed=5)
+    a = sampled_cut_cross_entropy(hidden, items, targets, num_negatives=16, seed=7)
+    b = sampled_cut_cross_entropy(hidden, items, targets, num_negatives=16, seed=7)
+    c = sampled_cut_cross_entropy(hidden, items, targets, num_negatives=16, seed=8)
+    assert a.item() == b.item() != c.item()
+
+
+def test_accidental_hits_are_never_counted():
+    """N=2: about half of the negatives hit the target; the loss must equal the formula that drops them."""
+    hidden, items, targets = make_inputs((30, 2, 8), torch.float64, seed=6, ignored=0.0)
+    negatives = drawn(NegativeDistribution.uniform(2), 1, 30, 8, "none")
+    hits = negatives == targets[:, None]
+    assert hits.any() and (~hits).any()
+    logits = hidden @ items.T  # [M, 2]
+    other = logits.gather(1, (1 - targets)[:, None]).squeeze(1)  # the only non-target item
+    positive = logits.gather(1, targets[:, None]).squeeze(1)
+    non_hits = (~hits).sum(1)  # how many times the other item was drawn
+    corrected = other - np.log(8) - np.log(0.5)  # logQ: log(K q) with q = 1/2
+    scores = torch.stack([positive, corrected], 1)
+    expected = torch.logsumexp(scores + torch.stack([torch.zeros(30), torch.log(non_hits.double())], 1), 1) - positive
+    ours = sampled_cut_cross_entropy(hidden, items, targets, num_negatives=8, seed=1, reduction="none")
+    torch.testing.assert_close(ours, expected)
+
+
+def test_chunks_give_the_unchunked_result(monkeypatch):
+    hidden, items, targets = make_inputs((70, 300, 16), torch.float64, seed=9)
+    whole = loss_and_grads(sampled_cut_cross_entropy, hidden, items, targets, num_negatives=20, seed=3)
+    monkeypatch.setattr(sampled_module, "TORCH_CHUNK_BUDGET_BYTES", 20 * 16 * 4 * 7)  # chunks of 7 rows
+    chunked = loss_and_grads(sampled_cut_cross_entropy, hidden, items, targets, num_negatives=20, seed=3)
+    for value, expected in zip(chunked, whole, strict=True):
+        torch.testing.assert_close(value, expected, rtol=1e-12, atol=1e-14)
+
+
+def test_sharing_modes_share_exactly_as_documented():
+    distribution = NegativeDistribution.uniform(10_000)
+    block = drawn(distribution, 4, 3 * BLOCK_ROWS, 5, "block")
+    assert (block[:BLOCK_ROWS] == block[0]).all() and not torch.equal(block[0], block[BLOCK_ROWS])
+    batch = drawn(distribution, 4, 100, 5, "batch")
+    assert (batch == batch[0]).all()
+    none = drawn(distribution, 4, 100, 5, "none")
+    assert not torch.equal(none[0], none[1])
+
+
+@pytest.mark.parametrize("alpha", [1.0, 0.5])
+def test_counter_draws_follow_q(alpha):
+    counts = torch.from_numpy(np.random.default_rng(2).zipf(1.5, 80).clip(max=400).astype(np.float64))
+    q = (counts**alpha / (counts**alpha).sum()).numpy()
+    ids = counter_draws(NegativeDistribution.popularity(counts, alpha), 5, torch.arange(3000), 100).flatten()
+    assert chisquare(np.bincount(ids.numpy(), minlength=80), q * ids.numel()).pvalue > 1e-3
+    uniform = counter_draws(NegativeDistribution.uniform(80), 5, torch.arange(3000), 100).flatten()
+    assert chisquare(np.bincount(uniform.numpy(), minlength=80)).pvalue > 1e-3
+    assert chisquare(np.bincount(uniform.numpy(), minlength=80), q * ids.numel()).pvalue < 1e-9
+
+
+def test_build_loss_and_errors():
+    hidden, items, targets = make_inputs((20, 50, 8), torch.float32, seed=1)
+    loss = build_loss(LossConfig(name="CCE-", num_negatives=5, share="block", distribution="popularity"), 50,
+                      torch.arange(1, 51, dtype=torch.float32))
+    assert torch.isfinite(loss(hidden, items, targets, seed=3))
+    with pytest.raises(CutrecError, match="num_negatives=0"):
+        sampled_cut_cross_entropy(hidden, items, targets, num_negatives=0)
+    with pytest.raises(CutrecError, match="share='rows'"):
+        sampled_cut_cross_entropy(hidden, items, targets, num_negatives=3, share="rows")
+    with pytest.raises(CutrecError, match="needs item_counts"):
+        sampled_cut_cross_entropy(hidden, items, targets, num_negatives=3, distribution="popularity")
+    with pytest.raises(CutrecError, match="item ids in"):
+        sampled_cut_cross_entropy(hidden, items, targets, num_negatives=3, negatives=torch.tensor([1, 60]))
+    with pytest.raises(CutrecError, match="impl='triton' is not available"):
+        sampled_cut_cross_entropy(hidden, items, targets, num_negatives=3, impl="triton")
