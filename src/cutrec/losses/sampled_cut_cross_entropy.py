@@ -7,14 +7,15 @@ stream is the position (share="none": every position its own K negatives), the b
 positions (share="block") or 0 (share="batch": one set for the whole batch). The backward pass draws them again, so
 the memory of a step holds one log-sum-exp per position and no [M, K] index tensor.
 
-This module is the PyTorch implementation (impl="torch"): positions are processed in chunks, so the largest
-temporary is chunk x K x D (about TORCH_CHUNK_BUDGET_BYTES), never M x K x D. The Triton kernels (issue 4) are
-not written yet; impl="auto" therefore runs this implementation on every device.
+impl="torch" processes positions in chunks, so its largest temporary is chunk x K x D (about
+TORCH_CHUNK_BUDGET_BYTES), never M x K x D. impl="triton" runs kernels/sampled_cut_cross_entropy.py, which draws the
+same negatives; it has run only through the Triton interpreter so far, so impl="auto" still picks "torch".
 """
 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Literal
 
@@ -23,7 +24,7 @@ from torch import nn
 
 from cutrec.errors import CutrecError
 from cutrec.losses.reference import Reduction, check_seam, reduce_loss
-from cutrec.losses.sampling import NegativeDistribution, counter_draws
+from cutrec.losses.sampling import NegativeDistribution, counter_draws, mix32
 
 Share = Literal["none", "block", "batch"]
 BLOCK_ROWS = 64  # share="block": consecutive positions that share one set of negatives
@@ -41,6 +42,7 @@ class _Options:
     seed: int
     ignore_index: int
     negatives: torch.Tensor | None  # explicit [M, K] or [K] ids, or None to draw them
+    impl: Literal["torch", "triton"]
 
 
 def _chunk_rows(num_negatives: int, dim: int) -> int:
@@ -88,6 +90,11 @@ class _SampledCutCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, items, targets, options: _Options):
+        if options.impl == "triton":
+            loss, lse = _triton("forward", options, hidden, items, targets)
+            ctx.save_for_backward(hidden, items, targets, lse)
+            ctx.options = options
+            return loss
         num_rows = hidden.shape[0]
         compute = torch.promote_types(hidden.dtype, torch.float32)
         loss = hidden.new_zeros(num_rows, dtype=compute)
@@ -110,6 +117,9 @@ class _SampledCutCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_loss):
         hidden, items, targets, lse = ctx.saved_tensors
         options = ctx.options
+        if options.impl == "triton":
+            grad_hidden, grad_items = _triton("backward", options, hidden, items, targets, lse, grad_loss)
+            return grad_hidden.to(hidden.dtype), grad_items.to(items.dtype), None, None
         valid = targets != options.ignore_index
         compute = lse.dtype
         grad_loss = torch.where(valid, grad_loss.to(compute), torch.zeros_like(lse))  # [M]
@@ -128,6 +138,27 @@ class _SampledCutCrossEntropy(torch.autograd.Function):
         grad_hidden = grad_hidden.to(hidden.dtype) if ctx.needs_input_grad[0] else None
         grad_items = grad_items.to(items.dtype) if ctx.needs_input_grad[1] else None
         return grad_hidden, grad_items, None, None
+
+
+def _triton(step: str, options: _Options, hidden, items, targets, *saved):
+    """Run the forward or backward kernel with the options' sampling tables."""
+    from cutrec.kernels import sampled_cut_cross_entropy as kernels
+
+    distribution = options.distribution
+    if distribution.probs is None:
+        keep = alias = log_q = None
+    else:
+        keep, alias = distribution.alias_table(hidden.device)
+        log_q = distribution.probs.to(hidden.device).log()
+    seed_hash = int(mix32(torch.tensor(options.seed & 0xFFFFFFFF)))
+    common = {
+        "ignore_index": options.ignore_index, "seed_hash": seed_hash, "num_negatives": options.num_negatives,
+        "share": options.share, "negatives": options.negatives, "keep": keep, "alias": alias, "log_q": log_q,
+        "logq_correction": options.logq_correction, "block_rows": BLOCK_ROWS,
+    }
+    if step == "forward":
+        return kernels.forward(hidden, items, targets, **common)
+    return kernels.backward(hidden, items, targets, *saved, **common)
 
 
 def _distribution(
@@ -168,7 +199,7 @@ def sampled_cut_cross_entropy(
     seed: int = 0,
     ignore_index: int = -100,
     reduction: Reduction = "mean",
-    impl: Literal["auto", "torch"] = "auto",
+    impl: Literal["auto", "torch", "triton"] = "auto",
 ) -> torch.Tensor:
     """CE- of hidden [M, D] against K negatives per position drawn from (seed, share), or explicit `negatives`.
 
@@ -182,8 +213,10 @@ def sampled_cut_cross_entropy(
         raise CutrecError(f"num_negatives={num_negatives} must be at least 1")
     if share not in ("none", "block", "batch"):
         raise CutrecError(f"share={share!r} is unknown; use 'none', 'block' or 'batch'")
-    if impl not in ("auto", "torch"):
-        raise CutrecError(f"impl={impl!r} is not available for the sampled loss yet; use 'auto' or 'torch'")
+    if impl not in ("auto", "torch", "triton"):
+        raise CutrecError(f"impl={impl!r} is unknown; use 'auto', 'torch' or 'triton'")
+    if impl == "triton" and hidden.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise CutrecError('impl="triton" needs CUDA tensors (or TRITON_INTERPRET=1 on the CPU); use impl="torch"')
     if negatives is not None:
         shape_ok = negatives.ndim == 1 or (negatives.ndim == 2 and negatives.shape[0] == hidden.shape[0])
         if not shape_ok or negatives.numel() == 0:
@@ -201,6 +234,7 @@ def sampled_cut_cross_entropy(
         seed=seed,
         ignore_index=ignore_index,
         negatives=negatives,
+        impl="triton" if impl == "triton" else "torch",
     )
     with torch.autocast(hidden.device.type, enabled=False):
         per_position = _SampledCutCrossEntropy.apply(hidden, items, targets, options)
