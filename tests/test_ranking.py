@@ -173,3 +173,10 @@ def test_errors():
         top_k_items(users[0], items, 2)
     with pytest.raises(CutrecError, match="shape \\[N\\]"):
         most_popular_top_k(torch.ones(3, 1), 2, 1)
+
+
+def test_non_finite_vectors_are_refused():
+    users, items = torch.randn(3, 4), torch.randn(10, 4)
+    users[1, 2] = float("nan")
+    with pytest.raises(CutrecError, match="NaN or inf"):
+        top_k_items(users, items, 2)

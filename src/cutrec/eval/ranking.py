@@ -143,6 +143,8 @@ def _check_vectors(
     item_bias: torch.Tensor | None,
     item_chunk: int,
 ) -> None:
+    if not torch.isfinite(user_vectors).all() or not torch.isfinite(item_vectors).all():
+        raise CutrecError("user or item vectors hold NaN or inf: the model diverged; lower train.lr and retrain")
     if user_vectors.dim() != 2 or item_vectors.dim() != 2:
         raise CutrecError(
             f"user_vectors {tuple(user_vectors.shape)} and item_vectors {tuple(item_vectors.shape)} must be 2-D; "

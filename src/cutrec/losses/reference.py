@@ -93,7 +93,8 @@ def _negatives_and_scores(
     negatives: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Positive scores [M] and negative scores [M, K] for per-position [M, K] or shared [K] negatives."""
-    positive = (hidden * items[safe_targets]).sum(-1)  # [M]
+    # a batched product like the negatives', so both get the same precision under autocast
+    positive = torch.bmm(items[safe_targets].unsqueeze(1), hidden.unsqueeze(-1)).view(-1)  # [M, 1, D] x [M, D, 1]
     if negatives.ndim == 1:
         negative = hidden @ items[negatives].T  # [M, K]
     else:
