@@ -96,6 +96,24 @@ def _scores(h, items_ptr, ids, mask, log_q_ptr, log_k, target, dims, DIM: tl.con
 
 
 @triton.jit
+def _load_rows(hidden_ptr, items_ptr, targets_ptr, num_rows, ignore_index, BLOCK_M: tl.constexpr,
+               DIM: tl.constexpr, BLOCK_D: tl.constexpr):
+    """This program's rows: (rows, row_mask, dims, h [BM, BD] fp32, valid, safe targets, w_target [BM, BD] fp32)."""
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # [BM]
+    row_mask = rows < num_rows
+    dims = tl.arange(0, BLOCK_D)
+    dim_mask = dims < DIM
+    h = tl.load(hidden_ptr + rows.to(tl.int64)[:, None] * DIM + dims[None, :],
+                mask=row_mask[:, None] & dim_mask[None, :], other=0.0).to(tl.float32)
+    target = tl.load(targets_ptr + rows, mask=row_mask, other=ignore_index)
+    valid = row_mask & (target != ignore_index)
+    safe = tl.where(valid, target, 0).to(tl.int64)
+    w_target = tl.load(items_ptr + safe[:, None] * DIM + dims[None, :], mask=valid[:, None] & dim_mask[None, :],
+                       other=0.0).to(tl.float32)
+    return rows, row_mask, dims, h, valid, safe, w_target
+
+
+@triton.jit
 def _forward_kernel(
     hidden_ptr, items_ptr, targets_ptr, negatives_ptr, keep_ptr, alias_ptr, log_q_ptr, lse_ptr, loss_ptr,
     num_rows, num_items, num_negatives, ignore_index, seed_hash, log_k, uniform_log_q,
@@ -103,17 +121,9 @@ def _forward_kernel(
     BLOCK_ROWS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # [BM]
-    row_mask = rows < num_rows
-    dims = tl.arange(0, BLOCK_D)
-    dim_mask = dims < DIM
-    h = tl.load(hidden_ptr + rows.to(tl.int64)[:, None] * DIM + dims[None, :],
-                mask=row_mask[:, None] & dim_mask[None, :], other=0.0).to(tl.float32)  # [BM, BD]
-    target = tl.load(targets_ptr + rows, mask=row_mask, other=ignore_index)
-    valid = row_mask & (target != ignore_index)
-    safe = tl.where(valid, target, 0).to(tl.int64)
-    w_target = tl.load(items_ptr + safe[:, None] * DIM + dims[None, :], mask=valid[:, None] & dim_mask[None, :],
-                       other=0.0).to(tl.float32)
+    rows, row_mask, dims, h, valid, safe, w_target = _load_rows(
+        hidden_ptr, items_ptr, targets_ptr, num_rows, ignore_index, BLOCK_M, DIM, BLOCK_D
+    )
     positive = tl.sum(h * w_target, axis=1)  # [BM]
     max2 = positive * LOG2E  # the online log-sum-exp starts with s_0
     sum_exp = tl.full([BLOCK_M], 1.0, tl.float32)
@@ -140,18 +150,12 @@ def _backward_kernel(
     BLOCK_ROWS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # [BM]
-    row_mask = rows < num_rows
-    dims = tl.arange(0, BLOCK_D)
+    rows, row_mask, dims, h, valid, safe, w_target = _load_rows(
+        hidden_ptr, items_ptr, targets_ptr, num_rows, ignore_index, BLOCK_M, DIM, BLOCK_D
+    )
     dim_mask = dims < DIM
     row_dim_mask = row_mask[:, None] & dim_mask[None, :]
-    h = tl.load(hidden_ptr + rows.to(tl.int64)[:, None] * DIM + dims[None, :], mask=row_dim_mask,
-                other=0.0).to(tl.float32)
-    target = tl.load(targets_ptr + rows, mask=row_mask, other=ignore_index)
-    valid = row_mask & (target != ignore_index)
-    safe = tl.where(valid, target, 0).to(tl.int64)
     target_mask = valid[:, None] & dim_mask[None, :]
-    w_target = tl.load(items_ptr + safe[:, None] * DIM + dims[None, :], mask=target_mask, other=0.0).to(tl.float32)
     lse = tl.load(lse_ptr + rows, mask=row_mask, other=0.0)
     grad_loss = tl.where(valid, tl.load(grad_loss_ptr + rows, mask=row_mask, other=0.0), 0.0)  # [BM]
     positive = tl.sum(h * w_target, axis=1)
