@@ -10,9 +10,9 @@ the memory of a step holds one log-sum-exp per position and no [M, K] index tens
 impl="torch" processes positions in chunks, so its largest temporary is chunk x K x D (about
 TORCH_CHUNK_BUDGET_BYTES), never M x K x D. impl="triton" runs kernels/sampled_cut_cross_entropy.py, which draws the
 same negatives; it has run only through the Triton interpreter so far, so impl="auto" still picks "torch".
+Both run inside torch.library custom ops (fake implementations, registered autograd), so torch.compile traces them.
+(No `from __future__ import annotations` here: custom_op reads the annotations to infer the op schemas.)
 """
-
-from __future__ import annotations
 
 import math
 import os
@@ -24,7 +24,7 @@ from torch import nn
 
 from cutrec.errors import CutrecError
 from cutrec.losses.reference import Reduction, check_seam, reduce_loss
-from cutrec.losses.sampling import NegativeDistribution, counter_draws, mix32
+from cutrec.losses.sampling import NegativeDistribution, counter_draws, seed_hash
 
 Share = Literal["none", "block", "batch"]
 BLOCK_ROWS = 64  # share="block": consecutive positions that share one set of negatives
@@ -45,8 +45,9 @@ class _Options:
     impl: Literal["torch", "triton"]
 
 
-def _chunk_rows(num_negatives: int, dim: int) -> int:
-    return max(1, TORCH_CHUNK_BUDGET_BYTES // (num_negatives * dim * 4))
+def _chunk_rows(options: _Options) -> int:
+    num_negatives = options.num_negatives if options.negatives is None else options.negatives.shape[-1]
+    return max(1, TORCH_CHUNK_BUDGET_BYTES // (num_negatives * 256 * 4))  # rows whose [C, K, D<=256] fits
 
 
 def _negatives(options: _Options, rows: torch.Tensor) -> torch.Tensor:
@@ -82,62 +83,39 @@ def _chunk_scores(
     return h, w_target, ids, w_neg, torch.cat([positive, negative], dim=1)  # scores [C, K + 1]
 
 
-class _SampledCutCrossEntropy(torch.autograd.Function):
-    """Per-position losses [M] (fp32, or fp64 for fp64 inputs); the backward regenerates the negatives per chunk.
+def _torch_forward(hidden, items, targets, options: _Options) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss [M], lse [M]) in fp32 (fp64 for fp64 inputs), chunk by chunk."""
+    num_rows = hidden.shape[0]
+    compute = torch.promote_types(hidden.dtype, torch.float32)
+    loss = hidden.new_zeros(num_rows, dtype=compute)
+    lse = hidden.new_zeros(num_rows, dtype=compute)
+    for start in range(0, num_rows, _chunk_rows(options)):
+        rows = torch.arange(start, min(start + _chunk_rows(options), num_rows), device=hidden.device)  # [C]
+        *_, scores = _chunk_scores(hidden, items, targets, rows, options)
+        chunk_lse = torch.logsumexp(scores, dim=1)  # [C]
+        lse[rows] = chunk_lse
+        loss[rows] = chunk_lse - scores[:, 0]
+    return torch.where(targets != options.ignore_index, loss, torch.zeros_like(loss)), lse
 
-    The item gradient is accumulated with index_add_, deterministic on the CPU; on CUDA it uses atomic adds.
-    """
 
-    @staticmethod
-    def forward(ctx, hidden, items, targets, options: _Options):
-        if options.impl == "triton":
-            loss, lse = _triton("forward", options, hidden, items, targets)
-            ctx.save_for_backward(hidden, items, targets, lse)
-            ctx.options = options
-            return loss
-        num_rows = hidden.shape[0]
-        compute = torch.promote_types(hidden.dtype, torch.float32)
-        loss = hidden.new_zeros(num_rows, dtype=compute)
-        lse = hidden.new_zeros(num_rows, dtype=compute)
-        chunk = _chunk_rows(options.num_negatives if options.negatives is None else options.negatives.shape[-1],
-                            hidden.shape[1])
-        for start in range(0, num_rows, chunk):
-            rows = torch.arange(start, min(start + chunk, num_rows), device=hidden.device)  # [C]
-            *_, scores = _chunk_scores(hidden, items, targets, rows, options)
-            chunk_lse = torch.logsumexp(scores, dim=1)  # [C]
-            lse[rows] = chunk_lse
-            loss[rows] = chunk_lse - scores[:, 0]
-        valid = targets != options.ignore_index
-        ctx.save_for_backward(hidden, items, targets, lse)
-        ctx.options = options
-        ctx.chunk = chunk
-        return torch.where(valid, loss, torch.zeros_like(loss))
-
-    @staticmethod
-    def backward(ctx, grad_loss):
-        hidden, items, targets, lse = ctx.saved_tensors
-        options = ctx.options
-        if options.impl == "triton":
-            grad_hidden, grad_items = _triton("backward", options, hidden, items, targets, lse, grad_loss)
-            return grad_hidden.to(hidden.dtype), grad_items.to(items.dtype), None, None
-        valid = targets != options.ignore_index
-        compute = lse.dtype
-        grad_loss = torch.where(valid, grad_loss.to(compute), torch.zeros_like(lse))  # [M]
-        grad_hidden = torch.zeros(hidden.shape, dtype=compute, device=hidden.device)
-        grad_items = torch.zeros(items.shape, dtype=compute, device=items.device)
-        num_rows, dim = hidden.shape
-        for start in range(0, num_rows, ctx.chunk):
-            rows = torch.arange(start, min(start + ctx.chunk, num_rows), device=hidden.device)  # [C]
-            h, w_target, ids, w_neg, scores = _chunk_scores(hidden, items, targets, rows, options)
-            probs = torch.exp(scores - lse[rows, None]) * grad_loss[rows, None]  # [C, K + 1]: d loss / d score
-            probs[:, 0] -= grad_loss[rows]  # the positive: softmax - 1
-            grad_hidden[rows] = probs[:, :1] * w_target + torch.bmm(probs[:, None, 1:], w_neg).squeeze(1)
-            safe = torch.where(valid[rows], targets[rows], torch.zeros_like(targets[rows])).long()
-            grad_items.index_add_(0, safe, probs[:, :1] * h)
-            grad_items.index_add_(0, ids.reshape(-1), (probs[:, 1:, None] * h[:, None, :]).reshape(-1, dim))
-        grad_hidden = grad_hidden.to(hidden.dtype) if ctx.needs_input_grad[0] else None
-        grad_items = grad_items.to(items.dtype) if ctx.needs_input_grad[1] else None
-        return grad_hidden, grad_items, None, None
+def _torch_backward(hidden, items, targets, lse, grad_loss, options: _Options) -> tuple[torch.Tensor, torch.Tensor]:
+    """(grad_hidden, grad_items) in the compute dtype; index_add_ is deterministic on the CPU, atomic on CUDA."""
+    valid = targets != options.ignore_index
+    compute = lse.dtype
+    grad_loss = torch.where(valid, grad_loss.to(compute), torch.zeros_like(lse))  # [M]
+    grad_hidden = torch.zeros(hidden.shape, dtype=compute, device=hidden.device)
+    grad_items = torch.zeros(items.shape, dtype=compute, device=items.device)
+    num_rows, dim = hidden.shape
+    for start in range(0, num_rows, _chunk_rows(options)):
+        rows = torch.arange(start, min(start + _chunk_rows(options), num_rows), device=hidden.device)  # [C]
+        h, w_target, ids, w_neg, scores = _chunk_scores(hidden, items, targets, rows, options)
+        probs = torch.exp(scores - lse[rows, None]) * grad_loss[rows, None]  # [C, K + 1]: d loss / d score
+        probs[:, 0] -= grad_loss[rows]  # the positive: softmax - 1
+        grad_hidden[rows] = probs[:, :1] * w_target + torch.bmm(probs[:, None, 1:], w_neg).squeeze(1)
+        safe = torch.where(valid[rows], targets[rows], torch.zeros_like(targets[rows])).long()
+        grad_items.index_add_(0, safe, probs[:, :1] * h)
+        grad_items.index_add_(0, ids.reshape(-1), (probs[:, 1:, None] * h[:, None, :]).reshape(-1, dim))
+    return grad_hidden, grad_items
 
 
 def _triton(step: str, options: _Options, hidden, items, targets, *saved):
@@ -150,15 +128,110 @@ def _triton(step: str, options: _Options, hidden, items, targets, *saved):
     else:
         keep, alias = distribution.alias_table(hidden.device)
         log_q = distribution.probs.to(hidden.device).log()
-    seed_hash = int(mix32(torch.tensor(options.seed & 0xFFFFFFFF)))
     common = {
-        "ignore_index": options.ignore_index, "seed_hash": seed_hash, "num_negatives": options.num_negatives,
+        "ignore_index": options.ignore_index, "seed_hash": seed_hash(options.seed),
+        "num_negatives": options.num_negatives,
         "share": options.share, "negatives": options.negatives, "keep": keep, "alias": alias, "log_q": log_q,
         "logq_correction": options.logq_correction, "block_rows": BLOCK_ROWS,
     }
     if step == "forward":
         return kernels.forward(hidden, items, targets, **common)
     return kernels.backward(hidden, items, targets, *saved, **common)
+
+
+def _options(
+    items, negatives, keep, alias, log_q, num_negatives, logq_correction, share, seed, ignore_index, impl
+) -> _Options:
+    """The options rebuilt from a custom op's arguments (tensors and scalars only)."""
+    distribution = NegativeDistribution(num_items=items.shape[0])
+    if log_q is not None:
+        distribution = NegativeDistribution(num_items=items.shape[0], probs=log_q.exp(), _alias=(keep, alias))
+    return _Options(num_negatives, distribution, logq_correction, share, seed, ignore_index, negatives, impl)
+
+
+@torch.library.custom_op("cutrec::sampled_cut_cross_entropy_forward", mutates_args=())
+def _forward_op(
+    hidden: torch.Tensor,
+    items: torch.Tensor,
+    targets: torch.Tensor,
+    negatives: torch.Tensor | None,
+    keep: torch.Tensor | None,
+    alias: torch.Tensor | None,
+    log_q: torch.Tensor | None,
+    num_negatives: int,
+    logq_correction: bool,
+    share: str,
+    seed: int,
+    ignore_index: int,
+    impl: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss [M], lse [M]) in fp32 (fp64 for fp64 inputs)."""
+    options = _options(items, negatives, keep, alias, log_q, num_negatives, logq_correction, share, seed,
+                       ignore_index, impl)
+    if impl == "triton":
+        compute = torch.promote_types(hidden.dtype, torch.float32)
+        return tuple(t.to(compute) for t in _triton("forward", options, hidden, items, targets))
+    return _torch_forward(hidden, items, targets, options)
+
+
+@_forward_op.register_fake
+def _forward_fake(hidden, items, targets, negatives, keep, alias, log_q, num_negatives, logq_correction, share, seed,
+                  ignore_index, impl):
+    compute = torch.promote_types(hidden.dtype, torch.float32)
+    return hidden.new_empty(hidden.shape[0], dtype=compute), hidden.new_empty(hidden.shape[0], dtype=compute)
+
+
+@torch.library.custom_op("cutrec::sampled_cut_cross_entropy_backward", mutates_args=())
+def _backward_op(
+    hidden: torch.Tensor,
+    items: torch.Tensor,
+    targets: torch.Tensor,
+    lse: torch.Tensor,
+    grad_loss: torch.Tensor,
+    negatives: torch.Tensor | None,
+    keep: torch.Tensor | None,
+    alias: torch.Tensor | None,
+    log_q: torch.Tensor | None,
+    num_negatives: int,
+    logq_correction: bool,
+    share: str,
+    seed: int,
+    ignore_index: int,
+    impl: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(grad_hidden, grad_items) in hidden's and items' dtypes; the negatives are drawn again."""
+    options = _options(items, negatives, keep, alias, log_q, num_negatives, logq_correction, share, seed,
+                       ignore_index, impl)
+    if impl == "triton":
+        grad_hidden, grad_items = _triton("backward", options, hidden, items, targets, lse.float(), grad_loss)
+    else:
+        grad_hidden, grad_items = _torch_backward(hidden, items, targets, lse, grad_loss, options)
+    return grad_hidden.to(hidden.dtype), grad_items.to(items.dtype)
+
+
+@_backward_op.register_fake
+def _backward_fake(hidden, items, targets, lse, grad_loss, negatives, keep, alias, log_q, num_negatives,
+                   logq_correction, share, seed, ignore_index, impl):
+    return torch.empty_like(hidden), torch.empty_like(items)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    hidden, items, targets, negatives, keep, alias, log_q, *scalars = inputs
+    ctx.save_for_backward(hidden, items, targets, output[1], negatives, keep, alias, log_q)
+    ctx.scalars = scalars
+    ctx.mark_non_differentiable(output[1])
+
+
+def _backward(ctx, grad_loss, grad_lse):
+    hidden, items, targets, lse, negatives, keep, alias, log_q = ctx.saved_tensors
+    grad_hidden, grad_items = _backward_op(
+        hidden, items, targets, lse, grad_loss, negatives, keep, alias, log_q, *ctx.scalars
+    )
+    needs = ctx.needs_input_grad
+    return (grad_hidden if needs[0] else None, grad_items if needs[1] else None, *[None] * 11)
+
+
+_forward_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def _distribution(
@@ -226,18 +299,16 @@ def sampled_cut_cross_entropy(
         negatives = negatives.long()
     if torch.is_autocast_enabled(hidden.device.type):
         hidden = hidden.to(torch.get_autocast_dtype(hidden.device.type))
-    options = _Options(
-        num_negatives=num_negatives,
-        distribution=_distribution(distribution, items.shape[0], item_counts, alpha),
-        logq_correction=logq_correction,
-        share=share,
-        seed=seed,
-        ignore_index=ignore_index,
-        negatives=negatives,
-        impl="triton" if impl == "triton" else "torch",
-    )
+    distribution = _distribution(distribution, items.shape[0], item_counts, alpha)
+    keep = alias = log_q = None
+    if distribution.probs is not None:
+        keep, alias = distribution.alias_table(hidden.device)
+        log_q = distribution.probs.to(hidden.device).log()
     with torch.autocast(hidden.device.type, enabled=False):
-        per_position = _SampledCutCrossEntropy.apply(hidden, items, targets, options)
+        per_position, _ = _forward_op(
+            hidden, items, targets, negatives, keep, alias, log_q, num_negatives, logq_correction, share, seed,
+            ignore_index, "triton" if impl == "triton" else "torch",
+        )
     return reduce_loss(per_position, targets != ignore_index, reduction)
 
 

@@ -103,20 +103,25 @@ def build_alias_table(probs: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
 _MASK32 = 0xFFFFFFFF
 
 
-def _mul32(x: torch.Tensor, constant: int) -> torch.Tensor:
-    """(x * constant) mod 2**32 for int64 tensors holding uint32 values, without int64 overflow."""
+def _mul32(x: torch.Tensor | int, constant: int) -> torch.Tensor | int:
+    """(x * constant) mod 2**32 for Python ints or int64 tensors holding uint32 values, without int64 overflow."""
     low = x * (constant & 0xFFFF)  # < 2**48
     high = ((x * (constant >> 16)) & 0xFFFF) << 16  # < 2**32
     return (low + high) & _MASK32
 
 
-def mix32(x: torch.Tensor) -> torch.Tensor:
-    """A bijective 32-bit integer hash (Chris Wellons' lowbias32) of uint32 values held in int64."""
+def mix32(x: torch.Tensor | int) -> torch.Tensor | int:
+    """A bijective 32-bit integer hash (Chris Wellons' lowbias32) of uint32 values (Python ints or int64 tensors)."""
     x = x ^ (x >> 16)
     x = _mul32(x, 0x7FEB352D)
     x = x ^ (x >> 15)
     x = _mul32(x, 0x846CA68B)
     return x ^ (x >> 16)
+
+
+def seed_hash(seed: int) -> int:
+    """mix32 of the low 32 bits of `seed` in Python integers (the first step of every draw's hash; no device sync)."""
+    return mix32(int(seed) & _MASK32)
 
 
 def counter_draws(
@@ -130,8 +135,7 @@ def counter_draws(
     """
     device = streams.device
     counters = streams.long()[:, None] * num_negatives + torch.arange(num_negatives, device=device)  # [S, K]
-    seed_hash = mix32(torch.tensor(int(seed) & _MASK32, device=device))
-    hashed = mix32(mix32(seed_hash ^ (counters & _MASK32)) ^ ((counters >> 32) & _MASK32))  # [S, K] uint32 values
+    hashed = mix32(mix32(seed_hash(seed) ^ (counters & _MASK32)) ^ ((counters >> 32) & _MASK32))  # [S, K] uint32
     index = (hashed * distribution.num_items) >> 32  # [S, K] in [0, N)
     if distribution.probs is None:
         return index
