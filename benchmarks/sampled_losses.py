@@ -1,0 +1,98 @@
+"""Sampled-loss benchmark: forward+backward time and extra memory of CCE- against plain PyTorch CE- and cut CE.
+
+Methods, side by side on the same fresh bf16 inputs in one process: cutrec's sampled cut CE (Triton kernels) in
+each sharing mode, plain PyTorch CE- (negatives drawn, then their rows gathered into an [M, K, D] tensor), and
+cutrec's full cut CE. Timing and memory as in full_softmax_losses.py (CUDA events, median; extra memory beyond the
+inputs and the returned gradients). Floors beside each row: the gather (K negative rows of D bf16 values per
+position, read in the forward and again in the backward) at the measured copy bandwidth, and 3 x 2 M K D flop.
+
+    python benchmarks/sampled_losses.py --out benchmarks/results/sampled_losses
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import date
+from pathlib import Path
+
+import torch
+from full_softmax_losses import gemm_rate, measure, time_ms
+
+from cutrec.losses import cut_cross_entropy, sampled_cross_entropy, sampled_cut_cross_entropy
+
+
+def copy_bandwidth(device: torch.device) -> float:
+    """Bytes read plus written per second by a large device-to-device copy."""
+    source = torch.empty(2**30, dtype=torch.uint8, device=device)
+    target = torch.empty_like(source)
+    return 2 * source.numel() / (time_ms(lambda: target.copy_(source), reps=20) / 1e3)
+
+
+def methods(num_negatives: int) -> dict:
+    """name -> loss(hidden, items, targets)."""
+    found = {
+        f"cutrec CCE- share={share}": (
+            lambda h, w, t, share=share: sampled_cut_cross_entropy(
+                h, w, t, num_negatives=num_negatives, share=share, seed=1, impl="triton"
+            )
+        )
+        for share in ("none", "block", "batch")
+    }
+    found["torch CE- (gathered)"] = lambda h, w, t: sampled_cross_entropy(h, w, t, num_negatives=num_negatives, seed=1)
+    found["cutrec CCE (full softmax)"] = lambda h, w, t: cut_cross_entropy(h, w, t, impl="triton")
+    return found
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--m", type=int, nargs="+", default=[32768, 131072])
+    parser.add_argument("--k", type=int, nargs="+", default=[255, 1023, 4095])
+    parser.add_argument("--n", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--d", type=int, nargs="+", default=[64, 256])
+    parser.add_argument("--budget-ms", type=float, default=1500.0)
+    parser.add_argument("--out", default="benchmarks/results/sampled_losses")
+    args = parser.parse_args()
+    device = torch.device("cuda")
+    card = torch.cuda.get_device_name(device)
+    rate, bandwidth = gemm_rate(device), copy_bandwidth(device)
+    rows = []
+    for d in args.d:
+        for m in args.m:
+            for k in args.k:
+                for n in args.n:
+                    gather_bytes = 2 * m * k * d * 2
+                    floors = {"gather_floor_ms": gather_bytes / bandwidth * 1e3,
+                              "flop_floor_ms": 3 * 2 * m * k * d / rate * 1e3}
+                    for name, loss_fn in methods(k).items():
+                        reps = int(max(3, min(30, args.budget_ms / max(floors["gather_floor_ms"] * 5, 1e-3))))
+                        result = measure(loss_fn, m, n, d, reps, device)
+                        row = {"method": name, "M": m, "K": k, "N": n, "D": d, **floors, **result}
+                        rows.append(row)
+                        print(json.dumps(row), file=sys.stderr, flush=True)
+    write(rows, card, rate, bandwidth, Path(args.out))
+
+
+def write(rows: list[dict], card: str, rate: float, bandwidth: float, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"card": card, "date": str(date.today()), "torch": torch.__version__, "bf16_gemm_tflops": rate / 1e12,
+            "copy_tb_per_s": bandwidth / 1e12}
+    out.with_suffix(".json").write_text(json.dumps({**meta, "rows": rows}, indent=2))
+    lines = [
+        f"# Sampled losses, forward+backward, bf16 inputs\n\nCard: {card}; date: {meta['date']}; torch "
+        f"{torch.__version__}; measured bf16 GEMM {rate / 1e12:.0f} TFLOP/s, copy {bandwidth / 1e12:.2f} TB/s. "
+        "Floors: the K-row gather read twice; 3 x 2MKD flop. Extra memory excludes the returned gradients.\n",
+        "| D | M | K | N | method | fwd+bwd ms | extra MB | gather floor ms | flop floor ms |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        timing = f"{r['ms']:.2f} | {r['extra_mb']:.0f}" if r["status"] == "ok" else f"{r['status']} | -"
+        lines.append(f"| {r['D']} | {r['M']} | {r['K']} | {r['N']:,} | {r['method']} | {timing} | "
+                     f"{r['gather_floor_ms']:.2f} | {r['flop_floor_ms']:.2f} |")
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
