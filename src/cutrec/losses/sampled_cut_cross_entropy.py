@@ -24,7 +24,7 @@ from torch import nn
 
 from cutrec.errors import CutrecError
 from cutrec.losses.reference import Reduction, check_seam, reduce_loss
-from cutrec.losses.sampling import NegativeDistribution, counter_draws, seed_hash
+from cutrec.losses.sampling import NegativeDistribution, counter_draws, seed_hash, uniform_log_q
 
 Share = Literal["none", "block", "batch"]
 BLOCK_ROWS = 64  # share="block": consecutive positions that share one set of negatives
@@ -36,7 +36,9 @@ class _Options:
     """What the forward and the backward need to regenerate and score the negatives."""
 
     num_negatives: int
-    distribution: NegativeDistribution
+    num_items: int
+    alias_table: tuple[torch.Tensor, torch.Tensor] | None  # (keep [N], alias [N]) for popularity, None for uniform
+    log_q: torch.Tensor | None  # [N] log q for popularity, None for uniform (log q = -log N)
     logq_correction: bool
     share: Share
     seed: int
@@ -61,7 +63,7 @@ def _negatives(options: _Options, rows: torch.Tensor) -> torch.Tensor:
         streams = torch.div(rows, BLOCK_ROWS, rounding_mode="floor")
     else:
         streams = torch.zeros_like(rows)
-    return counter_draws(options.distribution, options.seed, streams, options.num_negatives)
+    return counter_draws(options.num_items, options.seed, streams, options.num_negatives, options.alias_table)
 
 
 def _chunk_scores(
@@ -77,7 +79,8 @@ def _chunk_scores(
     w_neg = items[ids].to(compute)  # [C, K, D]
     negative = torch.bmm(w_neg, h.unsqueeze(-1)).squeeze(-1)  # [C, K]
     if options.logq_correction:
-        negative = negative - (math.log(ids.shape[1]) + options.distribution.log_q(ids).to(compute))
+        log_q = uniform_log_q(options.num_items) if options.log_q is None else options.log_q[ids].to(compute)
+        negative = negative - (math.log(ids.shape[1]) + log_q)
     negative = negative.masked_fill(ids == safe.unsqueeze(1), -math.inf)  # accidental hits removed exactly
     positive = (h * w_target).sum(-1, keepdim=True)  # [C, 1]
     return h, w_target, ids, w_neg, torch.cat([positive, negative], dim=1)  # scores [C, K + 1]
@@ -122,16 +125,11 @@ def _triton(step: str, options: _Options, hidden, items, targets, *saved):
     """Run the forward or backward kernel with the options' sampling tables."""
     from cutrec.kernels import sampled_cut_cross_entropy as kernels
 
-    distribution = options.distribution
-    if distribution.probs is None:
-        keep = alias = log_q = None
-    else:
-        keep, alias = distribution.alias_table(hidden.device)
-        log_q = distribution.probs.to(hidden.device).log()
+    keep, alias = options.alias_table if options.alias_table is not None else (None, None)
     common = {
         "ignore_index": options.ignore_index, "seed_hash": seed_hash(options.seed),
         "num_negatives": options.num_negatives,
-        "share": options.share, "negatives": options.negatives, "keep": keep, "alias": alias, "log_q": log_q,
+        "share": options.share, "negatives": options.negatives, "keep": keep, "alias": alias, "log_q": options.log_q,
         "logq_correction": options.logq_correction, "block_rows": BLOCK_ROWS,
     }
     if step == "forward":
@@ -143,10 +141,9 @@ def _options(
     items, negatives, keep, alias, log_q, num_negatives, logq_correction, share, seed, ignore_index, impl
 ) -> _Options:
     """The options rebuilt from a custom op's arguments (tensors and scalars only)."""
-    distribution = NegativeDistribution(num_items=items.shape[0])
-    if log_q is not None:
-        distribution = NegativeDistribution(num_items=items.shape[0], probs=log_q.exp(), _alias=(keep, alias))
-    return _Options(num_negatives, distribution, logq_correction, share, seed, ignore_index, negatives, impl)
+    alias_table = (keep, alias) if keep is not None else None
+    return _Options(num_negatives, items.shape[0], alias_table, log_q, logq_correction, share, seed, ignore_index,
+                    negatives, impl)
 
 
 @torch.library.custom_op("cutrec::sampled_cut_cross_entropy_forward", mutates_args=())

@@ -69,7 +69,7 @@ class NegativeDistribution:
     def log_q(self, ids: torch.Tensor) -> torch.Tensor:
         """log q(ids) in float32, same shape as ids."""
         if self.probs is None:
-            return torch.full(ids.shape, -float(torch.log(torch.tensor(float(self.num_items)))), device=ids.device)
+            return torch.full(ids.shape, uniform_log_q(self.num_items), device=ids.device)
         return self.probs.to(ids.device).log()[ids]
 
 
@@ -78,6 +78,11 @@ def seeded_generator(seed: int, device: torch.device) -> torch.Generator:
     generator = torch.Generator(device=device)
     generator.manual_seed(int(seed))
     return generator
+
+
+def uniform_log_q(num_items: int) -> float:
+    """log(1 / N), rounded through float32 like the popularity table's log q."""
+    return -float(torch.log(torch.tensor(float(num_items))))
 
 
 def build_alias_table(probs: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -125,9 +130,14 @@ def seed_hash(seed: int) -> int:
 
 
 def counter_draws(
-    distribution: NegativeDistribution, seed: int, streams: torch.Tensor, num_negatives: int
+    num_items: int,
+    seed: int,
+    streams: torch.Tensor,
+    num_negatives: int,
+    alias_table: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Item ids [S, K] drawn from `distribution` as a pure function of (seed, streams [S], k in 0..K-1).
+    """Item ids [S, K] as a pure function of (seed, streams [S], k in 0..K-1): uniform over N items, or through
+    `alias_table` = (keep [N], alias [N]) of `NegativeDistribution.alias_table` for popularity.
 
     counter = stream * K + k (int64); h = mix32(mix32(mix32(seed) ^ low32(counter)) ^ high32(counter)).
     Uniform: id = (h * N) >> 32. Popularity: j = (h * N) >> 32, coin = (mix32(h ^ 0x5BD1E995) >> 8) / 2**24,
@@ -136,9 +146,9 @@ def counter_draws(
     device = streams.device
     counters = streams.long()[:, None] * num_negatives + torch.arange(num_negatives, device=device)  # [S, K]
     hashed = mix32(mix32(seed_hash(seed) ^ (counters & _MASK32)) ^ ((counters >> 32) & _MASK32))  # [S, K] uint32
-    index = (hashed * distribution.num_items) >> 32  # [S, K] in [0, N)
-    if distribution.probs is None:
+    index = (hashed * num_items) >> 32  # [S, K] in [0, N)
+    if alias_table is None:
         return index
-    keep, alias = distribution.alias_table(device)
+    keep, alias = alias_table
     coin = (mix32(hashed ^ 0x5BD1E995) >> 8).float() * 2.0**-24  # [S, K] in [0, 1)
     return torch.where(coin < keep[index], index, alias[index])
