@@ -78,11 +78,12 @@ def methods() -> dict[str, Callable]:
     return found
 
 
-def measure(loss_fn: Callable, m: int, n: int, d: int, reps: int, device: torch.device) -> dict:
-    """Time and extra memory of forward+backward; 'OOM' when the method runs out of memory."""
+def measure(loss_fn: Callable, m: int, n: int, d: int, reps: int, device: torch.device,
+            item_dtype: torch.dtype = torch.bfloat16) -> dict:
+    """Time and extra memory of forward+backward on bf16 hidden and `item_dtype` items; 'OOM' when out of memory."""
     generator = torch.Generator(device=device).manual_seed(m + n + d)
     hidden = (torch.randn(m, d, device=device, generator=generator) * d**-0.25).bfloat16().requires_grad_()
-    items = (torch.randn(n, d, device=device, generator=generator) * d**-0.25).bfloat16().requires_grad_()
+    items = (torch.randn(n, d, device=device, generator=generator) * d**-0.25).to(item_dtype).requires_grad_()
     targets = torch.randint(0, n, (m,), device=device, generator=generator)
     gradient_bytes = hidden.numel() * hidden.element_size() + items.numel() * items.element_size()
 

@@ -1,12 +1,14 @@
 """Quality benchmark: train SASRec with several losses on real datasets and tabulate full-ranking test metrics.
 
-Each (dataset, loss, seed) is one `cutrec train` run in its own process (several at once on one GPU, or one at a
-time with --parallel 1 for epoch times); dataset "synthetic" is the built-in generator (set its size with
---data.synthetic.num_items=...). The script collects every run's metrics.json and log.csv into one json and one
-markdown table naming the machine and the date.
+Each (dataset, loss, seed) is one `cutrec train` run in its own process (several at once on one GPU, each with
+cores / parallel CPU threads, or one at a time with --parallel 1 for epoch times); dataset "synthetic" is the
+built-in generator (set its size with --data.synthetic.num_items=...). A loss is a name with optional loss settings,
+`NAME:key=value,key=value` (for example `CCE-:share=block,distribution=popularity`); the run is tagged with them.
+The script collects every run's metrics.json and log.csv into one json and one markdown table naming the machine
+and the date.
 
     python benchmarks/quality.py --data-root ../shared/data --datasets amazon-beauty amazon-toys \
-        --losses CE CE- BCE --seeds 0 --parallel 6 --out benchmarks/results/quality
+        --losses CE CE- BCE "CCE-:share=block" --seeds 0 1 2 --parallel 6 --out benchmarks/results/quality
 
 Settings follow ../shared/data/README.md (emb 64, 1 block, 1 head, dropout 0.2, max_len 50, lr 1e-3).
 """
@@ -46,8 +48,17 @@ def machine_name() -> str:
     return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
 
 
-def run_one(args: argparse.Namespace, dataset: str, loss: str, seed: int) -> dict:
-    name = f"{dataset}-{loss}-seed{seed}"
+def parse_loss(spec: str) -> tuple[str, str, list[str]]:
+    """"CCE-:share=block,distribution=popularity" -> ("CCE-", "CCE- share=block distribution=popularity", args)."""
+    name, _, settings = spec.partition(":")
+    pairs = [pair.split("=", 1) for pair in settings.split(",") if pair]
+    label = " ".join([name, *(f"{key}={value}" for key, value in pairs)])
+    return name, label, [f"--loss.{key}={value}" for key, value in pairs]
+
+
+def run_one(args: argparse.Namespace, dataset: str, spec: str, seed: int) -> dict:
+    loss, label, loss_settings = parse_loss(spec)
+    name = f"{dataset}-{label.replace(' ', '-').replace('=', '_')}-seed{seed}"
     folder = Path(args.runs) / name
     data = [] if dataset == "synthetic" else [
         f"--data={Path(args.data_root) / dataset / 'sequences.txt'}", "--data.format=sequences"
@@ -56,20 +67,21 @@ def run_one(args: argparse.Namespace, dataset: str, loss: str, seed: int) -> dic
         sys.executable, "-m", "cutrec.cli", "train", *data,
         f"--dataset={dataset}", f"--loss={loss}", f"--seed={seed}", f"--out={args.runs}", f"--name={name}",
         f"--epochs={args.epochs}", f"--train.patience={args.patience}", f"--loss.num_negatives={args.negatives}",
-        *SETTINGS, *args.extra,
+        *loss_settings, *SETTINGS, *args.extra,
     ]
+    threads = str(max(1, (os.cpu_count() or 1) // args.parallel))
     started = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True)
+    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": threads})
     wall = time.perf_counter() - started
     (Path(args.runs) / f"{name}.stderr.txt").write_text(result.stderr[-20000:])
     if result.returncode != 0:
-        return {"dataset": dataset, "loss": loss, "seed": seed, "error": result.stderr.strip().splitlines()[-1:]}
+        return {"dataset": dataset, "loss": label, "seed": seed, "error": result.stderr.strip().splitlines()[-1:]}
     metrics = json.loads((folder / "metrics.json").read_text())
     with (folder / "log.csv").open() as file:
         log = list(csv.DictReader(file))
     return {
         "dataset": dataset,
-        "loss": loss,
+        "loss": label,
         "seed": seed,
         "test": metrics["test"],
         "best_epoch": metrics["best_epoch"],
@@ -102,6 +114,28 @@ def markdown(results: list[dict], header: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def summary(results: list[dict]) -> str:
+    """Mean and range over seeds of each (dataset, loss): the table the issues ask for."""
+    lines = [
+        "| dataset | loss | seeds | NDCG@10 mean (min..max) | HR@10 mean (min..max) | median epoch s | "
+        "peak train GPU MB |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in results:
+        if "error" not in r:
+            groups.setdefault((r["dataset"], r["loss"]), []).append(r)
+    for (dataset, loss), runs in groups.items():
+        cells = []
+        for metric in ("NDCG@10", "HR@10"):
+            values = [r["test"]["SASRec"][metric] for r in runs]
+            cells.append(f"{statistics.mean(values):.4f} ({min(values):.4f}..{max(values):.4f})")
+        epoch = statistics.median(r["median_epoch_seconds"] for r in runs)
+        memory = max(r["peak_train_gpu_mb"] for r in runs)
+        lines.append(f"| {dataset} | {loss} | {len(runs)} | {' | '.join(cells)} | {epoch:.2f} | {memory:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-root", default="../shared/data")
@@ -128,7 +162,7 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"machine": machine_name(), "date": str(date.today()),
                                                     "args": vars(args), "runs": results}, indent=2))
-    table = markdown(results, header)
+    table = markdown(results, header) + "\n## Over seeds\n\n" + summary(results)
     out.with_suffix(".md").write_text(table)
     print(table)
 

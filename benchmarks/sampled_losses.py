@@ -5,6 +5,8 @@ each sharing mode, plain PyTorch CE- (negatives drawn, then their rows gathered 
 cutrec's full cut CE. Timing and memory as in full_softmax_losses.py (CUDA events, median; extra memory beyond the
 inputs and the returned gradients). Floors beside each row: the gather (K negative rows of D bf16 values per
 position, read in the forward and again in the backward) at the measured copy bandwidth, and 3 x 2 M K D flop.
+After the bf16 grid, the --memory-shape rows repeat our kernels with an fp32 item table (bf16 hidden), the dtypes of
+training under autocast: the table's gradient is then the fp32 buffer the kernels accumulate into.
 
     python benchmarks/sampled_losses.py --out benchmarks/results/sampled_losses
 """
@@ -52,6 +54,9 @@ def main() -> None:
     parser.add_argument("--n", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--d", type=int, nargs="+", default=[64, 256])
     parser.add_argument("--budget-ms", type=float, default=1500.0)
+    parser.add_argument("--methods", nargs="*", help="substrings of method names to run (default: all)")
+    parser.add_argument("--memory-shape", type=int, nargs=4, default=[131072, 1023, 1_000_000, 64],
+                        metavar=("M", "K", "N", "D"), help="shape of the fp32-item-table rows")
     parser.add_argument("--out", default="benchmarks/results/sampled_losses")
     args = parser.parse_args()
     device = torch.device("cuda")
@@ -66,11 +71,20 @@ def main() -> None:
                     floors = {"gather_floor_ms": gather_bytes / bandwidth * 1e3,
                               "flop_floor_ms": 3 * 2 * m * k * d / rate * 1e3}
                     for name, loss_fn in methods(k).items():
+                        if args.methods and not any(part in name for part in args.methods):
+                            continue
                         reps = int(max(3, min(30, args.budget_ms / max(floors["gather_floor_ms"] * 5, 1e-3))))
                         result = measure(loss_fn, m, n, d, reps, device)
-                        row = {"method": name, "M": m, "K": k, "N": n, "D": d, **floors, **result}
-                        rows.append(row)
-                        print(json.dumps(row), file=sys.stderr, flush=True)
+                        rows.append({"method": name, "M": m, "K": k, "N": n, "D": d, **floors, **result})
+                        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    m, k, n, d = args.memory_shape
+    for name, loss_fn in methods(k).items():
+        if name.startswith("cutrec CCE- "):
+            result = measure(loss_fn, m, n, d, 5, device, item_dtype=torch.float32)
+            rows.append({"method": f"{name}, fp32 item table", "M": m, "K": k, "N": n, "D": d, **result,
+                         "gather_floor_ms": 2 * m * k * d * 4 / bandwidth * 1e3,
+                         "flop_floor_ms": 3 * 2 * m * k * d / rate * 1e3})
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     write(rows, card, rate, bandwidth, Path(args.out))
 
 
@@ -82,7 +96,9 @@ def write(rows: list[dict], card: str, rate: float, bandwidth: float, out: Path)
     lines = [
         f"# Sampled losses, forward+backward, bf16 inputs\n\nCard: {card}; date: {meta['date']}; torch "
         f"{torch.__version__}; measured bf16 GEMM {rate / 1e12:.0f} TFLOP/s, copy {bandwidth / 1e12:.2f} TB/s. "
-        "Floors: the K-row gather read twice; 3 x 2MKD flop. Extra memory excludes the returned gradients.\n",
+        "Floors: the K-row gather read twice; 3 x 2MKD flop. Extra memory excludes the returned gradients. "
+        "Inputs are bf16 except in rows marked 'fp32 item table' (bf16 hidden, fp32 items, whose rows are then "
+        "gathered at 4 bytes a value, as their gather floor counts).\n",
         "| D | M | K | N | method | fwd+bwd ms | extra MB | gather floor ms | flop floor ms |",
         "|---|---|---|---|---|---|---|---|---|",
     ]

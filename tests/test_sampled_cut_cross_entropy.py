@@ -1,4 +1,4 @@
-"""Sampled cut CE (PyTorch implementation): equal to the plain CE- on the same negatives, regenerated draws, hits."""
+"""Sampled cut CE: equal to the plain CE- on the same negatives (torch and Triton), regenerated draws, hits, GPU."""
 
 import importlib
 
@@ -208,3 +208,120 @@ def test_compile_fullgraph_matches_eager(impl):
         ours = loss_and_grads(compiled, hidden, items, targets, seed=seed)
         for value, reference in zip(ours, expected, strict=True):
             torch.testing.assert_close(value, reference)
+
+
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def _gpu_distribution(popularity: bool, num_items: int):
+    counts = torch.from_numpy(np.random.default_rng(num_items).zipf(1.3, num_items).clip(max=10**5).astype(np.float64))
+    return NegativeDistribution.popularity(counts, 0.75) if popularity else NegativeDistribution.uniform(num_items)
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize(
+    ("share", "popularity", "dim", "dtype"),
+    [
+        ("none", False, 64, torch.bfloat16),
+        ("none", True, 100, torch.float32),
+        ("block", False, 64, torch.bfloat16),
+        ("block", True, 256, torch.bfloat16),
+        ("batch", False, 100, torch.float32),
+        ("batch", True, 64, torch.bfloat16),
+    ],
+)
+def test_gpu_kernels_match_float64_reference(share, popularity, dim, dtype):
+    """Realistic shapes: the acceptance rule of kernels.md against float64 CE- on the very negatives drawn."""
+    num_rows, num_items, num_negatives = 4099, 100_003, 255
+    hidden, items, targets = (t.cuda() for t in make_inputs((num_rows, num_items, dim), dtype, seed=dim))
+    distribution = _gpu_distribution(popularity, num_items)
+    options = {"num_negatives": num_negatives, "distribution": distribution, "share": share, "seed": 17}
+    ours = loss_and_grads(sampled_cut_cross_entropy, hidden, items, targets, impl="triton", **options)
+    negatives = drawn(distribution, 17, num_rows, num_negatives, share).cuda()
+    truth = loss_and_grads(sampled_cross_entropy, hidden, items, targets, torch.float64, negatives=negatives,
+                           distribution=distribution)
+    plain = loss_and_grads(sampled_cross_entropy, hidden, items, targets, negatives=negatives,
+                           distribution=distribution)
+    tolerance = {torch.float32: 1e-5, torch.bfloat16: 2**-8}[dtype]
+    for name, value, exact, baseline in zip(("loss", "hidden", "items"), ours, truth, plain, strict=True):
+        assert torch.isfinite(value).all(), name
+        error = (value.double() - exact).abs().max().item()
+        allowed = (baseline.double() - exact).abs().max().item() + tolerance * exact.abs().max().item()
+        assert error <= allowed, f"{name}: error {error:.3g} > allowed {allowed:.3g}"
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("explicit_shape", [(3001, 77), (77,)])
+def test_gpu_kernels_with_explicit_negatives(explicit_shape):
+    hidden, items, targets = (t.cuda() for t in make_inputs((3001, 20_011, 48), torch.float32, seed=31))
+    negatives = torch.randint(0, 20_011, explicit_shape, device="cuda")
+    ours = loss_and_grads(sampled_cut_cross_entropy, hidden, items, targets, num_negatives=1, negatives=negatives,
+                          impl="triton")
+    truth = loss_and_grads(sampled_cross_entropy, hidden, items, targets, torch.float64, negatives=negatives)
+    for value, expected in zip(ours, truth, strict=True):
+        torch.testing.assert_close(value.double(), expected, rtol=1e-4, atol=1e-6)
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("share", ["none", "block", "batch"])
+def test_gpu_loss_and_hidden_gradient_are_bit_deterministic(share):
+    """The item gradient is added with atomics (documented); loss and hidden gradient are bit-identical per seed."""
+    hidden, items, targets = (t.cuda() for t in make_inputs((5000, 50_000, 64), torch.bfloat16, seed=41))
+    runs = [loss_and_grads(sampled_cut_cross_entropy, hidden, items, targets, num_negatives=511, share=share,
+                           seed=3, impl="triton") for _ in range(2)]
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+    torch.testing.assert_close(runs[0][2], runs[1][2])
+
+
+@gpu
+@pytest.mark.gpu
+def test_gpu_deterministic_mode_picks_the_torch_implementation():
+    hidden, items, targets = (t.cuda() for t in make_inputs((3000, 20_000, 64), torch.float32, seed=43))
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        with pytest.raises(CutrecError, match="use_deterministic_algorithms"):
+            sampled_cut_cross_entropy(hidden, items, targets, num_negatives=63, impl="triton")
+        runs = [loss_and_grads(sampled_cut_cross_entropy, hidden, items, targets, num_negatives=63, seed=2)
+                for _ in range(2)]
+    finally:
+        torch.use_deterministic_algorithms(False)
+    for first, second in zip(*runs, strict=True):
+        assert torch.equal(first, second)
+
+
+@gpu
+@pytest.mark.gpu
+def test_gpu_compile_inductor_matches_eager():
+    hidden, items, targets = (t.cuda() for t in make_inputs((1000, 5003, 64), torch.float32, seed=44))
+
+    def loss(h, w, t, seed):
+        return sampled_cut_cross_entropy(h, w, t, num_negatives=127, share="block", seed=seed)
+
+    compiled = torch.compile(loss, fullgraph=True)
+    for seed in (1, 2):
+        expected = loss_and_grads(loss, hidden, items, targets, seed=seed)
+        ours = loss_and_grads(compiled, hidden, items, targets, seed=seed)
+        for value, reference in zip(ours, expected, strict=True):
+            torch.testing.assert_close(value, reference, rtol=1e-4, atol=1e-6)
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("share", ["none", "block", "batch"])
+def test_gpu_extra_memory_of_a_training_step(share):
+    """M=131072, K=1023, N=1M, D=64, bf16 hidden and an fp32 item table (as in training): below 64 MB."""
+    num_rows, num_items, dim = 131072, 1_000_000, 64
+    hidden = torch.randn(num_rows, dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    items = (torch.randn(num_items, dim, device="cuda") / dim**0.5).requires_grad_()
+    targets = torch.randint(0, num_items, (num_rows,), device="cuda")
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    loss = sampled_cut_cross_entropy(hidden, items, targets, num_negatives=1023, share=share, seed=1)
+    grads = torch.autograd.grad(loss, (hidden, items))
+    torch.cuda.synchronize()
+    extra = torch.cuda.max_memory_allocated() - before - sum(g.nbytes for g in grads)
+    assert extra < 64 * 2**20, f"extra memory {extra / 2**20:.1f} MiB"

@@ -5,27 +5,36 @@ n_k == y_i, loss_i = logsumexp_k s_ik - s_i0 (docs/kernels.md). The ids n_k are 
 (seed, stream, k) as `cutrec.losses.sampling.counter_draws` (lowbias32 hash; alias table for popularity), so the
 kernels and the PyTorch implementation draw identical negatives, and the backward regenerates them.
 
-1. `_forward_kernel`, one program per BLOCK_M positions, looping over BLOCK_K negatives at a time: a gather of the
-   negative rows [BM, BK, D], row-wise dot products in fp32, an online log-sum-exp seeded with s_0. Writes lse and
-   loss [M] fp32.
-2. `_backward_kernel`, the same loop: g_k = softmax_k * dloss gives d hidden (accumulated in registers, stored
-   once) and d items (fp32 atomic adds into the rows of the drawn items, so d items is not bit-deterministic
-   on a GPU).
+Two kernel pairs (forward: online log-sum-exp seeded with s_0, writes lse and loss [M] fp32; backward: the same loop,
+g_k = softmax_k * dloss gives d hidden, accumulated in registers and stored once, and d items, fp32 atomic adds into
+the rows of the drawn items):
 
-Memory beyond inputs and gradients: lse and loss (8 M bytes) and an fp32 copy of d items while it accumulates.
-Status: written and tested through the Triton interpreter only; not yet run on a GPU (the next step of issue 4),
-so `impl="auto"` does not select it. The per-row gather serves every share mode; the tensor-core tiles that
-share="block" and "batch" allow are not written yet.
+- row-wise, for share="none" and explicit [M, K] negatives: a program owns BLOCK_M positions, each with its own
+  negatives, so every score is a row-by-row dot product over a gathered [BM, BK, D] tile (CUDA cores; the cost is
+  the gather of M x K rows and the M x K x D atomic adds);
+- tiled, for share="block", share="batch" and explicit [K] negatives: a program owns TILE_ROWS = BLOCK_ROWS
+  consecutive positions that share their negatives, gathers [BK, D] rows once and scores the [TILE_ROWS, D] x
+  [D, BK] tile on the tensor cores (fp32 accumulation); d items is one [BK, D] tile product per program.
+
+The d items atomics make its low bits depend on the order of the adds, so the item gradient is not bit-deterministic
+on a GPU (loss and d hidden are). Memory beyond inputs and gradients: lse and loss (8 M bytes), and an fp32 copy of
+d items while it accumulates when the item table is 16-bit.
 """
 
+import math
 import os
 
 import torch
 import triton
 import triton.language as tl
 
+from cutrec.kernels.cut_cross_entropy import _dot
+
 LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
+# (BLOCK_M, BLOCK_K, num_warps) of the row-wise kernels; (BLOCK_K, num_warps) of the tiled ones, by D <= key
+ROWWISE_CONFIG = {"forward": (16, 16, 4), "backward": (16, 16, 4)}
+TILED_CONFIG = {64: (64, 4), 128: (64, 4), 256: (32, 8), 512: (16, 8)}
 
 
 def interpreting() -> bool:
@@ -43,96 +52,94 @@ def _mix32(x):
 
 
 @triton.jit
-def _negative_ids(
-    rows, ks, target_rows_mask, negatives_ptr, keep_ptr, alias_ptr, seed_hash, num_items, num_negatives,
-    SHARE: tl.constexpr, EXPLICIT: tl.constexpr, POPULARITY: tl.constexpr, BLOCK_ROWS: tl.constexpr,
-):
-    """[BM, BK] int64 ids of the negatives (rows [BM], ks [BK])."""
-    mask = target_rows_mask[:, None] & (ks < num_negatives)[None, :]
-    if EXPLICIT == 1:  # explicit [M, K]
-        ids = tl.load(negatives_ptr + rows.to(tl.int64)[:, None] * num_negatives + ks[None, :], mask=mask, other=0)
-    elif EXPLICIT == 2:  # explicit [K], shared by every position
-        ids = tl.load(negatives_ptr + ks[None, :] + 0 * rows[:, None], mask=mask, other=0)
-    else:
-        if SHARE == 0:
-            streams = rows.to(tl.int64)
-        elif SHARE == 1:
-            streams = (rows // BLOCK_ROWS).to(tl.int64)
-        else:
-            streams = rows.to(tl.int64) * 0
-        counters = streams[:, None] * num_negatives + ks[None, :].to(tl.int64)  # [BM, BK]
-        low = (counters & 0xFFFFFFFF).to(tl.uint32)
-        high = (counters >> 32).to(tl.uint32)
-        hashed = _mix32(_mix32(seed_hash.to(tl.uint32) ^ low) ^ high)  # [BM, BK] uint32
-        index = ((hashed.to(tl.uint64) * num_items.to(tl.uint64)) >> 32).to(tl.int64)
-        if POPULARITY:
-            coin = (_mix32(hashed ^ 0x5BD1E995) >> 8).to(tl.float32) * 5.960464477539063e-08  # 2**-24
-            keep = tl.load(keep_ptr + index, mask=mask, other=1.0)
-            alias = tl.load(alias_ptr + index, mask=mask, other=0)
-            ids = tl.where(coin < keep, index, alias)
-        else:
-            ids = index
-    return ids.to(tl.int64)
+def _draw(streams, ks, mask, keep_ptr, alias_ptr, seed_hash, num_items, num_negatives, POPULARITY: tl.constexpr):
+    """int64 ids of draws (stream, k), broadcast over the shapes of `streams` and `ks` (sampling.counter_draws)."""
+    counters = streams.to(tl.int64) * num_negatives + ks.to(tl.int64)
+    low = (counters & 0xFFFFFFFF).to(tl.uint32)
+    high = (counters >> 32).to(tl.uint32)
+    hashed = _mix32(_mix32(seed_hash.to(tl.uint32) ^ low) ^ high)  # uint32
+    index = ((hashed.to(tl.uint64) * num_items.to(tl.uint64)) >> 32).to(tl.int64)
+    if POPULARITY:
+        coin = (_mix32(hashed ^ 0x5BD1E995) >> 8).to(tl.float32) * 5.960464477539063e-08  # 2**-24
+        keep = tl.load(keep_ptr + index, mask=mask, other=1.0)
+        alias = tl.load(alias_ptr + index, mask=mask, other=0)
+        index = tl.where(coin < keep, index, alias)
+    return tl.where(mask, index, 0).to(tl.int64)
 
 
 @triton.jit
-def _scores(h, items_ptr, ids, mask, log_q_ptr, log_k, target, dims, DIM: tl.constexpr, LOGQ: tl.constexpr,
-            POPULARITY: tl.constexpr, uniform_log_q):
-    """[BM, BK] corrected negative scores (-inf on accidental hits and masked k) and the gathered rows [BM, BK, BD]."""
-    dim_mask = dims < DIM
-    w = tl.load(
-        items_ptr + ids[:, :, None] * DIM + dims[None, None, :],
-        mask=mask[:, :, None] & dim_mask[None, None, :],
-        other=0.0,
-    ).to(tl.float32)  # [BM, BK, BD]
-    s = tl.sum(h[:, None, :] * w, axis=2)  # [BM, BK]
+def _correct(s, ids, mask, log_q_ptr, log_k, uniform_log_q, LOGQ: tl.constexpr, POPULARITY: tl.constexpr):
+    """Scores minus log(K q(ids)) when LOGQ."""
     if LOGQ:
         if POPULARITY:
             s -= log_k + tl.load(log_q_ptr + ids, mask=mask, other=0.0)
         else:
             s -= log_k + uniform_log_q
-    s = tl.where(mask & (ids != target[:, None]), s, float("-inf"))
-    return s, w
+    return s
 
 
 @triton.jit
-def _load_rows(hidden_ptr, items_ptr, targets_ptr, num_rows, ignore_index, BLOCK_M: tl.constexpr,
-               DIM: tl.constexpr, BLOCK_D: tl.constexpr):
-    """This program's rows: (rows, row_mask, dims, h [BM, BD] fp32, valid, safe targets, w_target [BM, BD] fp32)."""
+def _rows(hidden_ptr, items_ptr, targets_ptr, num_rows, ignore_index, BLOCK_M: tl.constexpr, DIM: tl.constexpr,
+          BLOCK_D: tl.constexpr):
+    """This program's rows: (rows, row_mask, dims, h [BM, BD] input dtype, valid, safe targets, w_target [BM, BD],
+    positive scores [BM] fp32)."""
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # [BM]
     row_mask = rows < num_rows
     dims = tl.arange(0, BLOCK_D)
     dim_mask = dims < DIM
     h = tl.load(hidden_ptr + rows.to(tl.int64)[:, None] * DIM + dims[None, :],
-                mask=row_mask[:, None] & dim_mask[None, :], other=0.0).to(tl.float32)
+                mask=row_mask[:, None] & dim_mask[None, :], other=0.0)
     target = tl.load(targets_ptr + rows, mask=row_mask, other=ignore_index)
     valid = row_mask & (target != ignore_index)
     safe = tl.where(valid, target, 0).to(tl.int64)
     w_target = tl.load(items_ptr + safe[:, None] * DIM + dims[None, :], mask=valid[:, None] & dim_mask[None, :],
-                       other=0.0).to(tl.float32)
-    return rows, row_mask, dims, h, valid, safe, w_target
+                       other=0.0)
+    positive = tl.sum(h.to(tl.float32) * w_target.to(tl.float32), axis=1)
+    return rows, row_mask, dims, h, valid, safe, w_target, positive
 
 
 @triton.jit
-def _forward_kernel(
+def _rowwise_ids(rows, ks, mask, negatives_ptr, keep_ptr, alias_ptr, seed_hash, num_items, num_negatives,
+                 EXPLICIT: tl.constexpr, POPULARITY: tl.constexpr):
+    """[BM, BK] ids: explicit [M, K] negatives, or each position's own draws (stream = position)."""
+    if EXPLICIT:
+        ids = tl.load(negatives_ptr + rows.to(tl.int64)[:, None] * num_negatives + ks[None, :], mask=mask, other=0)
+    else:
+        ids = _draw(rows[:, None], ks[None, :], mask, keep_ptr, alias_ptr, seed_hash, num_items, num_negatives,
+                    POPULARITY)
+    return ids.to(tl.int64)
+
+
+@triton.jit
+def _rowwise_scores(h, items_ptr, ids, mask, safe, dims, log_q_ptr, log_k, uniform_log_q, DIM: tl.constexpr,
+                    LOGQ: tl.constexpr, POPULARITY: tl.constexpr):
+    """([BM, BK] corrected scores, -inf on hits and masked k; the gathered rows [BM, BK, BD] fp32)."""
+    w = tl.load(items_ptr + ids[:, :, None] * DIM + dims[None, None, :],
+                mask=mask[:, :, None] & (dims < DIM)[None, None, :], other=0.0).to(tl.float32)  # [BM, BK, BD]
+    s = tl.sum(h[:, None, :] * w, axis=2)  # [BM, BK]
+    s = _correct(s, ids, mask, log_q_ptr, log_k, uniform_log_q, LOGQ, POPULARITY)
+    return tl.where(mask & (ids != safe[:, None]), s, float("-inf")), w
+
+
+@triton.jit
+def _rowwise_forward_kernel(
     hidden_ptr, items_ptr, targets_ptr, negatives_ptr, keep_ptr, alias_ptr, log_q_ptr, lse_ptr, loss_ptr,
     num_rows, num_items, num_negatives, ignore_index, seed_hash, log_k, uniform_log_q,
-    SHARE: tl.constexpr, EXPLICIT: tl.constexpr, POPULARITY: tl.constexpr, LOGQ: tl.constexpr,
-    BLOCK_ROWS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, DIM: tl.constexpr,
-    BLOCK_D: tl.constexpr,
+    EXPLICIT: tl.constexpr, POPULARITY: tl.constexpr, LOGQ: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, DIM: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    rows, row_mask, dims, h, valid, safe, w_target = _load_rows(
-        hidden_ptr, items_ptr, targets_ptr, num_rows, ignore_index, BLOCK_M, DIM, BLOCK_D
-    )
-    positive = tl.sum(h * w_target, axis=1)  # [BM]
+    rows, row_mask, dims, h, valid, safe, _, positive = _rows(
+        hidden_ptr, items_ptr, targets_ptr, num_rows, ignore_index, BLOCK_M, DIM, BLOCK_D)
+    h = h.to(tl.float32)
     max2 = positive * LOG2E  # the online log-sum-exp starts with s_0
     sum_exp = tl.full([BLOCK_M], 1.0, tl.float32)
     for start in range(0, num_negatives, BLOCK_K):
         ks = start + tl.arange(0, BLOCK_K)
         mask = valid[:, None] & (ks < num_negatives)[None, :]
-        ids = _negative_ids(rows, ks, valid, negatives_ptr, keep_ptr, alias_ptr, seed_hash, num_items,
-                            num_negatives, SHARE, EXPLICIT, POPULARITY, BLOCK_ROWS)
-        s, _ = _scores(h, items_ptr, ids, mask, log_q_ptr, log_k, safe, dims, DIM, LOGQ, POPULARITY, uniform_log_q)
+        ids = _rowwise_ids(rows, ks, mask, negatives_ptr, keep_ptr, alias_ptr, seed_hash, num_items, num_negatives,
+                           EXPLICIT, POPULARITY)
+        s, _ = _rowwise_scores(h, items_ptr, ids, mask, safe, dims, log_q_ptr, log_k, uniform_log_q, DIM, LOGQ,
+                               POPULARITY)
         new_max2 = tl.maximum(max2, tl.max(s, axis=1) * LOG2E)
         sum_exp = sum_exp * tl.exp2(max2 - new_max2) + tl.sum(tl.exp2(s * LOG2E - new_max2[:, None]), axis=1)
         max2 = new_max2
@@ -142,102 +149,177 @@ def _forward_kernel(
 
 
 @triton.jit
-def _backward_kernel(
+def _rowwise_backward_kernel(
     hidden_ptr, items_ptr, targets_ptr, negatives_ptr, keep_ptr, alias_ptr, log_q_ptr, lse_ptr, grad_loss_ptr,
     grad_hidden_ptr, grad_items_ptr,
     num_rows, num_items, num_negatives, ignore_index, seed_hash, log_k, uniform_log_q,
-    SHARE: tl.constexpr, EXPLICIT: tl.constexpr, POPULARITY: tl.constexpr, LOGQ: tl.constexpr,
-    BLOCK_ROWS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, DIM: tl.constexpr,
-    BLOCK_D: tl.constexpr,
+    EXPLICIT: tl.constexpr, POPULARITY: tl.constexpr, LOGQ: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, DIM: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    rows, row_mask, dims, h, valid, safe, w_target = _load_rows(
-        hidden_ptr, items_ptr, targets_ptr, num_rows, ignore_index, BLOCK_M, DIM, BLOCK_D
-    )
+    rows, row_mask, dims, h, valid, safe, w_target, positive = _rows(
+        hidden_ptr, items_ptr, targets_ptr, num_rows, ignore_index, BLOCK_M, DIM, BLOCK_D)
+    h = h.to(tl.float32)
     dim_mask = dims < DIM
-    row_dim_mask = row_mask[:, None] & dim_mask[None, :]
-    target_mask = valid[:, None] & dim_mask[None, :]
     lse = tl.load(lse_ptr + rows, mask=row_mask, other=0.0)
     grad_loss = tl.where(valid, tl.load(grad_loss_ptr + rows, mask=row_mask, other=0.0), 0.0)  # [BM]
-    positive = tl.sum(h * w_target, axis=1)
     grad_positive = (tl.exp(positive - lse) - 1.0) * grad_loss  # d loss / d s_0
-    grad_h = grad_positive[:, None] * w_target  # [BM, BD]
-    tl.atomic_add(grad_items_ptr + safe[:, None] * DIM + dims[None, :], grad_positive[:, None] * h, mask=target_mask)
+    grad_h = grad_positive[:, None] * w_target.to(tl.float32)  # [BM, BD]
+    tl.atomic_add(grad_items_ptr + safe[:, None] * DIM + dims[None, :], grad_positive[:, None] * h,
+                  mask=valid[:, None] & dim_mask[None, :])
     for start in range(0, num_negatives, BLOCK_K):
         ks = start + tl.arange(0, BLOCK_K)
         mask = valid[:, None] & (ks < num_negatives)[None, :]
-        ids = _negative_ids(rows, ks, valid, negatives_ptr, keep_ptr, alias_ptr, seed_hash, num_items,
-                            num_negatives, SHARE, EXPLICIT, POPULARITY, BLOCK_ROWS)
-        s, w = _scores(h, items_ptr, ids, mask, log_q_ptr, log_k, safe, dims, DIM, LOGQ, POPULARITY, uniform_log_q)
+        ids = _rowwise_ids(rows, ks, mask, negatives_ptr, keep_ptr, alias_ptr, seed_hash, num_items, num_negatives,
+                           EXPLICIT, POPULARITY)
+        s, w = _rowwise_scores(h, items_ptr, ids, mask, safe, dims, log_q_ptr, log_k, uniform_log_q, DIM, LOGQ,
+                               POPULARITY)
         g = tl.exp(s - lse[:, None]) * grad_loss[:, None]  # [BM, BK]; 0 on hits and masked k
         grad_h += tl.sum(g[:, :, None] * w, axis=1)
-        tl.atomic_add(
-            grad_items_ptr + ids[:, :, None] * DIM + dims[None, None, :],
-            g[:, :, None] * h[:, None, :],
-            mask=mask[:, :, None] & dim_mask[None, None, :],
-        )
-    tl.store(grad_hidden_ptr + rows.to(tl.int64)[:, None] * DIM + dims[None, :], grad_h, mask=row_dim_mask)
+        tl.atomic_add(grad_items_ptr + ids[:, :, None] * DIM + dims[None, None, :], g[:, :, None] * h[:, None, :],
+                      mask=mask[:, :, None] & dim_mask[None, None, :])
+    tl.store(grad_hidden_ptr + rows.to(tl.int64)[:, None] * DIM + dims[None, :], grad_h,
+             mask=row_mask[:, None] & dim_mask[None, :])
 
 
-def _launch_arguments(hidden, items, targets, negatives, keep, alias, log_q, seed_hash, num_negatives, share,
-                      logq_correction, block_rows):
-    """Shared positional arguments and constexpr options of both kernels."""
-    import math
+@triton.jit
+def _tiled_ids(ks, k_mask, negatives_ptr, keep_ptr, alias_ptr, seed_hash, num_items, num_negatives,
+               SHARE_BATCH: tl.constexpr, EXPLICIT: tl.constexpr, POPULARITY: tl.constexpr):
+    """[BK] ids shared by this program's rows: explicit [K], the batch's set (stream 0) or this block's (stream =
+    program id, since a program owns exactly one block of BLOCK_ROWS positions)."""
+    if EXPLICIT:
+        ids = tl.load(negatives_ptr + ks, mask=k_mask, other=0)
+    else:
+        stream = tl.program_id(0)
+        if SHARE_BATCH:
+            stream = stream * 0
+        ids = _draw(stream, ks, k_mask, keep_ptr, alias_ptr, seed_hash, num_items, num_negatives, POPULARITY)
+    return ids.to(tl.int64)
 
-    explicit = 0 if negatives is None else (1 if negatives.ndim == 2 else 2)
+
+@triton.jit
+def _tiled_scores(h, items_ptr, ids, k_mask, safe, dims, log_q_ptr, log_k, uniform_log_q, DIM: tl.constexpr,
+                  LOGQ: tl.constexpr, POPULARITY: tl.constexpr, FP32_DOT: tl.constexpr):
+    """([TR, BK] corrected scores, -inf on each row's hits and on masked k; the gathered rows [BK, BD])."""
+    w = tl.load(items_ptr + ids[:, None] * DIM + dims[None, :], mask=k_mask[:, None] & (dims < DIM)[None, :],
+                other=0.0)  # [BK, BD]
+    s = _dot(h, tl.trans(w), FP32_DOT)  # [TR, BK] fp32
+    s = _correct(s, ids[None, :], k_mask[None, :], log_q_ptr, log_k, uniform_log_q, LOGQ, POPULARITY)
+    return tl.where(k_mask[None, :] & (ids[None, :] != safe[:, None]), s, float("-inf")), w
+
+
+@triton.jit
+def _tiled_forward_kernel(
+    hidden_ptr, items_ptr, targets_ptr, negatives_ptr, keep_ptr, alias_ptr, log_q_ptr, lse_ptr, loss_ptr,
+    num_rows, num_items, num_negatives, ignore_index, seed_hash, log_k, uniform_log_q,
+    SHARE_BATCH: tl.constexpr, EXPLICIT: tl.constexpr, POPULARITY: tl.constexpr, LOGQ: tl.constexpr,
+    FP32_DOT: tl.constexpr, TILE_ROWS: tl.constexpr, BLOCK_K: tl.constexpr, DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    rows, row_mask, dims, h, valid, safe, _, positive = _rows(
+        hidden_ptr, items_ptr, targets_ptr, num_rows, ignore_index, TILE_ROWS, DIM, BLOCK_D)
+    max2 = positive * LOG2E
+    sum_exp = tl.full([TILE_ROWS], 1.0, tl.float32)
+    for start in range(0, num_negatives, BLOCK_K):
+        ks = start + tl.arange(0, BLOCK_K)
+        k_mask = ks < num_negatives
+        ids = _tiled_ids(ks, k_mask, negatives_ptr, keep_ptr, alias_ptr, seed_hash, num_items, num_negatives,
+                         SHARE_BATCH, EXPLICIT, POPULARITY)
+        s, _ = _tiled_scores(h, items_ptr, ids, k_mask, safe, dims, log_q_ptr, log_k, uniform_log_q, DIM, LOGQ,
+                             POPULARITY, FP32_DOT)
+        new_max2 = tl.maximum(max2, tl.max(s, axis=1) * LOG2E)
+        sum_exp = sum_exp * tl.exp2(max2 - new_max2) + tl.sum(tl.exp2(s * LOG2E - new_max2[:, None]), axis=1)
+        max2 = new_max2
+    lse = (max2 + tl.log2(sum_exp)) * LN2
+    tl.store(lse_ptr + rows, lse, mask=row_mask)
+    tl.store(loss_ptr + rows, tl.where(valid, lse - positive, 0.0), mask=row_mask)
+
+
+@triton.jit
+def _tiled_backward_kernel(
+    hidden_ptr, items_ptr, targets_ptr, negatives_ptr, keep_ptr, alias_ptr, log_q_ptr, lse_ptr, grad_loss_ptr,
+    grad_hidden_ptr, grad_items_ptr,
+    num_rows, num_items, num_negatives, ignore_index, seed_hash, log_k, uniform_log_q,
+    SHARE_BATCH: tl.constexpr, EXPLICIT: tl.constexpr, POPULARITY: tl.constexpr, LOGQ: tl.constexpr,
+    FP32_DOT: tl.constexpr, TILE_ROWS: tl.constexpr, BLOCK_K: tl.constexpr, DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    rows, row_mask, dims, h, valid, safe, w_target, positive = _rows(
+        hidden_ptr, items_ptr, targets_ptr, num_rows, ignore_index, TILE_ROWS, DIM, BLOCK_D)
+    dim_mask = dims < DIM
+    lse = tl.load(lse_ptr + rows, mask=row_mask, other=0.0)
+    grad_loss = tl.where(valid, tl.load(grad_loss_ptr + rows, mask=row_mask, other=0.0), 0.0)  # [TR]
+    grad_positive = (tl.exp(positive - lse) - 1.0) * grad_loss  # d loss / d s_0
+    grad_h = grad_positive[:, None] * w_target.to(tl.float32)  # [TR, BD]
+    tl.atomic_add(grad_items_ptr + safe[:, None] * DIM + dims[None, :], grad_positive[:, None] * h.to(tl.float32),
+                  mask=valid[:, None] & dim_mask[None, :])
+    for start in range(0, num_negatives, BLOCK_K):
+        ks = start + tl.arange(0, BLOCK_K)
+        k_mask = ks < num_negatives
+        ids = _tiled_ids(ks, k_mask, negatives_ptr, keep_ptr, alias_ptr, seed_hash, num_items, num_negatives,
+                         SHARE_BATCH, EXPLICIT, POPULARITY)
+        s, w = _tiled_scores(h, items_ptr, ids, k_mask, safe, dims, log_q_ptr, log_k, uniform_log_q, DIM, LOGQ,
+                             POPULARITY, FP32_DOT)
+        g = tl.exp(s - lse[:, None]) * grad_loss[:, None]  # [TR, BK]; 0 on hits, masked k and ignored rows
+        grad_h += _dot(g, w, FP32_DOT)  # [TR, BD]
+        grad_w = _dot(tl.trans(g), h, FP32_DOT)  # [BK, BD]
+        tl.atomic_add(grad_items_ptr + ids[:, None] * DIM + dims[None, :], grad_w,
+                      mask=k_mask[:, None] & dim_mask[None, :])
+    tl.store(grad_hidden_ptr + rows.to(tl.int64)[:, None] * DIM + dims[None, :], grad_h,
+             mask=row_mask[:, None] & dim_mask[None, :])
+
+
+def _launch(step, hidden, items, targets, negatives, keep, alias, log_q, outputs, scalars, share, logq_correction,
+            block_rows):
+    """Pick the row-wise or tiled kernel of `step` ("forward" or "backward") and launch it over the rows."""
+    hidden, items, targets = hidden.contiguous(), items.contiguous(), targets.contiguous()
+    num_rows, dim = hidden.shape
     popularity = keep is not None
-    num_k = negatives.shape[-1] if negatives is not None else num_negatives
-    placeholder = targets  # any tensor for pointers a mode does not read
+    num_k = negatives.shape[-1] if negatives is not None else scalars["num_negatives"]
+    placeholder = targets  # any tensor for the pointers a mode does not read
     pointers = (
         negatives if negatives is not None else placeholder,
         keep if popularity else placeholder,
         alias if popularity else placeholder,
         log_q if popularity else placeholder,
     )
-    scalars = (num_k, math.log(num_k), -math.log(items.shape[0]))
-    options = {
-        "SHARE": {"none": 0, "block": 1, "batch": 2}[share],
-        "EXPLICIT": explicit,
-        "POPULARITY": popularity,
-        "LOGQ": logq_correction,
-        "BLOCK_ROWS": block_rows,
-        "DIM": hidden.shape[1],
-        "BLOCK_D": max(16, triton.next_power_of_2(hidden.shape[1])),
-    }
-    return pointers, scalars, options
+    arguments = (hidden, items, targets, *pointers, *outputs, num_rows, items.shape[0], num_k,
+                 scalars["ignore_index"], scalars["seed_hash"], math.log(num_k), -math.log(items.shape[0]))
+    options = {"POPULARITY": popularity, "LOGQ": logq_correction, "DIM": dim,
+               "BLOCK_D": max(16, triton.next_power_of_2(dim))}
+    rowwise = (negatives is None and share == "none") or (negatives is not None and negatives.ndim == 2)
+    if rowwise:
+        block_m, block_k, num_warps = ROWWISE_CONFIG[step]
+        kernel = _rowwise_forward_kernel if step == "forward" else _rowwise_backward_kernel
+        kernel[(triton.cdiv(num_rows, block_m),)](
+            *arguments, EXPLICIT=negatives is not None, BLOCK_M=block_m, BLOCK_K=block_k, num_warps=num_warps,
+            **options)
+        return
+    block_k, num_warps = next(config for width, config in TILED_CONFIG.items() if options["BLOCK_D"] <= width)
+    kernel = _tiled_forward_kernel if step == "forward" else _tiled_backward_kernel
+    kernel[(triton.cdiv(num_rows, block_rows),)](
+        *arguments, SHARE_BATCH=share == "batch", EXPLICIT=negatives is not None,
+        FP32_DOT=interpreting() or hidden.dtype == torch.float32 or hidden.dtype != items.dtype,
+        TILE_ROWS=block_rows, BLOCK_K=block_k, num_warps=num_warps, **options)
 
 
 def forward(hidden, items, targets, ignore_index, seed_hash, num_negatives, share, negatives, keep, alias, log_q,
             logq_correction, block_rows):
     """(loss [M] fp32, lse [M] fp32). `keep`, `alias`, `log_q` [N] are given for popularity sampling, else None."""
-    hidden, items, targets = hidden.contiguous(), items.contiguous(), targets.contiguous()
-    num_rows = hidden.shape[0]
-    loss = torch.empty(num_rows, dtype=torch.float32, device=hidden.device)
-    lse = torch.empty(num_rows, dtype=torch.float32, device=hidden.device)
-    pointers, (num_k, log_k, uniform_log_q), options = _launch_arguments(
-        hidden, items, targets, negatives, keep, alias, log_q, seed_hash, num_negatives, share, logq_correction,
-        block_rows)
-    block_m, block_k = 16, 16
-    _forward_kernel[(triton.cdiv(num_rows, block_m),)](
-        hidden, items, targets, *pointers, lse, loss, num_rows, items.shape[0], num_k, ignore_index, seed_hash,
-        log_k, uniform_log_q, BLOCK_M=block_m, BLOCK_K=block_k, **options,
-    )
+    loss = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+    lse = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+    scalars = {"num_negatives": num_negatives, "ignore_index": ignore_index, "seed_hash": seed_hash}
+    _launch("forward", hidden, items, targets, negatives, keep, alias, log_q, (lse, loss), scalars, share,
+            logq_correction, block_rows)
     return loss, lse
 
 
 def backward(hidden, items, targets, lse, grad_loss, ignore_index, seed_hash, num_negatives, share, negatives, keep,
              alias, log_q, logq_correction, block_rows):
     """(grad_hidden [M, D] fp32, grad_items [N, D] fp32)."""
-    hidden, items, targets = hidden.contiguous(), items.contiguous(), targets.contiguous()
-    num_rows = hidden.shape[0]
     grad_hidden = torch.empty(hidden.shape, dtype=torch.float32, device=hidden.device)
     grad_items = torch.zeros(items.shape, dtype=torch.float32, device=items.device)
-    pointers, (num_k, log_k, uniform_log_q), options = _launch_arguments(
-        hidden, items, targets, negatives, keep, alias, log_q, seed_hash, num_negatives, share, logq_correction,
-        block_rows)
-    block_m, block_k = 16, 16
-    _backward_kernel[(triton.cdiv(num_rows, block_m),)](
-        hidden, items, targets, *pointers, lse, grad_loss.float().contiguous(), grad_hidden, grad_items, num_rows,
-        items.shape[0], num_k, ignore_index, seed_hash, log_k, uniform_log_q, BLOCK_M=block_m, BLOCK_K=block_k,
-        **options,
-    )
+    scalars = {"num_negatives": num_negatives, "ignore_index": ignore_index, "seed_hash": seed_hash}
+    _launch("backward", hidden, items, targets, negatives, keep, alias, log_q,
+            (lse.contiguous(), grad_loss.float().contiguous(), grad_hidden, grad_items), scalars, share,
+            logq_correction, block_rows)
     return grad_hidden, grad_items

@@ -31,7 +31,7 @@ TRITON_MAX_DIM = 512  # the widest D in the Triton kernels' block table (kernels
 _TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
 
 
-def _resolve_impl(impl: str, device: torch.device, dim: int) -> str:
+def resolve_impl(impl: str, device: torch.device, dim: int) -> str:
     """Resolve "auto" (triton on CUDA when it can run D, else torch) and check that the named impl can run here."""
     if impl == "auto":
         return "triton" if device.type == "cuda" and _TRITON_INSTALLED and dim <= TRITON_MAX_DIM else "torch"
@@ -258,7 +258,7 @@ def cut_cross_entropy(
         raise CutrecError("items is empty: the catalog needs at least one item")
     if bias is not None and bias.device != hidden.device:
         raise CutrecError(f"bias must be on hidden's device {hidden.device}, got {bias.device}")
-    resolved = _resolve_impl(impl, hidden.device, hidden.shape[1])
+    resolved = resolve_impl(impl, hidden.device, hidden.shape[1])
     if torch.is_autocast_enabled(hidden.device.type):  # compute in the autocast dtype, as a linear layer would
         hidden = hidden.to(torch.get_autocast_dtype(hidden.device.type))
     items = items.to(hidden.dtype)

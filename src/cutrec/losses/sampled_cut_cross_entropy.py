@@ -9,13 +9,12 @@ the memory of a step holds one log-sum-exp per position and no [M, K] index tens
 
 impl="torch" processes positions in chunks, so its largest temporary is chunk x K x D (about
 TORCH_CHUNK_BUDGET_BYTES), never M x K x D. impl="triton" runs kernels/sampled_cut_cross_entropy.py, which draws the
-same negatives; it has run only through the Triton interpreter so far, so impl="auto" still picks "torch".
+same negatives; impl="auto" picks it on CUDA (except in deterministic mode: see `_resolve_impl`).
 Both run inside torch.library custom ops (fake implementations, registered autograd), so torch.compile traces them.
 (No `from __future__ import annotations` here: custom_op reads the annotations to infer the op schemas.)
 """
 
 import math
-import os
 from dataclasses import dataclass
 from typing import Literal
 
@@ -23,6 +22,7 @@ import torch
 from torch import nn
 
 from cutrec.errors import CutrecError
+from cutrec.losses.cut_cross_entropy import resolve_impl
 from cutrec.losses.reference import Reduction, check_seam, reduce_loss
 from cutrec.losses.sampling import NegativeDistribution, counter_draws, seed_hash, uniform_log_q
 
@@ -231,6 +231,21 @@ def _backward(ctx, grad_loss, grad_lse):
 _forward_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+def _resolve_impl(impl: str, device: torch.device, dim: int) -> str:
+    """As for cut CE ("auto": triton on CUDA), except that the Triton kernels add the item gradient with atomics:
+    under torch.use_deterministic_algorithms(True), "auto" picks the chunked torch implementation, whose index_add_
+    is then deterministic on CUDA too (slower), and an explicit impl="triton" is refused."""
+    resolved = resolve_impl(impl, device, dim)
+    if resolved == "triton" and device.type == "cuda" and torch.are_deterministic_algorithms_enabled():
+        if impl == "triton":
+            raise CutrecError(
+                'impl="triton" adds the item gradient with atomics, which torch.use_deterministic_algorithms(True) '
+                'forbids; use impl="auto" or "torch" (deterministic, slower)'
+            )
+        return "torch"
+    return resolved
+
+
 def _distribution(
     distribution: Literal["uniform", "popularity"] | NegativeDistribution,
     num_items: int,
@@ -283,10 +298,7 @@ def sampled_cut_cross_entropy(
         raise CutrecError(f"num_negatives={num_negatives} must be at least 1")
     if share not in ("none", "block", "batch"):
         raise CutrecError(f"share={share!r} is unknown; use 'none', 'block' or 'batch'")
-    if impl not in ("auto", "torch", "triton"):
-        raise CutrecError(f"impl={impl!r} is unknown; use 'auto', 'torch' or 'triton'")
-    if impl == "triton" and hidden.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-        raise CutrecError('impl="triton" needs CUDA tensors (or TRITON_INTERPRET=1 on the CPU); use impl="torch"')
+    resolved = _resolve_impl(impl, hidden.device, hidden.shape[1])
     if negatives is not None:
         shape_ok = negatives.ndim == 1 or (negatives.ndim == 2 and negatives.shape[0] == hidden.shape[0])
         if not shape_ok or negatives.numel() == 0:
@@ -299,12 +311,11 @@ def sampled_cut_cross_entropy(
     distribution = _distribution(distribution, items.shape[0], item_counts, alpha)
     keep = alias = log_q = None
     if distribution.probs is not None:
-        keep, alias = distribution.alias_table(hidden.device)
-        log_q = distribution.probs.to(hidden.device).log()
+        keep, alias, log_q = distribution.device_tables(hidden.device)
     with torch.autocast(hidden.device.type, enabled=False):
         per_position, _ = _forward_op(
             hidden, items, targets, negatives, keep, alias, log_q, num_negatives, logq_correction, share, seed,
-            ignore_index, "triton" if impl == "triton" else "torch",
+            ignore_index, resolved,
         )
     return reduce_loss(per_position, targets != ignore_index, reduction)
 

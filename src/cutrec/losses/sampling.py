@@ -24,6 +24,7 @@ class NegativeDistribution:
     num_items: int
     probs: torch.Tensor | None = None
     _alias: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False, compare=False)
+    _tables: dict = field(default_factory=dict, repr=False, compare=False)  # device -> (keep, alias, log q)
 
     @classmethod
     def uniform(cls, num_items: int) -> NegativeDistribution:
@@ -58,13 +59,21 @@ class NegativeDistribution:
         return torch.multinomial(probs, count, replacement=True, generator=generator).view(shape)
 
     def alias_table(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """(keep [N] float32, alias [N] int64) of Vose's alias method, built once (O(N)) and cached."""
+        """(keep [N] float32, alias [N] int64) of Vose's alias method on `device`, built once (O(N)) and cached."""
+        keep, alias, _ = self.device_tables(device)
+        return keep, alias
+
+    def device_tables(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(keep [N], alias [N], log q [N] float32) on `device`, cached per device so a training step copies nothing."""
         if self.probs is None:
             raise CutrecError("a uniform distribution needs no alias table")
-        if self._alias is None:
-            self._alias = build_alias_table(self.probs.double().numpy())
-        keep, alias = self._alias
-        return keep.to(device), alias.to(device)
+        device = torch.device(device)
+        if device not in self._tables:
+            if self._alias is None:
+                self._alias = build_alias_table(self.probs.double().numpy())
+            keep, alias = self._alias
+            self._tables[device] = (keep.to(device), alias.to(device), self.probs.log().to(device))
+        return self._tables[device]
 
     def log_q(self, ids: torch.Tensor) -> torch.Tensor:
         """log q(ids) in float32, same shape as ids."""
