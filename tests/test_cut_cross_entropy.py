@@ -104,7 +104,8 @@ def test_catalog_split_across_programs_matches_reference(shape, has_bias):
     from cutrec.kernels import cut_cross_entropy as kernels
 
     block_m, block_n, _, _ = kernels._block_config("forward", shape[2], torch.float32, interpret=True)
-    splits = kernels._num_splits(-(-shape[0] // block_m), shape[1], block_n, torch.device("cpu"), interpret=True)
+    splits = kernels._num_splits(-(-shape[0] // block_m), shape[0], shape[1], block_n, torch.device("cpu"),
+                                 interpret=True)
     assert splits > 1
     hidden, items, bias, targets, upstream = make_inputs(shape, torch.float32, has_bias, seed=5)
     for reduction in ("mean", "none"):

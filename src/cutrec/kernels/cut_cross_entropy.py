@@ -74,6 +74,9 @@ _INTERPRETER_BLOCKS = {"forward": (32, 64, 4, 1), "item_backward": (32, 64, 4, 1
 MAX_DIM = 512  # the widest D the table covers (losses/cut_cross_entropy.py sends wider D to the torch fallback)
 
 
+SPLIT_MIN_LOGITS = 2**26  # M x N below which the forward never splits the catalog (see _num_splits)
+
+
 def interpreting() -> bool:
     """True when Triton kernels run through the CPU interpreter."""
     return os.environ.get("TRITON_INTERPRET") == "1"
@@ -259,14 +262,17 @@ def _item_backward_kernel(
         tl.store(grad_bias_ptr + cols, grad_b.to(grad_bias_ptr.dtype.element_ty), mask=col_mask)
 
 
-def _num_splits(row_blocks: int, num_items: int, block_n: int, device: torch.device, interpret: bool) -> int:
+def _num_splits(row_blocks: int, num_rows: int, num_items: int, block_n: int, device: torch.device,
+                interpret: bool) -> int:
     """Split the catalog across programs when there are too few row blocks to fill the GPU (small M, large N).
 
-    Aims at two programs per multiprocessor, each split keeping at least 8 item tiles. The interpreter pretends to
-    have 4 multiprocessors so small test shapes take the split path too.
+    Aims at two programs per multiprocessor, each split keeping at least 8 item tiles. Below SPLIT_MIN_LOGITS
+    logits the unsplit kernel takes tens of microseconds, less than the host time of the combine's extra launches,
+    so small problems (a training step on a 10k-item catalog) do not split. The interpreter pretends to have 4
+    multiprocessors and no minimum, so small test shapes take the split path too.
     """
     processors = 4 if interpret else torch.cuda.get_device_properties(device).multi_processor_count
-    if row_blocks >= processors:
+    if row_blocks >= processors or (not interpret and num_rows * num_items < SPLIT_MIN_LOGITS):
         return 1
     return max(1, min(triton.cdiv(2 * processors, row_blocks), triton.cdiv(num_items, 8 * block_n)))
 
@@ -287,7 +293,7 @@ def _combine_splits(
     loss = torch.where(valid, lse - target_logit, 0.0)
     if partial_acc is None:
         return loss, lse, None
-    grad_factor = torch.einsum("sm,smd->md", weights, partial_acc) / total[:, None] - w_target  # [M, D]
+    grad_factor = (weights[:, :, None] * partial_acc).sum(0) / total[:, None] - w_target  # [M, D]
     return loss, lse, torch.where(valid[:, None], grad_factor, 0.0)
 
 
@@ -317,7 +323,7 @@ def forward(
         return loss, lse, grad_factor.to(hidden.dtype)
     block_m, block_n, num_warps, num_stages = _block_config("forward", dim, hidden.dtype, interpret)
     row_blocks = triton.cdiv(num_rows, block_m)
-    num_splits = _num_splits(row_blocks, num_items, block_n, hidden.device, interpret)
+    num_splits = _num_splits(row_blocks, num_rows, num_items, block_n, hidden.device, interpret)
     split_size = triton.cdiv(triton.cdiv(num_items, num_splits), block_n) * block_n
     num_splits = triton.cdiv(num_items, split_size)
     split = num_splits > 1

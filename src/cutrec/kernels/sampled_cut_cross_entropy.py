@@ -35,6 +35,7 @@ LN2 = tl.constexpr(0.6931471805599453)
 # (BLOCK_M, BLOCK_K, num_warps) of the row-wise kernels; (BLOCK_K, num_warps) of the tiled ones, by D <= key
 ROWWISE_CONFIG = {"forward": (16, 16, 4), "backward": (16, 16, 4)}
 TILED_CONFIG = {64: (64, 4), 128: (64, 4), 256: (32, 8), 512: (16, 8)}
+VECTOR_ATOMICS = True  # add d items with 16-byte atomics where D % 4 == 0 (see _add_rows)
 
 
 def interpreting() -> bool:
@@ -49,6 +50,36 @@ def _mix32(x):
     x = x ^ (x >> 15)
     x = x * 0x846CA68B
     return x ^ (x >> 16)
+
+
+@triton.jit
+def _add_rows(pointers, values, mask, VECTOR_ATOMICS: tl.constexpr):
+    """Atomically add fp32 `values` at `pointers` (rows of D contiguous floats along the last axis).
+
+    VECTOR_ATOMICS: one `red.global.add.v4.f32` (sm_90) per 4 consecutive floats instead of 4 scalar atomic adds;
+    the L2 cache then does a quarter of the atomic operations. Needs D % 4 == 0 (16-byte aligned groups, never
+    straddling the mask), a layout that holds 4 consecutive floats per thread (checked by the GPU tests), and a GPU:
+    the interpreter runs no inline assembly, and cards before sm_90 lack the instruction.
+    """
+    if VECTOR_ATOMICS:
+        tl.inline_asm_elementwise(
+            asm="""{
+            .reg .pred p;
+            setp.ne.b32 p, $12, 0;
+            @p red.global.add.v4.f32 [$4], {$8, $9, $10, $11};
+            mov.b32 $0, 0;
+            mov.b32 $1, 0;
+            mov.b32 $2, 0;
+            mov.b32 $3, 0;
+            }""",
+            constraints="=r,=r,=r,=r,l,l,l,l,f,f,f,f,r,r,r,r",
+            args=[pointers, values, mask.to(tl.int32)],
+            dtype=tl.int32,
+            is_pure=False,
+            pack=4,
+        )
+    else:
+        tl.atomic_add(pointers, values, mask=mask, sem="relaxed")
 
 
 @triton.jit
@@ -128,7 +159,7 @@ def _rowwise_forward_kernel(
     EXPLICIT: tl.constexpr, POPULARITY: tl.constexpr, LOGQ: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, DIM: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    rows, row_mask, dims, h, valid, safe, _, positive = _rows(
+    rows, row_mask, dims, h, valid, safe, w_target, positive = _rows(
         hidden_ptr, items_ptr, targets_ptr, num_rows, ignore_index, BLOCK_M, DIM, BLOCK_D)
     h = h.to(tl.float32)
     max2 = positive * LOG2E  # the online log-sum-exp starts with s_0
@@ -138,7 +169,7 @@ def _rowwise_forward_kernel(
         mask = valid[:, None] & (ks < num_negatives)[None, :]
         ids = _rowwise_ids(rows, ks, mask, negatives_ptr, keep_ptr, alias_ptr, seed_hash, num_items, num_negatives,
                            EXPLICIT, POPULARITY)
-        s, _ = _rowwise_scores(h, items_ptr, ids, mask, safe, dims, log_q_ptr, log_k, uniform_log_q, DIM, LOGQ,
+        s, w = _rowwise_scores(h, items_ptr, ids, mask, safe, dims, log_q_ptr, log_k, uniform_log_q, DIM, LOGQ,
                                POPULARITY)
         new_max2 = tl.maximum(max2, tl.max(s, axis=1) * LOG2E)
         sum_exp = sum_exp * tl.exp2(max2 - new_max2) + tl.sum(tl.exp2(s * LOG2E - new_max2[:, None]), axis=1)
@@ -155,6 +186,7 @@ def _rowwise_backward_kernel(
     num_rows, num_items, num_negatives, ignore_index, seed_hash, log_k, uniform_log_q,
     EXPLICIT: tl.constexpr, POPULARITY: tl.constexpr, LOGQ: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    VECTOR_ATOMICS: tl.constexpr,
 ):
     rows, row_mask, dims, h, valid, safe, w_target, positive = _rows(
         hidden_ptr, items_ptr, targets_ptr, num_rows, ignore_index, BLOCK_M, DIM, BLOCK_D)
@@ -164,8 +196,8 @@ def _rowwise_backward_kernel(
     grad_loss = tl.where(valid, tl.load(grad_loss_ptr + rows, mask=row_mask, other=0.0), 0.0)  # [BM]
     grad_positive = (tl.exp(positive - lse) - 1.0) * grad_loss  # d loss / d s_0
     grad_h = grad_positive[:, None] * w_target.to(tl.float32)  # [BM, BD]
-    tl.atomic_add(grad_items_ptr + safe[:, None] * DIM + dims[None, :], grad_positive[:, None] * h,
-                  mask=valid[:, None] & dim_mask[None, :])
+    _add_rows(grad_items_ptr + safe[:, None] * DIM + dims[None, :], grad_positive[:, None] * h,
+              valid[:, None] & dim_mask[None, :], VECTOR_ATOMICS)
     for start in range(0, num_negatives, BLOCK_K):
         ks = start + tl.arange(0, BLOCK_K)
         mask = valid[:, None] & (ks < num_negatives)[None, :]
@@ -175,8 +207,8 @@ def _rowwise_backward_kernel(
                                POPULARITY)
         g = tl.exp(s - lse[:, None]) * grad_loss[:, None]  # [BM, BK]; 0 on hits and masked k
         grad_h += tl.sum(g[:, :, None] * w, axis=1)
-        tl.atomic_add(grad_items_ptr + ids[:, :, None] * DIM + dims[None, None, :], g[:, :, None] * h[:, None, :],
-                      mask=mask[:, :, None] & dim_mask[None, None, :])
+        _add_rows(grad_items_ptr + ids[:, :, None] * DIM + dims[None, None, :], g[:, :, None] * h[:, None, :],
+                  mask[:, :, None] & dim_mask[None, None, :], VECTOR_ATOMICS)
     tl.store(grad_hidden_ptr + rows.to(tl.int64)[:, None] * DIM + dims[None, :], grad_h,
              mask=row_mask[:, None] & dim_mask[None, :])
 
@@ -215,7 +247,7 @@ def _tiled_forward_kernel(
     FP32_DOT: tl.constexpr, TILE_ROWS: tl.constexpr, BLOCK_K: tl.constexpr, DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
-    rows, row_mask, dims, h, valid, safe, _, positive = _rows(
+    rows, row_mask, dims, h, valid, safe, w_target, positive = _rows(
         hidden_ptr, items_ptr, targets_ptr, num_rows, ignore_index, TILE_ROWS, DIM, BLOCK_D)
     max2 = positive * LOG2E
     sum_exp = tl.full([TILE_ROWS], 1.0, tl.float32)
@@ -224,7 +256,7 @@ def _tiled_forward_kernel(
         k_mask = ks < num_negatives
         ids = _tiled_ids(ks, k_mask, negatives_ptr, keep_ptr, alias_ptr, seed_hash, num_items, num_negatives,
                          SHARE_BATCH, EXPLICIT, POPULARITY)
-        s, _ = _tiled_scores(h, items_ptr, ids, k_mask, safe, dims, log_q_ptr, log_k, uniform_log_q, DIM, LOGQ,
+        s, w = _tiled_scores(h, items_ptr, ids, k_mask, safe, dims, log_q_ptr, log_k, uniform_log_q, DIM, LOGQ,
                              POPULARITY, FP32_DOT)
         new_max2 = tl.maximum(max2, tl.max(s, axis=1) * LOG2E)
         sum_exp = sum_exp * tl.exp2(max2 - new_max2) + tl.sum(tl.exp2(s * LOG2E - new_max2[:, None]), axis=1)
@@ -241,7 +273,7 @@ def _tiled_backward_kernel(
     num_rows, num_items, num_negatives, ignore_index, seed_hash, log_k, uniform_log_q,
     SHARE_BATCH: tl.constexpr, EXPLICIT: tl.constexpr, POPULARITY: tl.constexpr, LOGQ: tl.constexpr,
     FP32_DOT: tl.constexpr, TILE_ROWS: tl.constexpr, BLOCK_K: tl.constexpr, DIM: tl.constexpr,
-    BLOCK_D: tl.constexpr,
+    BLOCK_D: tl.constexpr, VECTOR_ATOMICS: tl.constexpr,
 ):
     rows, row_mask, dims, h, valid, safe, w_target, positive = _rows(
         hidden_ptr, items_ptr, targets_ptr, num_rows, ignore_index, TILE_ROWS, DIM, BLOCK_D)
@@ -250,8 +282,8 @@ def _tiled_backward_kernel(
     grad_loss = tl.where(valid, tl.load(grad_loss_ptr + rows, mask=row_mask, other=0.0), 0.0)  # [TR]
     grad_positive = (tl.exp(positive - lse) - 1.0) * grad_loss  # d loss / d s_0
     grad_h = grad_positive[:, None] * w_target.to(tl.float32)  # [TR, BD]
-    tl.atomic_add(grad_items_ptr + safe[:, None] * DIM + dims[None, :], grad_positive[:, None] * h.to(tl.float32),
-                  mask=valid[:, None] & dim_mask[None, :])
+    _add_rows(grad_items_ptr + safe[:, None] * DIM + dims[None, :], grad_positive[:, None] * h.to(tl.float32),
+              valid[:, None] & dim_mask[None, :], VECTOR_ATOMICS)
     for start in range(0, num_negatives, BLOCK_K):
         ks = start + tl.arange(0, BLOCK_K)
         k_mask = ks < num_negatives
@@ -262,8 +294,8 @@ def _tiled_backward_kernel(
         g = tl.exp(s - lse[:, None]) * grad_loss[:, None]  # [TR, BK]; 0 on hits, masked k and ignored rows
         grad_h += _dot(g, w, FP32_DOT)  # [TR, BD]
         grad_w = _dot(tl.trans(g), h, FP32_DOT)  # [BK, BD]
-        tl.atomic_add(grad_items_ptr + ids[:, None] * DIM + dims[None, :], grad_w,
-                      mask=k_mask[:, None] & dim_mask[None, :])
+        _add_rows(grad_items_ptr + ids[:, None] * DIM + dims[None, :], grad_w, k_mask[:, None] & dim_mask[None, :],
+                  VECTOR_ATOMICS)
     tl.store(grad_hidden_ptr + rows.to(tl.int64)[:, None] * DIM + dims[None, :], grad_h,
              mask=row_mask[:, None] & dim_mask[None, :])
 
@@ -286,6 +318,9 @@ def _launch(step, hidden, items, targets, negatives, keep, alias, log_q, outputs
                  scalars["ignore_index"], scalars["seed_hash"], math.log(num_k), -math.log(items.shape[0]))
     options = {"POPULARITY": popularity, "LOGQ": logq_correction, "DIM": dim,
                "BLOCK_D": max(16, triton.next_power_of_2(dim))}
+    if step == "backward":
+        options["VECTOR_ATOMICS"] = (VECTOR_ATOMICS and dim % 4 == 0 and not interpreting()
+                                     and torch.cuda.get_device_capability(hidden.device) >= (9, 0))
     rowwise = (negatives is None and share == "none") or (negatives is not None and negatives.ndim == 2)
     if rowwise:
         block_m, block_k, num_warps = ROWWISE_CONFIG[step]

@@ -10,7 +10,8 @@ the memory of a step holds one log-sum-exp per position and no [M, K] index tens
 impl="torch" processes positions in chunks, so its largest temporary is chunk x K x D (about
 TORCH_CHUNK_BUDGET_BYTES), never M x K x D. impl="triton" runs kernels/sampled_cut_cross_entropy.py, which draws the
 same negatives; impl="auto" picks it on CUDA (except in deterministic mode: see `_resolve_impl`).
-Both run inside torch.library custom ops (fake implementations, registered autograd), so torch.compile traces them.
+Both run inside torch.library custom ops (fake implementations, registered autograd), so torch.compile traces them;
+eager calls run the same forward and backward through an autograd.Function that skips the dispatcher's wrappers.
 (No `from __future__ import annotations` here: custom_op reads the annotations to infer the op schemas.)
 """
 
@@ -146,8 +147,7 @@ def _options(
                     negatives, impl)
 
 
-@torch.library.custom_op("cutrec::sampled_cut_cross_entropy_forward", mutates_args=())
-def _forward_op(
+def _forward_impl(
     hidden: torch.Tensor,
     items: torch.Tensor,
     targets: torch.Tensor,
@@ -171,6 +171,9 @@ def _forward_op(
     return _torch_forward(hidden, items, targets, options)
 
 
+_forward_op = torch.library.custom_op("cutrec::sampled_cut_cross_entropy_forward", _forward_impl, mutates_args=())
+
+
 @_forward_op.register_fake
 def _forward_fake(hidden, items, targets, negatives, keep, alias, log_q, num_negatives, logq_correction, share, seed,
                   ignore_index, impl):
@@ -178,8 +181,7 @@ def _forward_fake(hidden, items, targets, negatives, keep, alias, log_q, num_neg
     return hidden.new_empty(hidden.shape[0], dtype=compute), hidden.new_empty(hidden.shape[0], dtype=compute)
 
 
-@torch.library.custom_op("cutrec::sampled_cut_cross_entropy_backward", mutates_args=())
-def _backward_op(
+def _backward_impl(
     hidden: torch.Tensor,
     items: torch.Tensor,
     targets: torch.Tensor,
@@ -206,6 +208,9 @@ def _backward_op(
     return grad_hidden.to(hidden.dtype), grad_items.to(items.dtype)
 
 
+_backward_op = torch.library.custom_op("cutrec::sampled_cut_cross_entropy_backward", _backward_impl, mutates_args=())
+
+
 @_backward_op.register_fake
 def _backward_fake(hidden, items, targets, lse, grad_loss, negatives, keep, alias, log_q, num_negatives,
                    logq_correction, share, seed, ignore_index, impl):
@@ -216,12 +221,13 @@ def _setup_context(ctx, inputs, output) -> None:
     hidden, items, targets, negatives, keep, alias, log_q, *scalars = inputs
     ctx.save_for_backward(hidden, items, targets, output[1], negatives, keep, alias, log_q)
     ctx.scalars = scalars
+    ctx.backward_op = _backward_op  # the eager Function replaces it by _backward_impl
     ctx.mark_non_differentiable(output[1])
 
 
 def _backward(ctx, grad_loss, grad_lse):
     hidden, items, targets, lse, negatives, keep, alias, log_q = ctx.saved_tensors
-    grad_hidden, grad_items = _backward_op(
+    grad_hidden, grad_items = ctx.backward_op(
         hidden, items, targets, lse, grad_loss, negatives, keep, alias, log_q, *ctx.scalars
     )
     needs = ctx.needs_input_grad
@@ -229,6 +235,22 @@ def _backward(ctx, grad_loss, grad_lse):
 
 
 _forward_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+class _EagerSampledCutCrossEntropy(torch.autograd.Function):
+    """The custom ops' forward and backward without the dispatcher's Python wrappers (as for cut CE's
+    `_EagerCutCrossEntropy`); torch.compile traces the custom ops instead."""
+
+    @staticmethod
+    def forward(ctx, *inputs):
+        output = _forward_impl(*inputs)
+        _setup_context(ctx, inputs, output)
+        ctx.backward_op = _backward_impl
+        return output
+
+    @staticmethod
+    def backward(ctx, *grads):
+        return _backward(ctx, *grads)
 
 
 def _resolve_impl(impl: str, device: torch.device, dim: int) -> str:
@@ -312,8 +334,9 @@ def sampled_cut_cross_entropy(
     keep = alias = log_q = None
     if distribution.probs is not None:
         keep, alias, log_q = distribution.device_tables(hidden.device)
+    run = _forward_op if torch.compiler.is_compiling() else _EagerSampledCutCrossEntropy.apply
     with torch.autocast(hidden.device.type, enabled=False):
-        per_position, _ = _forward_op(
+        per_position, _ = run(
             hidden, items, targets, negatives, keep, alias, log_q, num_negatives, logq_correction, share, seed,
             ignore_index, resolved,
         )
