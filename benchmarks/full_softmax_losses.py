@@ -78,9 +78,12 @@ def methods() -> dict[str, Callable]:
     return found
 
 
-def measure(loss_fn: Callable, m: int, n: int, d: int, reps: int, device: torch.device,
-            item_dtype: torch.dtype = torch.bfloat16) -> dict:
-    """Time and extra memory of forward+backward on bf16 hidden and `item_dtype` items; 'OOM' when out of memory."""
+def measure(loss_fn: Callable, m: int, n: int, d: int, reps: int | None, device: torch.device,
+            item_dtype: torch.dtype = torch.bfloat16, budget_ms: float = 1500.0) -> dict:
+    """Time and extra memory of forward+backward on bf16 hidden and `item_dtype` items; 'OOM' when out of memory.
+
+    reps=None: as many timed runs as fit in about `budget_ms` (from one timed run), at least 3 and at most 30.
+    """
     generator = torch.Generator(device=device).manual_seed(m + n + d)
     hidden = (torch.randn(m, d, device=device, generator=generator) * d**-0.25).bfloat16().requires_grad_()
     items = (torch.randn(n, d, device=device, generator=generator) * d**-0.25).to(item_dtype).requires_grad_()
@@ -100,6 +103,8 @@ def measure(loss_fn: Callable, m: int, n: int, d: int, reps: int, device: torch.
         step()
         torch.cuda.synchronize()
         extra = torch.cuda.max_memory_allocated() - before - gradient_bytes
+        if reps is None:
+            reps = int(max(3, min(30, budget_ms / max(time_ms(step, 1), 1e-3))))
         milliseconds = time_ms(step, reps)
     except torch.OutOfMemoryError:
         return {"status": "OOM"}

@@ -56,7 +56,7 @@ def parse_loss(spec: str) -> tuple[str, str, list[str]]:
     return name, label, [f"--loss.{key}={value}" for key, value in pairs]
 
 
-def run_one(args: argparse.Namespace, dataset: str, spec: str, seed: int) -> dict:
+def run_one(args: argparse.Namespace, index: int, dataset: str, spec: str, seed: int) -> dict:
     loss, label, loss_settings = parse_loss(spec)
     name = f"{dataset}-{label.replace(' ', '-').replace('=', '_')}-seed{seed}"
     folder = Path(args.runs) / name
@@ -69,9 +69,11 @@ def run_one(args: argparse.Namespace, dataset: str, spec: str, seed: int) -> dic
         f"--epochs={args.epochs}", f"--train.patience={args.patience}", f"--loss.num_negatives={args.negatives}",
         *loss_settings, *SETTINGS, *args.extra,
     ]
-    threads = str(max(1, (os.cpu_count() or 1) // args.parallel))
+    environment = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // args.parallel))}
+    if args.gpus > 1:
+        environment["CUDA_VISIBLE_DEVICES"] = str(index % args.gpus)
     started = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": threads})
+    result = subprocess.run(command, capture_output=True, text=True, env=environment)
     wall = time.perf_counter() - started
     (Path(args.runs) / f"{name}.stderr.txt").write_text(result.stderr[-20000:])
     if result.returncode != 0:
@@ -146,17 +148,18 @@ def main() -> None:
     parser.add_argument("--patience", type=int, default=50)
     parser.add_argument("--negatives", type=int, default=256)
     parser.add_argument("--parallel", type=int, default=1)
+    parser.add_argument("--gpus", type=int, default=1, help="spread the runs round-robin over this many GPUs")
     parser.add_argument("--runs", default="runs/quality")
     parser.add_argument("--out", default="benchmarks/results/quality")
     args, args.extra = parser.parse_known_args()  # unknown words: more --section.key=value settings for every run
     jobs = [(d, loss, s) for d in args.datasets for loss in args.losses for s in args.seeds]
     with ThreadPoolExecutor(args.parallel) as pool:
-        results = list(pool.map(lambda job: run_one(args, *job), jobs))
+        results = list(pool.map(lambda indexed: run_one(args, indexed[0], *indexed[1]), enumerate(jobs)))
     header = (
         f"# SASRec test metrics, full-catalog ranking, leave-one-out\n\nMachine: {machine_name()}; date: "
-        f"{date.today()}; {args.parallel} runs at a time on it (epoch times include that sharing); epochs <= "
-        f"{args.epochs}, patience {args.patience}, negatives {args.negatives}; settings: {' '.join(SETTINGS)} "
-        f"{' '.join(args.extra)}"
+        f"{date.today()}; {args.parallel} runs at a time on {args.gpus} GPU(s) (epoch times include that sharing); "
+        f"epochs <= {args.epochs}, patience {args.patience}, negatives {args.negatives}; settings: "
+        f"{' '.join(SETTINGS)} {' '.join(args.extra)}"
     )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,10 +1,11 @@
 """Sampled-loss benchmark: forward+backward time and extra memory of CCE- against plain PyTorch CE- and cut CE.
 
 Methods, side by side on the same fresh bf16 inputs in one process: cutrec's sampled cut CE (Triton kernels) in
-each sharing mode, plain PyTorch CE- (negatives drawn, then their rows gathered into an [M, K, D] tensor), and
-cutrec's full cut CE. Timing and memory as in full_softmax_losses.py (CUDA events, median; extra memory beyond the
-inputs and the returned gradients). Floors beside each row: the gather (K negative rows of D bf16 values per
-position, read in the forward and again in the backward) at the measured copy bandwidth, and 3 x 2 M K D flop.
+each sharing mode (and share="none" with scalar instead of vector atomics, an ablation), plain PyTorch CE- (negatives
+drawn, then their rows gathered into an [M, K, D] tensor), and cutrec's full cut CE (once per M, N, D: it has no K).
+Timing and memory as in full_softmax_losses.py (CUDA events, median; extra memory beyond the inputs and the
+returned gradients). Floors beside each row: the gather (K negative rows of D bf16 values per position, read in the
+forward and again in the backward) at the measured copy bandwidth, and 3 x 2 M K D flop.
 After the bf16 grid, the --memory-shape rows repeat our kernels with an fp32 item table (bf16 hidden), the dtypes of
 training under autocast: the table's gradient is then the fp32 buffer the kernels accumulate into.
 
@@ -16,12 +17,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
 
 import torch
 from full_softmax_losses import gemm_rate, measure, time_ms
 
+from cutrec.kernels import sampled_cut_cross_entropy as kernels
 from cutrec.losses import cut_cross_entropy, sampled_cross_entropy, sampled_cut_cross_entropy
 
 
@@ -32,18 +35,30 @@ def copy_bandwidth(device: torch.device) -> float:
     return 2 * source.numel() / (time_ms(lambda: target.copy_(source), reps=20) / 1e3)
 
 
-def methods(num_negatives: int) -> dict:
-    """name -> loss(hidden, items, targets)."""
-    found = {
-        f"cutrec CCE- share={share}": (
-            lambda h, w, t, share=share: sampled_cut_cross_entropy(
-                h, w, t, num_negatives=num_negatives, share=share, seed=1, impl="triton"
-            )
-        )
-        for share in ("none", "block", "batch")
-    }
+@contextmanager
+def scalar_atomics():
+    """The row-wise backward with scalar atomic adds instead of 16-byte vector ones (an ablation row)."""
+    saved, kernels.VECTOR_ATOMICS = kernels.VECTOR_ATOMICS, False
+    try:
+        yield
+    finally:
+        kernels.VECTOR_ATOMICS = saved
+
+
+def sampled_methods(num_negatives: int) -> dict:
+    """name -> loss(hidden, items, targets) of the methods whose work depends on K."""
+
+    def ours(share: str):
+        return lambda h, w, t: sampled_cut_cross_entropy(h, w, t, num_negatives=num_negatives, share=share, seed=1,
+                                                         impl="triton")
+
+    def ours_scalar_atomics(h, w, t):
+        with scalar_atomics():
+            return ours("none")(h, w, t)
+
+    found = {f"cutrec CCE- share={share}": ours(share) for share in ("none", "block", "batch")}
+    found["cutrec CCE- share=none, scalar atomics"] = ours_scalar_atomics
     found["torch CE- (gathered)"] = lambda h, w, t: sampled_cross_entropy(h, w, t, num_negatives=num_negatives, seed=1)
-    found["cutrec CCE (full softmax)"] = lambda h, w, t: cut_cross_entropy(h, w, t, impl="triton")
     return found
 
 
@@ -53,7 +68,7 @@ def main() -> None:
     parser.add_argument("--k", type=int, nargs="+", default=[255, 1023, 4095])
     parser.add_argument("--n", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--d", type=int, nargs="+", default=[64, 256])
-    parser.add_argument("--budget-ms", type=float, default=1500.0)
+    parser.add_argument("--budget-ms", type=float, default=1500.0, help="timed time per method and shape")
     parser.add_argument("--methods", nargs="*", help="substrings of method names to run (default: all)")
     parser.add_argument("--memory-shape", type=int, nargs=4, default=[131072, 1023, 1_000_000, 64],
                         metavar=("M", "K", "N", "D"), help="shape of the fp32-item-table rows")
@@ -63,28 +78,29 @@ def main() -> None:
     card = torch.cuda.get_device_name(device)
     rate, bandwidth = gemm_rate(device), copy_bandwidth(device)
     rows = []
+
+    def record(name, loss_fn, m, k, n, d, item_dtype=torch.bfloat16):
+        if args.methods and not any(part in name for part in args.methods):
+            return
+        value_bytes = 2 if item_dtype == torch.bfloat16 else 4
+        floors = {"gather_floor_ms": 2 * m * (k or 0) * d * value_bytes / bandwidth * 1e3,
+                  "flop_floor_ms": 3 * 2 * m * (k or 0) * d / rate * 1e3}
+        result = measure(loss_fn, m, n, d, None, device, item_dtype=item_dtype, budget_ms=args.budget_ms)
+        rows.append({"method": name, "M": m, "K": k, "N": n, "D": d, **floors, **result})
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+
     for d in args.d:
         for m in args.m:
-            for k in args.k:
-                for n in args.n:
-                    gather_bytes = 2 * m * k * d * 2
-                    floors = {"gather_floor_ms": gather_bytes / bandwidth * 1e3,
-                              "flop_floor_ms": 3 * 2 * m * k * d / rate * 1e3}
-                    for name, loss_fn in methods(k).items():
-                        if args.methods and not any(part in name for part in args.methods):
-                            continue
-                        reps = int(max(3, min(30, args.budget_ms / max(floors["gather_floor_ms"] * 5, 1e-3))))
-                        result = measure(loss_fn, m, n, d, reps, device)
-                        rows.append({"method": name, "M": m, "K": k, "N": n, "D": d, **floors, **result})
-                        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+            for n in args.n:
+                record("cutrec CCE (full softmax, no K)", lambda h, w, t: cut_cross_entropy(h, w, t, impl="triton"),
+                       m, None, n, d)
+                for k in args.k:
+                    for name, loss_fn in sampled_methods(k).items():
+                        record(name, loss_fn, m, k, n, d)
     m, k, n, d = args.memory_shape
-    for name, loss_fn in methods(k).items():
+    for name, loss_fn in sampled_methods(k).items():
         if name.startswith("cutrec CCE- "):
-            result = measure(loss_fn, m, n, d, 5, device, item_dtype=torch.float32)
-            rows.append({"method": f"{name}, fp32 item table", "M": m, "K": k, "N": n, "D": d, **result,
-                         "gather_floor_ms": 2 * m * k * d * 4 / bandwidth * 1e3,
-                         "flop_floor_ms": 3 * 2 * m * k * d / rate * 1e3})
-            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+            record(f"{name}, fp32 item table", loss_fn, m, k, n, d, item_dtype=torch.float32)
     write(rows, card, rate, bandwidth, Path(args.out))
 
 
@@ -104,7 +120,7 @@ def write(rows: list[dict], card: str, rate: float, bandwidth: float, out: Path)
     ]
     for r in rows:
         timing = f"{r['ms']:.2f} | {r['extra_mb']:.0f}" if r["status"] == "ok" else f"{r['status']} | -"
-        lines.append(f"| {r['D']} | {r['M']} | {r['K']} | {r['N']:,} | {r['method']} | {timing} | "
+        lines.append(f"| {r['D']} | {r['M']} | {r['K'] or '-'} | {r['N']:,} | {r['method']} | {timing} | "
                      f"{r['gather_floor_ms']:.2f} | {r['flop_floor_ms']:.2f} |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

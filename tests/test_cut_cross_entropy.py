@@ -104,8 +104,7 @@ def test_catalog_split_across_programs_matches_reference(shape, has_bias):
     from cutrec.kernels import cut_cross_entropy as kernels
 
     block_m, block_n, _, _ = kernels._block_config("forward", shape[2], torch.float32, interpret=True)
-    splits = kernels._num_splits(-(-shape[0] // block_m), shape[0], shape[1], block_n, torch.device("cpu"),
-                                 interpret=True)
+    _, splits = kernels._grid(shape[0], shape[1], block_m, block_n, torch.device("cpu"), interpret=True)
     assert splits > 1
     hidden, items, bias, targets, upstream = make_inputs(shape, torch.float32, has_bias, seed=5)
     for reduction in ("mean", "none"):
@@ -290,9 +289,18 @@ def test_triton_on_cpu_needs_the_interpreter(monkeypatch):
     ],
 )
 def test_gpu_matches_float64_reference(dim, dtype, has_bias, impl):
-    shape = (4096, 100_003, dim)
+    shape = (4096, 100_003, dim)  # few row blocks, many logits: the catalog is split across programs
     hidden, items, bias, targets, upstream = make_inputs(shape, dtype, has_bias, seed=dim, device="cuda")
     assert_no_worse_than_pytorch(hidden, items, bias, targets, upstream, "mean", impl)
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_gpu_small_problem_matches_float64_reference(dtype):
+    """A training step on a 12k-item catalog: few rows and few logits, so 16-row blocks and no split."""
+    hidden, items, bias, targets, upstream = make_inputs((1150, 12_101, 64), dtype, False, seed=19, device="cuda")
+    assert_no_worse_than_pytorch(hidden, items, bias, targets, upstream, "mean", "triton")
 
 
 @gpu

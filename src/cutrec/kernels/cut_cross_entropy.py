@@ -74,7 +74,7 @@ _INTERPRETER_BLOCKS = {"forward": (32, 64, 4, 1), "item_backward": (32, 64, 4, 1
 MAX_DIM = 512  # the widest D the table covers (losses/cut_cross_entropy.py sends wider D to the torch fallback)
 
 
-SPLIT_MIN_LOGITS = 2**26  # M x N below which the forward never splits the catalog (see _num_splits)
+SPLIT_MIN_LOGITS = 2**26  # M x N below which the forward never splits the catalog (see _grid)
 
 
 def interpreting() -> bool:
@@ -262,19 +262,24 @@ def _item_backward_kernel(
         tl.store(grad_bias_ptr + cols, grad_b.to(grad_bias_ptr.dtype.element_ty), mask=col_mask)
 
 
-def _num_splits(row_blocks: int, num_rows: int, num_items: int, block_n: int, device: torch.device,
-                interpret: bool) -> int:
-    """Split the catalog across programs when there are too few row blocks to fill the GPU (small M, large N).
+def _grid(num_rows: int, num_items: int, block_m: int, block_n: int, device: torch.device,
+          interpret: bool) -> tuple[int, int]:
+    """(BLOCK_M, number of catalog splits) of the forward launch.
 
-    Aims at two programs per multiprocessor, each split keeping at least 8 item tiles. Below SPLIT_MIN_LOGITS
-    logits the unsplit kernel takes tens of microseconds, less than the host time of the combine's extra launches,
-    so small problems (a training step on a 10k-item catalog) do not split. The interpreter pretends to have 4
-    multiprocessors and no minimum, so small test shapes take the split path too.
+    With enough row blocks to fill the GPU: the table's BLOCK_M and no split. With few (small M): below
+    SPLIT_MIN_LOGITS logits (a training step on a 10k-item catalog) rows are cut into BLOCK_M=16 blocks instead,
+    which gives several times more programs and needs no combine (whose extra launches cost more host time than the
+    kernel takes); above it the catalog is split across programs, aiming at two programs per multiprocessor with at
+    least 8 item tiles per split. The interpreter pretends to have 4 multiprocessors and no minimum, so small test
+    shapes take the split path too.
     """
     processors = 4 if interpret else torch.cuda.get_device_properties(device).multi_processor_count
-    if row_blocks >= processors or (not interpret and num_rows * num_items < SPLIT_MIN_LOGITS):
-        return 1
-    return max(1, min(triton.cdiv(2 * processors, row_blocks), triton.cdiv(num_items, 8 * block_n)))
+    row_blocks = triton.cdiv(num_rows, block_m)
+    if row_blocks >= processors:
+        return block_m, 1
+    if not interpret and num_rows * num_items < SPLIT_MIN_LOGITS:
+        return min(block_m, 16), 1
+    return block_m, max(1, min(triton.cdiv(2 * processors, row_blocks), triton.cdiv(num_items, 8 * block_n)))
 
 
 def _combine_splits(
@@ -322,8 +327,8 @@ def forward(
     if num_rows == 0:
         return loss, lse, grad_factor.to(hidden.dtype)
     block_m, block_n, num_warps, num_stages = _block_config("forward", dim, hidden.dtype, interpret)
+    block_m, num_splits = _grid(num_rows, num_items, block_m, block_n, hidden.device, interpret)
     row_blocks = triton.cdiv(num_rows, block_m)
-    num_splits = _num_splits(row_blocks, num_rows, num_items, block_n, hidden.device, interpret)
     split_size = triton.cdiv(triton.cdiv(num_items, num_splits), block_n) * block_n
     num_splits = triton.cdiv(num_items, split_size)
     split = num_splits > 1

@@ -16,8 +16,9 @@ the rows of the drawn items):
   consecutive positions that share their negatives, gathers [BK, D] rows once and scores the [TILE_ROWS, D] x
   [D, BK] tile on the tensor cores (fp32 accumulation); d items is one [BK, D] tile product per program.
 
-The d items atomics make its low bits depend on the order of the adds, so the item gradient is not bit-deterministic
-on a GPU (loss and d hidden are). Memory beyond inputs and gradients: lse and loss (8 M bytes), and an fp32 copy of
+The d items atomics (relaxed; 16-byte `red.global.add.v4.f32` in the row-wise backward on sm_90, see `_add_rows`)
+make its low bits depend on the order of the adds, so the item gradient is not bit-deterministic on a GPU (loss and
+d hidden are). Memory beyond inputs and gradients: lse and loss (8 M bytes), and an fp32 copy of
 d items while it accumulates when the item table is 16-bit.
 """
 
@@ -35,7 +36,7 @@ LN2 = tl.constexpr(0.6931471805599453)
 # (BLOCK_M, BLOCK_K, num_warps) of the row-wise kernels; (BLOCK_K, num_warps) of the tiled ones, by D <= key
 ROWWISE_CONFIG = {"forward": (16, 16, 4), "backward": (16, 16, 4)}
 TILED_CONFIG = {64: (64, 4), 128: (64, 4), 256: (32, 8), 512: (16, 8)}
-VECTOR_ATOMICS = True  # add d items with 16-byte atomics where D % 4 == 0 (see _add_rows)
+VECTOR_ATOMICS = True  # row-wise backward: add d items with 16-byte atomics where D % 4 == 0 (see _add_rows)
 
 
 def interpreting() -> bool:
@@ -73,7 +74,7 @@ def _add_rows(pointers, values, mask, VECTOR_ATOMICS: tl.constexpr):
             mov.b32 $3, 0;
             }""",
             constraints="=r,=r,=r,=r,l,l,l,l,f,f,f,f,r,r,r,r",
-            args=[pointers, values, mask.to(tl.int32)],
+            args=[pointers.to(tl.int64), values, mask.to(tl.int32)],
             dtype=tl.int32,
             is_pure=False,
             pack=4,
@@ -197,7 +198,7 @@ def _rowwise_backward_kernel(
     grad_positive = (tl.exp(positive - lse) - 1.0) * grad_loss  # d loss / d s_0
     grad_h = grad_positive[:, None] * w_target.to(tl.float32)  # [BM, BD]
     _add_rows(grad_items_ptr + safe[:, None] * DIM + dims[None, :], grad_positive[:, None] * h,
-              valid[:, None] & dim_mask[None, :], VECTOR_ATOMICS)
+              valid[:, None] & dim_mask[None, :], False)
     for start in range(0, num_negatives, BLOCK_K):
         ks = start + tl.arange(0, BLOCK_K)
         mask = valid[:, None] & (ks < num_negatives)[None, :]
@@ -273,7 +274,7 @@ def _tiled_backward_kernel(
     num_rows, num_items, num_negatives, ignore_index, seed_hash, log_k, uniform_log_q,
     SHARE_BATCH: tl.constexpr, EXPLICIT: tl.constexpr, POPULARITY: tl.constexpr, LOGQ: tl.constexpr,
     FP32_DOT: tl.constexpr, TILE_ROWS: tl.constexpr, BLOCK_K: tl.constexpr, DIM: tl.constexpr,
-    BLOCK_D: tl.constexpr, VECTOR_ATOMICS: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
     rows, row_mask, dims, h, valid, safe, w_target, positive = _rows(
         hidden_ptr, items_ptr, targets_ptr, num_rows, ignore_index, TILE_ROWS, DIM, BLOCK_D)
@@ -283,7 +284,7 @@ def _tiled_backward_kernel(
     grad_positive = (tl.exp(positive - lse) - 1.0) * grad_loss  # d loss / d s_0
     grad_h = grad_positive[:, None] * w_target.to(tl.float32)  # [TR, BD]
     _add_rows(grad_items_ptr + safe[:, None] * DIM + dims[None, :], grad_positive[:, None] * h.to(tl.float32),
-              valid[:, None] & dim_mask[None, :], VECTOR_ATOMICS)
+              valid[:, None] & dim_mask[None, :], False)
     for start in range(0, num_negatives, BLOCK_K):
         ks = start + tl.arange(0, BLOCK_K)
         k_mask = ks < num_negatives
@@ -295,7 +296,7 @@ def _tiled_backward_kernel(
         grad_h += _dot(g, w, FP32_DOT)  # [TR, BD]
         grad_w = _dot(tl.trans(g), h, FP32_DOT)  # [BK, BD]
         _add_rows(grad_items_ptr + ids[:, None] * DIM + dims[None, :], grad_w, k_mask[:, None] & dim_mask[None, :],
-                  VECTOR_ATOMICS)
+                  False)  # an MMA result holds pairs, not runs of 4, of consecutive floats per thread
     tl.store(grad_hidden_ptr + rows.to(tl.int64)[:, None] * DIM + dims[None, :], grad_h,
              mask=row_mask[:, None] & dim_mask[None, :])
 
@@ -318,12 +319,12 @@ def _launch(step, hidden, items, targets, negatives, keep, alias, log_q, outputs
                  scalars["ignore_index"], scalars["seed_hash"], math.log(num_k), -math.log(items.shape[0]))
     options = {"POPULARITY": popularity, "LOGQ": logq_correction, "DIM": dim,
                "BLOCK_D": max(16, triton.next_power_of_2(dim))}
-    if step == "backward":
-        options["VECTOR_ATOMICS"] = (VECTOR_ATOMICS and dim % 4 == 0 and not interpreting()
-                                     and torch.cuda.get_device_capability(hidden.device) >= (9, 0))
     rowwise = (negatives is None and share == "none") or (negatives is not None and negatives.ndim == 2)
     if rowwise:
         block_m, block_k, num_warps = ROWWISE_CONFIG[step]
+        if step == "backward":
+            options["VECTOR_ATOMICS"] = (VECTOR_ATOMICS and dim % 4 == 0 and not interpreting()
+                                         and torch.cuda.get_device_capability(hidden.device) >= (9, 0))
         kernel = _rowwise_forward_kernel if step == "forward" else _rowwise_backward_kernel
         kernel[(triton.cdiv(num_rows, block_m),)](
             *arguments, EXPLICIT=negatives is not None, BLOCK_M=block_m, BLOCK_K=block_k, num_warps=num_warps,
