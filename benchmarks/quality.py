@@ -24,7 +24,7 @@ import statistics
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from datetime import date
 from pathlib import Path
 
@@ -153,8 +153,6 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/quality")
     args, args.extra = parser.parse_known_args()  # unknown words: more --section.key=value settings for every run
     jobs = [(d, loss, s) for d in args.datasets for loss in args.losses for s in args.seeds]
-    with ThreadPoolExecutor(args.parallel) as pool:
-        results = list(pool.map(lambda indexed: run_one(args, indexed[0], *indexed[1]), enumerate(jobs)))
     header = (
         f"# SASRec test metrics, full-catalog ranking, leave-one-out\n\nMachine: {machine_name()}; date: "
         f"{date.today()}; {args.parallel} runs at a time on {args.gpus} GPU(s) (epoch times include that sharing); "
@@ -163,10 +161,16 @@ def main() -> None:
     )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"machine": machine_name(), "date": str(date.today()),
-                                                    "args": vars(args), "runs": results}, indent=2))
-    table = markdown(results, header) + "\n## Over seeds\n\n" + summary(results)
-    out.with_suffix(".md").write_text(table)
+    finished: dict[int, dict] = {}
+    with ThreadPoolExecutor(args.parallel) as pool:
+        futures = {pool.submit(run_one, args, index, *job): index for index, job in enumerate(jobs)}
+        for future in as_completed(futures):  # rewrite the tables after every run, so a killed sweep keeps them
+            finished[futures[future]] = future.result()
+            results = [finished[index] for index in sorted(finished)]
+            out.with_suffix(".json").write_text(json.dumps({"machine": machine_name(), "date": str(date.today()),
+                                                            "args": vars(args), "runs": results}, indent=2))
+            table = markdown(results, header) + "\n## Over seeds\n\n" + summary(results)
+            out.with_suffix(".md").write_text(table)
     print(table)
 
 

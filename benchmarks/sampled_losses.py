@@ -1,8 +1,8 @@
 """Sampled-loss benchmark: forward+backward time and extra memory of CCE- against plain PyTorch CE- and cut CE.
 
 Methods, side by side on the same fresh bf16 inputs in one process: cutrec's sampled cut CE (Triton kernels) in
-each sharing mode (and share="none" with scalar instead of vector atomics, an ablation), plain PyTorch CE- (negatives
-drawn, then their rows gathered into an [M, K, D] tensor), and cutrec's full cut CE (once per M, N, D: it has no K).
+each sharing mode, plain PyTorch CE- (negatives drawn, then their rows gathered into an [M, K, D] tensor), and
+cutrec's full cut CE (once per M, N, D: it has no K).
 Timing and memory as in full_softmax_losses.py (CUDA events, median; extra memory beyond the inputs and the
 returned gradients). Floors beside each row: the gather (K negative rows of D bf16 values per position, read in the
 forward and again in the backward) at the measured copy bandwidth, and 3 x 2 M K D flop.
@@ -17,14 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
 
 import torch
 from full_softmax_losses import gemm_rate, measure, time_ms
 
-from cutrec.kernels import sampled_cut_cross_entropy as kernels
 from cutrec.losses import cut_cross_entropy, sampled_cross_entropy, sampled_cut_cross_entropy
 
 
@@ -35,16 +33,6 @@ def copy_bandwidth(device: torch.device) -> float:
     return 2 * source.numel() / (time_ms(lambda: target.copy_(source), reps=20) / 1e3)
 
 
-@contextmanager
-def scalar_atomics():
-    """The row-wise backward with scalar atomic adds instead of 16-byte vector ones (an ablation row)."""
-    saved, kernels.VECTOR_ATOMICS = kernels.VECTOR_ATOMICS, False
-    try:
-        yield
-    finally:
-        kernels.VECTOR_ATOMICS = saved
-
-
 def sampled_methods(num_negatives: int) -> dict:
     """name -> loss(hidden, items, targets) of the methods whose work depends on K."""
 
@@ -52,12 +40,7 @@ def sampled_methods(num_negatives: int) -> dict:
         return lambda h, w, t: sampled_cut_cross_entropy(h, w, t, num_negatives=num_negatives, share=share, seed=1,
                                                          impl="triton")
 
-    def ours_scalar_atomics(h, w, t):
-        with scalar_atomics():
-            return ours("none")(h, w, t)
-
     found = {f"cutrec CCE- share={share}": ours(share) for share in ("none", "block", "batch")}
-    found["cutrec CCE- share=none, scalar atomics"] = ours_scalar_atomics
     found["torch CE- (gathered)"] = lambda h, w, t: sampled_cross_entropy(h, w, t, num_negatives=num_negatives, seed=1)
     return found
 

@@ -1,9 +1,8 @@
 """Block-size sweep for the sampled cut CE kernels: times the forward and the backward launch of each configuration.
 
-Row-wise kernels (share="none"): (BLOCK_M, BLOCK_K, num_warps), each with scalar and with 16-byte vector atomics;
-tiled kernels (share="block"): (BLOCK_K, num_warps) per D. Prints one json line per (kernel, D, config, atomics)
-with the median times; the fastest go into ROWWISE_CONFIG, TILED_CONFIG and VECTOR_ATOMICS of
-src/cutrec/kernels/sampled_cut_cross_entropy.py.
+Row-wise kernels (share="none"): (BLOCK_M, BLOCK_K, num_warps); tiled kernels (share="block"): (BLOCK_K,
+num_warps) per D. Prints one json line per (kernel, D, config) with the median times; the fastest go into
+ROWWISE_CONFIG and TILED_CONFIG of src/cutrec/kernels/sampled_cut_cross_entropy.py.
 
     python benchmarks/tune_sampled_kernels.py --m 32768 --k 1023 --n 1000000 --d 64 256
 """
@@ -47,11 +46,8 @@ def sweep(m: int, k: int, n: int, d: int, reps: int) -> None:
               "alias": None, "log_q": None, "logq_correction": True, "block_rows": BLOCK_ROWS}
     sweeps = [("none", "ROWWISE_CONFIG", config, config) for config in ROWWISE]
     sweeps += [("block", "TILED_CONFIG", config, {**kernels.TILED_CONFIG, d: config}) for config in TILED.get(d, [])]
-    runs = [(sweep, vector) for sweep in sweeps for vector in ((False, True) if sweep[0] == "none" else (False,))]
-    for (share, table, config, setting), vector in runs:
+    for share, table, config, setting in sweeps:
         saved = dict(getattr(kernels, table))
-        saved_vector = kernels.VECTOR_ATOMICS
-        kernels.VECTOR_ATOMICS = vector
         try:
             if table == "ROWWISE_CONFIG":
                 kernels.ROWWISE_CONFIG.update({"forward": setting, "backward": setting})
@@ -62,13 +58,11 @@ def sweep(m: int, k: int, n: int, d: int, reps: int) -> None:
             forward_ms = time_ms(run_forward, reps)
             backward_ms = time_ms(partial(kernels.backward, hidden, items, targets, lse, grad_loss, share=share,
                                           **common), reps)
-            row = {"share": share, "D": d, "config": config, "vector_atomics": vector,
-                   "forward_ms": round(forward_ms, 3), "backward_ms": round(backward_ms, 3)}
+            row = {"share": share, "D": d, "config": config, "forward_ms": round(forward_ms, 3),
+                   "backward_ms": round(backward_ms, 3)}
         except Exception as err:  # a configuration that does not compile or fit is reported, not fatal
-            row = {"share": share, "D": d, "config": config, "vector_atomics": vector,
-                   "error": f"{type(err).__name__}: {str(err)[:100]}"}
+            row = {"share": share, "D": d, "config": config, "error": f"{type(err).__name__}: {str(err)[:100]}"}
         finally:
-            kernels.VECTOR_ATOMICS = saved_vector
             getattr(kernels, table).clear()
             getattr(kernels, table).update(saved)
         print(json.dumps(row), flush=True)

@@ -16,9 +16,9 @@ the rows of the drawn items):
   consecutive positions that share their negatives, gathers [BK, D] rows once and scores the [TILE_ROWS, D] x
   [D, BK] tile on the tensor cores (fp32 accumulation); d items is one [BK, D] tile product per program.
 
-The d items atomics (relaxed; 16-byte `red.global.add.v4.f32` in the row-wise backward on sm_90, see `_add_rows`)
-make its low bits depend on the order of the adds, so the item gradient is not bit-deterministic on a GPU (loss and
-d hidden are). Memory beyond inputs and gradients: lse and loss (8 M bytes), and an fp32 copy of
+The d items atomics (relaxed: the default acq_rel ordering made the row-wise backward twice as slow) make its low bits
+depend on the order of the adds, so the item gradient is not bit-deterministic on a GPU (loss and d hidden are).
+Memory beyond inputs and gradients: lse and loss (8 M bytes), and an fp32 copy of
 d items while it accumulates when the item table is 16-bit.
 """
 
@@ -39,7 +39,6 @@ LN2 = tl.constexpr(0.6931471805599453)
 # Tiled at D=64: 0.11 and 0.23 ms; at D=256: 0.15 and 0.75 ms.
 ROWWISE_CONFIG = {"forward": (8, 16, 4), "backward": (8, 32, 4)}
 TILED_CONFIG = {64: (64, 4), 128: (64, 4), 256: (16, 4), 512: (16, 8)}
-VECTOR_ATOMICS = True  # row-wise backward: add d items with 16-byte atomics where D % 4 == 0 (see _add_rows)
 
 
 def interpreting() -> bool:
@@ -54,36 +53,6 @@ def _mix32(x):
     x = x ^ (x >> 15)
     x = x * 0x846CA68B
     return x ^ (x >> 16)
-
-
-@triton.jit
-def _add_rows(pointers, values, mask, VECTOR_ATOMICS: tl.constexpr):
-    """Atomically add fp32 `values` at `pointers` (rows of D contiguous floats along the last axis).
-
-    VECTOR_ATOMICS: one `red.global.add.v4.f32` (sm_90) per 4 consecutive floats instead of 4 scalar atomic adds;
-    the L2 cache then does a quarter of the atomic operations. Needs D % 4 == 0 (16-byte aligned groups, never
-    straddling the mask), a layout that holds 4 consecutive floats per thread (checked by the GPU tests), and a GPU:
-    the interpreter runs no inline assembly, and cards before sm_90 lack the instruction.
-    """
-    if VECTOR_ATOMICS:
-        tl.inline_asm_elementwise(
-            asm="""{
-            .reg .pred p;
-            setp.ne.b32 p, $12, 0;
-            @p red.global.add.v4.f32 [$4], {$8, $9, $10, $11};
-            mov.b32 $0, 0;
-            mov.b32 $1, 0;
-            mov.b32 $2, 0;
-            mov.b32 $3, 0;
-            }""",
-            constraints="=r,=r,=r,=r,l,l,l,l,f,f,f,f,r,r,r,r",
-            args=[pointers.to(tl.int64), values, mask.to(tl.int32)],
-            dtype=tl.int32,
-            is_pure=False,
-            pack=4,
-        )
-    else:
-        tl.atomic_add(pointers, values, mask=mask, sem="relaxed")
 
 
 @triton.jit
@@ -190,7 +159,6 @@ def _rowwise_backward_kernel(
     num_rows, num_items, num_negatives, ignore_index, seed_hash, log_k, uniform_log_q,
     EXPLICIT: tl.constexpr, POPULARITY: tl.constexpr, LOGQ: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-    VECTOR_ATOMICS: tl.constexpr,
 ):
     rows, row_mask, dims, h, valid, safe, w_target, positive = _rows(
         hidden_ptr, items_ptr, targets_ptr, num_rows, ignore_index, BLOCK_M, DIM, BLOCK_D)
@@ -200,8 +168,8 @@ def _rowwise_backward_kernel(
     grad_loss = tl.where(valid, tl.load(grad_loss_ptr + rows, mask=row_mask, other=0.0), 0.0)  # [BM]
     grad_positive = (tl.exp(positive - lse) - 1.0) * grad_loss  # d loss / d s_0
     grad_h = grad_positive[:, None] * w_target.to(tl.float32)  # [BM, BD]
-    _add_rows(grad_items_ptr + safe[:, None] * DIM + dims[None, :], grad_positive[:, None] * h,
-              valid[:, None] & dim_mask[None, :], False)
+    tl.atomic_add(grad_items_ptr + safe[:, None] * DIM + dims[None, :], grad_positive[:, None] * h,
+                  mask=valid[:, None] & dim_mask[None, :], sem="relaxed")
     for start in range(0, num_negatives, BLOCK_K):
         ks = start + tl.arange(0, BLOCK_K)
         mask = valid[:, None] & (ks < num_negatives)[None, :]
@@ -211,8 +179,8 @@ def _rowwise_backward_kernel(
                                POPULARITY)
         g = tl.exp(s - lse[:, None]) * grad_loss[:, None]  # [BM, BK]; 0 on hits and masked k
         grad_h += tl.sum(g[:, :, None] * w, axis=1)
-        _add_rows(grad_items_ptr + ids[:, :, None] * DIM + dims[None, None, :], g[:, :, None] * h[:, None, :],
-                  mask[:, :, None] & dim_mask[None, None, :], VECTOR_ATOMICS)
+        tl.atomic_add(grad_items_ptr + ids[:, :, None] * DIM + dims[None, None, :], g[:, :, None] * h[:, None, :],
+                      mask=mask[:, :, None] & dim_mask[None, None, :], sem="relaxed")
     tl.store(grad_hidden_ptr + rows.to(tl.int64)[:, None] * DIM + dims[None, :], grad_h,
              mask=row_mask[:, None] & dim_mask[None, :])
 
@@ -286,8 +254,8 @@ def _tiled_backward_kernel(
     grad_loss = tl.where(valid, tl.load(grad_loss_ptr + rows, mask=row_mask, other=0.0), 0.0)  # [TR]
     grad_positive = (tl.exp(positive - lse) - 1.0) * grad_loss  # d loss / d s_0
     grad_h = grad_positive[:, None] * w_target.to(tl.float32)  # [TR, BD]
-    _add_rows(grad_items_ptr + safe[:, None] * DIM + dims[None, :], grad_positive[:, None] * h.to(tl.float32),
-              valid[:, None] & dim_mask[None, :], False)
+    tl.atomic_add(grad_items_ptr + safe[:, None] * DIM + dims[None, :], grad_positive[:, None] * h.to(tl.float32),
+                  mask=valid[:, None] & dim_mask[None, :], sem="relaxed")
     for start in range(0, num_negatives, BLOCK_K):
         ks = start + tl.arange(0, BLOCK_K)
         k_mask = ks < num_negatives
@@ -298,8 +266,8 @@ def _tiled_backward_kernel(
         g = tl.exp(s - lse[:, None]) * grad_loss[:, None]  # [TR, BK]; 0 on hits, masked k and ignored rows
         grad_h += _dot(g, w, FP32_DOT)  # [TR, BD]
         grad_w = _dot(tl.trans(g), h, FP32_DOT)  # [BK, BD]
-        _add_rows(grad_items_ptr + ids[:, None] * DIM + dims[None, :], grad_w, k_mask[:, None] & dim_mask[None, :],
-                  False)  # an MMA result holds pairs, not runs of 4, of consecutive floats per thread
+        tl.atomic_add(grad_items_ptr + ids[:, None] * DIM + dims[None, :], grad_w,
+                      mask=k_mask[:, None] & dim_mask[None, :], sem="relaxed")
     tl.store(grad_hidden_ptr + rows.to(tl.int64)[:, None] * DIM + dims[None, :], grad_h,
              mask=row_mask[:, None] & dim_mask[None, :])
 
@@ -325,9 +293,6 @@ def _launch(step, hidden, items, targets, negatives, keep, alias, log_q, outputs
     rowwise = (negatives is None and share == "none") or (negatives is not None and negatives.ndim == 2)
     if rowwise:
         block_m, block_k, num_warps = ROWWISE_CONFIG[step]
-        if step == "backward":
-            options["VECTOR_ATOMICS"] = (VECTOR_ATOMICS and dim % 4 == 0 and not interpreting()
-                                         and torch.cuda.get_device_capability(hidden.device) >= (9, 0))
         kernel = _rowwise_forward_kernel if step == "forward" else _rowwise_backward_kernel
         kernel[(triton.cdiv(num_rows, block_m),)](
             *arguments, EXPLICIT=negatives is not None, BLOCK_M=block_m, BLOCK_K=block_k, num_warps=num_warps,
