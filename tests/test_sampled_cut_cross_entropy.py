@@ -294,6 +294,16 @@ def test_gpu_deterministic_mode_picks_the_torch_implementation():
 
 @gpu
 @pytest.mark.gpu
+def test_gpu_build_loss_with_item_counts_on_the_gpu():
+    """The trainer passes training counts on its device; the alias table is built on the CPU, then copied once."""
+    hidden, items, targets = (t.cuda() for t in make_inputs((300, 1000, 16), torch.float32, seed=45))
+    counts = torch.arange(1, 1001, dtype=torch.float32, device="cuda")
+    loss = build_loss(LossConfig(name="CCE-", num_negatives=31, share="none", distribution="popularity"), 1000, counts)
+    assert torch.isfinite(loss(hidden, items, targets, seed=1))
+
+
+@gpu
+@pytest.mark.gpu
 def test_gpu_compile_inductor_matches_eager():
     hidden, items, targets = (t.cuda() for t in make_inputs((1000, 5003, 64), torch.float32, seed=44))
 

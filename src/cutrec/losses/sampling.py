@@ -35,7 +35,7 @@ class NegativeDistribution:
     @classmethod
     def popularity(cls, item_counts: torch.Tensor, alpha: float = 1.0) -> NegativeDistribution:
         """q_j proportional to item_counts[j] ** alpha (items with count 0 are never drawn)."""
-        counts = torch.as_tensor(item_counts, dtype=torch.float64)
+        counts = torch.as_tensor(item_counts, dtype=torch.float64).cpu()  # q lives on the CPU; tables go to devices
         if counts.ndim != 1 or counts.numel() == 0:
             raise CutrecError(f"item_counts must be a non-empty [N] vector, got shape {tuple(counts.shape)}")
         if not torch.isfinite(counts).all() or (counts < 0).any():
