@@ -9,7 +9,7 @@ from scipy.stats import chisquare
 
 from cutrec.config import LossConfig
 from cutrec.errors import CutrecError
-from cutrec.losses import build_loss, sampled_cut_cross_entropy
+from cutrec.losses import LARGE_CATALOG_ITEMS, build_loss, resolve_loss_name, sampled_cut_cross_entropy
 from cutrec.losses.reference import sampled_cross_entropy
 from cutrec.losses.sampled_cut_cross_entropy import BLOCK_ROWS
 from cutrec.losses.sampling import NegativeDistribution, counter_draws
@@ -147,6 +147,16 @@ def test_counter_draws_follow_q(alpha):
     uniform = counter_draws(80, 5, torch.arange(3000), 100).flatten()
     assert chisquare(np.bincount(uniform.numpy(), minlength=80)).pvalue > 1e-3
     assert chisquare(np.bincount(uniform.numpy(), minlength=80), q * ids.numel()).pvalue < 1e-9
+
+
+def test_auto_loss_is_ce_for_small_and_sampled_cut_ce_for_large_catalogs():
+    assert LossConfig().name == "auto"
+    assert resolve_loss_name("auto", LARGE_CATALOG_ITEMS) == "CE"
+    assert resolve_loss_name("auto", LARGE_CATALOG_ITEMS + 1) == "CCE-"
+    assert resolve_loss_name("BCE", 10**7) == "BCE"
+    hidden, items, targets = make_inputs((20, 50, 8), torch.float32, seed=2)
+    auto = build_loss(LossConfig(), 50)(hidden, items, targets, seed=1)
+    torch.testing.assert_close(auto, build_loss(LossConfig(name="CE"), 50)(hidden, items, targets, seed=1))
 
 
 def test_build_loss_and_errors():

@@ -68,7 +68,8 @@ class ModelConfig:
 class LossConfig:
     """The training loss; every loss sees only (hidden [M, D], items [N, D], targets [M])."""
 
-    name: Literal["CE", "CCE", "CE-", "CCE-", "BCE", "BCE+", "gBCE"] = "CE"
+    # "auto": CE up to losses.LARGE_CATALOG_ITEMS items, the sampled cut CE (CCE-) above (resolved by the trainer)
+    name: Literal["auto", "CE", "CCE", "CE-", "CCE-", "BCE", "BCE+", "gBCE"] = "auto"
     num_negatives: int = 256  # CE-, CCE-, BCE+, gBCE (BCE always uses 1)
     share: Literal["none", "block", "batch"] = "none"  # CCE-: who shares a set of negatives
     distribution: Literal["uniform", "popularity"] = "uniform"

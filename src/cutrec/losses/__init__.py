@@ -25,11 +25,13 @@ from cutrec.losses.sampled_cut_cross_entropy import SampledCutCrossEntropy, samp
 from cutrec.losses.sampling import NegativeDistribution
 
 __all__ = [
+    "LARGE_CATALOG_ITEMS",
     "CutCrossEntropy",
     "NegativeDistribution",
     "SampledCutCrossEntropy",
     "binary_cross_entropy",
     "build_loss",
+    "resolve_loss_name",
     "cross_entropy",
     "cut_cross_entropy",
     "sampled_cross_entropy",
@@ -37,6 +39,7 @@ __all__ = [
 ]
 
 LossFn = Callable[..., torch.Tensor]
+LARGE_CATALOG_ITEMS = 100_000  # loss "auto": above this many items a step's [M, N] logits pass ~2.5 GB; use CCE-
 
 
 def _without_seed(loss: LossFn) -> LossFn:
@@ -46,26 +49,34 @@ def _without_seed(loss: LossFn) -> LossFn:
     return call
 
 
+def resolve_loss_name(name: str, num_items: int) -> str:
+    """'auto' -> 'CE' up to LARGE_CATALOG_ITEMS items, else 'CCE-' (the sampled cut CE); other names unchanged."""
+    if name != "auto":
+        return name
+    return "CE" if num_items <= LARGE_CATALOG_ITEMS else "CCE-"
+
+
 def build_loss(config: LossConfig, num_items: int, item_counts: torch.Tensor | None = None) -> LossFn:
-    """The loss named by config.name as `loss(hidden, items, targets, *, seed)`."""
+    """The loss named by config.name (resolved by `resolve_loss_name`) as `loss(hidden, items, targets, *, seed)`."""
+    name = resolve_loss_name(config.name, num_items)
     if config.distribution == "popularity":
         if item_counts is None:
             raise CutrecError("loss.distribution='popularity' needs training item counts; none were given")
         distribution = NegativeDistribution.popularity(item_counts, config.alpha)
     else:
         distribution = NegativeDistribution.uniform(num_items)
-    if config.name == "CE":
+    if name == "CE":
         return _without_seed(cross_entropy)
-    if config.name == "CCE":  # the data pipeline guarantees targets in [0, N): skip the per-step range check
+    if name == "CCE":  # the data pipeline guarantees targets in [0, N): skip the per-step range check
         return _without_seed(partial(cut_cross_entropy, check_targets=False))
-    if config.name == "CE-":
+    if name == "CE-":
         return partial(
             sampled_cross_entropy,
             num_negatives=config.num_negatives,
             distribution=distribution,
             logq_correction=config.logq_correction,
         )
-    if config.name == "CCE-":
+    if name == "CCE-":
         return partial(
             sampled_cut_cross_entropy,
             num_negatives=config.num_negatives,
@@ -73,13 +84,13 @@ def build_loss(config: LossConfig, num_items: int, item_counts: torch.Tensor | N
             logq_correction=config.logq_correction,
             share=config.share,
         )
-    if config.name == "BCE":
+    if name == "BCE":
         return partial(binary_cross_entropy, num_negatives=1, distribution=distribution)
-    if config.name == "BCE+":
+    if name == "BCE+":
         return partial(binary_cross_entropy, num_negatives=config.num_negatives, distribution=distribution)
-    if config.name == "gBCE":
+    if name == "gBCE":
         beta = gbce_beta(config.num_negatives, num_items, config.gbce_t)
         return partial(
             binary_cross_entropy, num_negatives=config.num_negatives, distribution=distribution, positive_power=beta
         )
-    raise CutrecError(f"loss.name={config.name!r} is unknown; choose CE, CCE, CE-, CCE-, BCE, BCE+ or gBCE")
+    raise CutrecError(f"loss.name={config.name!r} is unknown; choose auto, CE, CCE, CE-, CCE-, BCE, BCE+ or gBCE")

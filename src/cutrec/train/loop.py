@@ -12,7 +12,7 @@ import csv
 import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from cutrec.data.splits import Split, global_temporal, leave_one_out
 from cutrec.errors import CutrecError
 from cutrec.eval.metrics import format_table, item_user_counts
 from cutrec.eval.ranking import popularity_scores
-from cutrec.losses import build_loss
+from cutrec.losses import build_loss, resolve_loss_name
 from cutrec.models import build_model
 from cutrec.models.sasrec import SASRec
 from cutrec.train.checkpoint import (
@@ -137,6 +137,7 @@ def train(config: RunConfig) -> Path:
         f"valid users {len(split.valid.targets):,}  test users {len(split.test.targets):,}",
         file=sys.stderr,
     )
+    config = replace(config, loss=replace(config.loss, name=resolve_loss_name(config.loss.name, split.num_items)))
     folder = run_folder(config)
     write_json(folder / CONFIG_NAME, to_dict(config))
 
