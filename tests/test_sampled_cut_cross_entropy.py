@@ -157,6 +157,11 @@ def test_auto_loss_is_ce_for_small_and_sampled_cut_ce_for_large_catalogs():
     hidden, items, targets = make_inputs((20, 50, 8), torch.float32, seed=2)
     auto = build_loss(LossConfig(), 50)(hidden, items, targets, seed=1)
     torch.testing.assert_close(auto, build_loss(LossConfig(name="CE"), 50)(hidden, items, targets, seed=1))
+    num_items = LARGE_CATALOG_ITEMS + 1
+    large = torch.randn(num_items, 8) / 8**0.5
+    config = LossConfig(num_negatives=16)
+    expected = sampled_cut_cross_entropy(hidden, large, targets, num_negatives=16, seed=4)
+    torch.testing.assert_close(build_loss(config, num_items)(hidden, large, targets, seed=4), expected)
 
 
 def test_build_loss_and_errors():
@@ -180,7 +185,7 @@ def test_build_loss_and_errors():
 @pytest.mark.parametrize("popularity", [False, True])
 def test_triton_kernels_match_the_torch_implementation(share, popularity):
     """Same seed, same drawn negatives: the interpreted kernels give the PyTorch implementation's loss and grads."""
-    shape = (70, 211, 24)  # odd sizes; several blocks of 16 rows and of 64 rows
+    shape = (70, 211, 24)  # odd sizes; several row-wise blocks of 8 rows and tiled blocks of 64 rows
     hidden, items, targets = make_inputs(shape, torch.float32, seed=13)
     counts = torch.from_numpy(np.random.default_rng(3).integers(1, 40, shape[1]).astype(np.float64))
     distribution = NegativeDistribution.popularity(counts, 0.7) if popularity else NegativeDistribution.uniform(211)
@@ -200,6 +205,32 @@ def test_triton_kernels_with_explicit_negatives(explicit_shape):
     truth = loss_and_grads(sampled_cross_entropy, hidden, items, targets, torch.float64, negatives=negatives)
     for value, expected in zip(ours, truth, strict=True):
         torch.testing.assert_close(value.double(), expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("impl", ["torch", "triton"])
+def test_non_contiguous_explicit_negatives(impl):
+    hidden, items, targets = make_inputs((70, 100, 16), torch.float32, seed=15)
+    negatives = torch.randint(0, 100, (9, 70), generator=torch.Generator().manual_seed(3)).T  # [M, K], transposed
+    ours = loss_and_grads(sampled_cut_cross_entropy, hidden, items, targets, num_negatives=1, negatives=negatives,
+                          impl=impl)
+    truth = loss_and_grads(sampled_cross_entropy, hidden, items, targets, torch.float64, negatives=negatives)
+    for value, expected in zip(ours, truth, strict=True):
+        torch.testing.assert_close(value.double(), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_implementation_choice():
+    """auto: Triton on CUDA, torch for float64 and in deterministic mode, where impl="triton" is refused."""
+    cuda = torch.device("cuda")  # only the choice is computed here: no CUDA needed
+    assert sampled_module._resolve_impl("auto", cuda, 64, torch.bfloat16) == "triton"
+    assert sampled_module._resolve_impl("auto", cuda, 64, torch.float64) == "torch"
+    assert sampled_module._resolve_impl("auto", torch.device("cpu"), 64, torch.float32) == "torch"
+    torch.use_deterministic_algorithms(True)
+    try:
+        assert sampled_module._resolve_impl("auto", cuda, 64, torch.bfloat16) == "torch"
+        with pytest.raises(CutrecError, match="use_deterministic_algorithms"):
+            sampled_module._resolve_impl("triton", cuda, 64, torch.bfloat16)
+    finally:
+        torch.use_deterministic_algorithms(False)
 
 
 @pytest.mark.parametrize("impl", ["torch", "triton"])
@@ -292,6 +323,7 @@ def test_gpu_deterministic_mode_picks_the_torch_implementation():
     hidden, items, targets = (t.cuda() for t in make_inputs((3000, 20_000, 64), torch.float32, seed=43))
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
+        assert sampled_module._resolve_impl("auto", hidden.device, 64, hidden.dtype) == "torch"
         with pytest.raises(CutrecError, match="use_deterministic_algorithms"):
             sampled_cut_cross_entropy(hidden, items, targets, num_negatives=63, impl="triton")
         runs = [loss_and_grads(sampled_cut_cross_entropy, hidden, items, targets, num_negatives=63, seed=2)

@@ -74,7 +74,8 @@ _INTERPRETER_BLOCKS = {"forward": (32, 64, 4, 1), "item_backward": (32, 64, 4, 1
 MAX_DIM = 512  # the widest D the table covers (losses/cut_cross_entropy.py sends wider D to the torch fallback)
 
 
-SPLIT_MIN_LOGITS = 2**26  # M x N below which the forward never splits the catalog (see _grid)
+SPLIT_MIN_LOGITS = 2**26  # with SMALL_CATALOG_ITEMS: M x N below which small M takes 16-row blocks (see _grid)
+SMALL_CATALOG_ITEMS = 2**17
 
 
 def interpreting() -> bool:
@@ -266,18 +267,19 @@ def _grid(num_rows: int, num_items: int, block_m: int, block_n: int, device: tor
           interpret: bool) -> tuple[int, int]:
     """(BLOCK_M, number of catalog splits) of the forward launch.
 
-    With enough row blocks to fill the GPU: the table's BLOCK_M and no split. With few (small M): below
-    SPLIT_MIN_LOGITS logits (a training step on a 10k-item catalog) rows are cut into BLOCK_M=16 blocks instead,
-    which gives several times more programs and needs no combine (whose extra launches cost more host time than the
-    kernel takes); above it the catalog is split across programs, aiming at two programs per multiprocessor with at
-    least 8 item tiles per split. The interpreter pretends to have 4 multiprocessors and no minimum, so small test
-    shapes take the split path too.
+    With enough row blocks to fill the GPU: the table's BLOCK_M and no split. With few (small M) on a catalog of at
+    most SMALL_CATALOG_ITEMS items and below SPLIT_MIN_LOGITS logits (a training step on a 10k-item catalog), rows
+    are cut into BLOCK_M=16 blocks instead, which gives several times more programs and needs no combine (whose
+    extra launches cost more host time than the kernel takes); otherwise the catalog is split across programs,
+    aiming at two programs per multiprocessor with at least 8 item tiles per split (a few 16-row programs scanning
+    a million items each would leave most of the GPU idle). The interpreter pretends to have 4 multiprocessors and
+    never takes 16-row blocks, so small test shapes take the split path too.
     """
     processors = 4 if interpret else torch.cuda.get_device_properties(device).multi_processor_count
     row_blocks = triton.cdiv(num_rows, block_m)
     if row_blocks >= processors:
         return block_m, 1
-    if not interpret and num_rows * num_items < SPLIT_MIN_LOGITS:
+    if not interpret and num_items <= SMALL_CATALOG_ITEMS and num_rows * num_items < SPLIT_MIN_LOGITS:
         return min(block_m, 16), 1
     return block_m, max(1, min(triton.cdiv(2 * processors, row_blocks), triton.cdiv(num_items, 8 * block_n)))
 

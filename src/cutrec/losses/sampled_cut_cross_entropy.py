@@ -253,11 +253,14 @@ class _EagerSampledCutCrossEntropy(torch.autograd.Function):
         return _backward(ctx, *grads)
 
 
-def _resolve_impl(impl: str, device: torch.device, dim: int) -> str:
-    """As for cut CE ("auto": triton on CUDA), except that the Triton kernels add the item gradient with atomics:
-    under torch.use_deterministic_algorithms(True), "auto" picks the chunked torch implementation, whose index_add_
-    is then deterministic on CUDA too (slower), and an explicit impl="triton" is refused."""
+def _resolve_impl(impl: str, device: torch.device, dim: int, dtype: torch.dtype) -> str:
+    """As for cut CE ("auto": triton on CUDA), with two exceptions for "auto": float64 inputs run the torch
+    implementation, which computes in float64 (the kernels accumulate in fp32); and because the kernels add the item
+    gradient with atomics, under torch.use_deterministic_algorithms(True) "auto" picks the chunked torch
+    implementation, whose index_add_ is then deterministic on CUDA too (slower), and impl="triton" is refused."""
     resolved = resolve_impl(impl, device, dim)
+    if impl == "auto" and dtype == torch.float64:
+        return "torch"
     if resolved == "triton" and device.type == "cuda" and torch.are_deterministic_algorithms_enabled():
         if impl == "triton":
             raise CutrecError(
@@ -320,14 +323,14 @@ def sampled_cut_cross_entropy(
         raise CutrecError(f"num_negatives={num_negatives} must be at least 1")
     if share not in ("none", "block", "batch"):
         raise CutrecError(f"share={share!r} is unknown; use 'none', 'block' or 'batch'")
-    resolved = _resolve_impl(impl, hidden.device, hidden.shape[1])
+    resolved = _resolve_impl(impl, hidden.device, hidden.shape[1], hidden.dtype)
     if negatives is not None:
         shape_ok = negatives.ndim == 1 or (negatives.ndim == 2 and negatives.shape[0] == hidden.shape[0])
         if not shape_ok or negatives.numel() == 0:
             raise CutrecError(f"negatives must be [M, K] or [K] item ids, got shape {tuple(negatives.shape)}")
         if negatives.min() < 0 or negatives.max() >= items.shape[0]:
             raise CutrecError(f"negatives must be item ids in [0, {items.shape[0]})")
-        negatives = negatives.long()
+        negatives = negatives.long().contiguous()  # the kernels index it as rows * K + k
     if torch.is_autocast_enabled(hidden.device.type):
         hidden = hidden.to(torch.get_autocast_dtype(hidden.device.type))
     distribution = _distribution(distribution, items.shape[0], item_counts, alpha)
