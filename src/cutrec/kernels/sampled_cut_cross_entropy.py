@@ -23,13 +23,12 @@ d items while it accumulates when the item table is 16-bit.
 """
 
 import math
-import os
 
 import torch
 import triton
 import triton.language as tl
 
-from cutrec.kernels.cut_cross_entropy import _dot
+from cutrec.kernels.cut_cross_entropy import _block_d, _dot, interpreting
 
 LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
@@ -39,10 +38,6 @@ LN2 = tl.constexpr(0.6931471805599453)
 # Tiled at D=64: 0.11 and 0.23 ms; at D=256: 0.15 and 0.75 ms.
 ROWWISE_CONFIG = {"forward": (8, 16, 4), "backward": (8, 32, 4)}
 TILED_CONFIG = {64: (64, 4), 128: (64, 4), 256: (16, 4), 512: (16, 8)}
-
-
-def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 @triton.jit
@@ -289,7 +284,7 @@ def _launch(step, hidden, items, targets, negatives, keep, alias, log_q, outputs
     arguments = (hidden, items, targets, *pointers, *outputs, num_rows, items.shape[0], num_k,
                  scalars["ignore_index"], scalars["seed_hash"], math.log(num_k), -math.log(items.shape[0]))
     options = {"POPULARITY": popularity, "LOGQ": logq_correction, "DIM": dim,
-               "BLOCK_D": max(16, triton.next_power_of_2(dim))}
+               "BLOCK_D": _block_d(dim)}
     rowwise = (negatives is None and share == "none") or (negatives is not None and negatives.ndim == 2)
     if rowwise:
         block_m, block_k, num_warps = ROWWISE_CONFIG[step]

@@ -23,7 +23,6 @@ class NegativeDistribution:
 
     num_items: int
     probs: torch.Tensor | None = None
-    _alias: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False, compare=False)
     _tables: dict = field(default_factory=dict, repr=False, compare=False)  # device -> (keep, alias, log q)
 
     @classmethod
@@ -68,11 +67,11 @@ class NegativeDistribution:
         if self.probs is None:
             raise CutrecError("a uniform distribution needs no alias table")
         device = torch.device(device)
+        cpu = torch.device("cpu")
+        if cpu not in self._tables:  # built once, on the CPU; other devices get copies
+            self._tables[cpu] = (*build_alias_table(self.probs.double().numpy()), self.probs.log())
         if device not in self._tables:
-            if self._alias is None:
-                self._alias = build_alias_table(self.probs.double().numpy())
-            keep, alias = self._alias
-            self._tables[device] = (keep.to(device), alias.to(device), self.probs.log().to(device))
+            self._tables[device] = tuple(table.to(device) for table in self._tables[cpu])
         return self._tables[device]
 
     def log_q(self, ids: torch.Tensor) -> torch.Tensor:
