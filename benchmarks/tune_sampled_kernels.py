@@ -20,7 +20,8 @@ from cutrec.kernels import sampled_cut_cross_entropy as kernels
 from cutrec.losses.sampled_cut_cross_entropy import BLOCK_ROWS
 from cutrec.losses.sampling import seed_hash
 
-ROWWISE = [(8, 16, 4), (16, 16, 4), (8, 32, 4), (4, 64, 4), (4, 32, 4), (16, 32, 8)]
+ROWWISE = {64: [(8, 16, 4), (16, 16, 4), (8, 32, 4), (4, 64, 4), (4, 32, 4), (16, 32, 8)],
+           256: [(8, 16, 4), (8, 8, 4), (4, 32, 4), (4, 16, 4), (2, 32, 4), (2, 16, 4)]}
 TILED = {64: [(32, 4), (64, 4), (128, 4), (64, 8), (128, 8)], 256: [(16, 4), (32, 4), (32, 8), (64, 8)]}
 
 
@@ -44,15 +45,17 @@ def sweep(m: int, k: int, n: int, d: int, reps: int) -> None:
     grad_loss = torch.full((m,), 1.0 / m, device=device)
     common = {"ignore_index": -100, "seed_hash": seed_hash(1), "num_negatives": k, "negatives": None, "keep": None,
               "alias": None, "log_q": None, "logq_correction": True, "block_rows": BLOCK_ROWS}
-    sweeps = [("none", "ROWWISE_CONFIG", config, config) for config in ROWWISE]
-    sweeps += [("block", "TILED_CONFIG", config, {**kernels.TILED_CONFIG, d: config}) for config in TILED.get(d, [])]
-    for share, table, config, setting in sweeps:
-        saved = dict(getattr(kernels, table))
+    width = kernels._block_d(d)
+    sweeps = [("none", config) for config in ROWWISE.get(d, [])] + [("block", config) for config in TILED.get(d, [])]
+    for share, config in sweeps:
+        saved_rowwise = {step: dict(table) for step, table in kernels.ROWWISE_CONFIG.items()}
+        saved_tiled = dict(kernels.TILED_CONFIG)
         try:
-            if table == "ROWWISE_CONFIG":
-                kernels.ROWWISE_CONFIG.update({"forward": setting, "backward": setting})
+            if share == "none":  # the same blocks for both launches at this D
+                for table in kernels.ROWWISE_CONFIG.values():
+                    table[width] = config
             else:
-                kernels.TILED_CONFIG.update(setting)
+                kernels.TILED_CONFIG[width] = config
             run_forward = partial(kernels.forward, hidden, items, targets, share=share, **common)
             lse = run_forward()[1]
             forward_ms = time_ms(run_forward, reps)
@@ -63,8 +66,9 @@ def sweep(m: int, k: int, n: int, d: int, reps: int) -> None:
         except Exception as err:  # a configuration that does not compile or fit is reported, not fatal
             row = {"share": share, "D": d, "config": config, "error": f"{type(err).__name__}: {str(err)[:100]}"}
         finally:
-            getattr(kernels, table).clear()
-            getattr(kernels, table).update(saved)
+            kernels.ROWWISE_CONFIG.update(saved_rowwise)
+            kernels.TILED_CONFIG.clear()
+            kernels.TILED_CONFIG.update(saved_tiled)
         print(json.dumps(row), flush=True)
 
 

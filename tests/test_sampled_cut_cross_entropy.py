@@ -29,10 +29,11 @@ def make_inputs(shape, dtype, seed, ignored=0.25):
     return hidden, items, targets
 
 
-def loss_and_grads(fn, hidden, items, targets, dtype=None, **kwargs):
+def loss_and_grads(fn, hidden, items, targets, dtype=None, upstream=None, **kwargs):
+    """[loss, d hidden, d items]; `upstream` [M] weights the per-position losses of reduction="none"."""
     leaves = [t.detach().to(dtype or t.dtype).requires_grad_() for t in (hidden, items)]
     loss = fn(leaves[0], leaves[1], targets, **kwargs)
-    loss.backward()
+    loss.backward(None if upstream is None else upstream.to(loss.dtype))
     return [loss.detach(), leaves[0].grad, leaves[1].grad]
 
 
@@ -196,6 +197,19 @@ def test_triton_kernels_match_the_torch_implementation(share, popularity):
         torch.testing.assert_close(value, expected, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("share", ["none", "block"])
+def test_triton_kernels_with_per_position_upstream_gradients(share):
+    """reduction="none" and a random upstream gradient per position (the kernels read it at stride 1, the expanded
+    gradient of a mean at stride 0)."""
+    hidden, items, targets = make_inputs((70, 211, 24), torch.float32, seed=19)
+    upstream = torch.rand(70, generator=torch.Generator().manual_seed(4))
+    options = {"num_negatives": 21, "share": share, "seed": 6, "reduction": "none", "upstream": upstream}
+    ours = loss_and_grads(sampled_cut_cross_entropy, hidden, items, targets, impl="triton", **options)
+    torch_impl = loss_and_grads(sampled_cut_cross_entropy, hidden, items, targets, impl="torch", **options)
+    for value, expected in zip(ours, torch_impl, strict=True):
+        torch.testing.assert_close(value, expected, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("explicit_shape", [(70, 9), (9,)])
 def test_triton_kernels_with_explicit_negatives(explicit_shape):
     hidden, items, targets = make_inputs((70, 100, 16), torch.float32, seed=14)
@@ -289,6 +303,31 @@ def test_gpu_kernels_match_float64_reference(share, popularity, dim, dtype):
         assert torch.isfinite(value).all(), name
         error = (value.double() - exact).abs().max().item()
         allowed = (baseline.double() - exact).abs().max().item() + tolerance * exact.abs().max().item()
+        assert error <= allowed, f"{name}: error {error:.3g} > allowed {allowed:.3g}"
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("share", ["block", "batch"])
+def test_gpu_tiled_kernels_round_an_fp32_table_like_autocast(share):
+    """bf16 hidden with an fp32 item table (mixed-precision training): the tiled kernels score the rows rounded to
+    bf16 on the tensor cores, so the truth is float64 CE- on the rounded table; the fp32 item gradient is the
+    gradient with respect to the rounded rows, as autocast gives for a matrix product."""
+    num_rows, num_items, dim, num_negatives = 4099, 100_003, 64, 255
+    hidden, items, targets = (t.cuda() for t in make_inputs((num_rows, num_items, dim), torch.float32, seed=23))
+    hidden = hidden.bfloat16()
+    distribution = NegativeDistribution.uniform(num_items)
+    ours = loss_and_grads(sampled_cut_cross_entropy, hidden, items, targets, impl="triton", num_negatives=num_negatives,
+                          share=share, seed=5)
+    assert ours[2].dtype == torch.float32
+    negatives = drawn(distribution, 5, num_rows, num_negatives, share).cuda()
+    rounded = items.bfloat16()
+    truth = loss_and_grads(sampled_cross_entropy, hidden, rounded, targets, torch.float64, negatives=negatives)
+    plain = loss_and_grads(sampled_cross_entropy, hidden, rounded, targets, negatives=negatives)
+    for name, value, exact, baseline in zip(("loss", "hidden", "items"), ours, truth, plain, strict=True):
+        assert torch.isfinite(value).all(), name
+        error = (value.double() - exact).abs().max().item()
+        allowed = (baseline.double() - exact).abs().max().item() + 2**-8 * exact.abs().max().item()
         assert error <= allowed, f"{name}: error {error:.3g} > allowed {allowed:.3g}"
 
 

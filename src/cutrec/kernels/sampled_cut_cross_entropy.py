@@ -32,12 +32,22 @@ from cutrec.kernels.cut_cross_entropy import _block_d, _dot, interpreting
 
 LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
-# (BLOCK_M, BLOCK_K, num_warps) of the row-wise kernels, and (BLOCK_K, num_warps) of the tiled ones by D <= key:
-# the fastest of benchmarks/tune_sampled_kernels.py's sweep on an H200 (M=32768, K=1023, N=1M, bf16, scalar
-# atomics). Row-wise at D=64: forward 1.26 ms, backward 7.66 ms; at D=256, 8.47 ms and 62.5 ms (with (4, 32, 4)).
-# Tiled at D=64: 0.11 and 0.23 ms; at D=256: 0.15 and 0.75 ms.
-ROWWISE_CONFIG = {"forward": (8, 16, 4), "backward": (8, 32, 4)}
+# (BLOCK_M, BLOCK_K, num_warps) of the row-wise kernels and (BLOCK_K, num_warps) of the tiled ones, by BLOCK_D <= key.
+# D=64 and D=256: the fastest of benchmarks/tune_sampled_kernels.py's sweeps on an H200 (M=32768, K=1023, N=1M,
+# bf16; results/tune_sampled_kernels.md). Row-wise at D=64: forward 1.26 ms, backward 7.66 ms; at D=256: forward
+# 4.88 ms with (2, 16, 4), backward 30.1 ms with (2, 32, 4) (the D=64 blocks spill there: 8.6 and 67 ms). D=128 and
+# D=512 are unmeasured starting points that keep the gathered [BLOCK_M, BLOCK_K, BLOCK_D] tile at the size of the
+# measured rows (8k values forward, 16k backward). Tiled at D=64: 0.11 and 0.23 ms; at D=256: 0.18 and 0.76 ms.
+ROWWISE_CONFIG = {
+    "forward": {64: (8, 16, 4), 128: (4, 16, 4), 256: (2, 16, 4), 512: (2, 8, 4)},
+    "backward": {64: (8, 32, 4), 128: (4, 32, 4), 256: (2, 32, 4), 512: (2, 16, 4)},
+}
 TILED_CONFIG = {64: (64, 4), 128: (64, 4), 256: (16, 4), 512: (16, 8)}
+
+
+def _config(table: dict, block_d: int) -> tuple:
+    """The entry of `table` for the smallest key >= block_d."""
+    return next(config for width, config in sorted(table.items()) if block_d <= width)
 
 
 @triton.jit
@@ -151,7 +161,7 @@ def _rowwise_forward_kernel(
 def _rowwise_backward_kernel(
     hidden_ptr, items_ptr, targets_ptr, negatives_ptr, keep_ptr, alias_ptr, log_q_ptr, lse_ptr, grad_loss_ptr,
     grad_hidden_ptr, grad_items_ptr,
-    num_rows, num_items, num_negatives, ignore_index, seed_hash, log_k, uniform_log_q,
+    num_rows, num_items, num_negatives, ignore_index, seed_hash, log_k, uniform_log_q, grad_loss_stride,
     EXPLICIT: tl.constexpr, POPULARITY: tl.constexpr, LOGQ: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, DIM: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
@@ -160,7 +170,7 @@ def _rowwise_backward_kernel(
     h = h.to(tl.float32)
     dim_mask = dims < DIM
     lse = tl.load(lse_ptr + rows, mask=row_mask, other=0.0)
-    grad_loss = tl.where(valid, tl.load(grad_loss_ptr + rows, mask=row_mask, other=0.0), 0.0)  # [BM]
+    grad_loss = tl.where(valid, tl.load(grad_loss_ptr + rows * grad_loss_stride, mask=row_mask, other=0.0), 0.0)  # [BM]
     grad_positive = (tl.exp(positive - lse) - 1.0) * grad_loss  # d loss / d s_0
     grad_h = grad_positive[:, None] * w_target.to(tl.float32)  # [BM, BD]
     tl.atomic_add(grad_items_ptr + safe[:, None] * DIM + dims[None, :], grad_positive[:, None] * h,
@@ -198,9 +208,14 @@ def _tiled_ids(ks, k_mask, negatives_ptr, keep_ptr, alias_ptr, seed_hash, num_it
 @triton.jit
 def _tiled_scores(h, items_ptr, ids, k_mask, safe, dims, log_q_ptr, log_k, uniform_log_q, DIM: tl.constexpr,
                   LOGQ: tl.constexpr, POPULARITY: tl.constexpr, FP32_DOT: tl.constexpr):
-    """([TR, BK] corrected scores, -inf on each row's hits and on masked k; the gathered rows [BK, BD])."""
+    """([TR, BK] corrected scores, -inf on each row's hits and on masked k; the gathered rows [BK, BD]).
+
+    Without FP32_DOT the rows are rounded to hidden's dtype (an fp32 table with bf16 hidden, as autocast would do
+    for a matrix product), so the tile products run on the tensor cores."""
     w = tl.load(items_ptr + ids[:, None] * DIM + dims[None, :], mask=k_mask[:, None] & (dims < DIM)[None, :],
                 other=0.0)  # [BK, BD]
+    if not FP32_DOT:
+        w = w.to(h.dtype)
     s = _dot(h, tl.trans(w), FP32_DOT)  # [TR, BK] fp32
     s = _correct(s, ids[None, :], k_mask[None, :], log_q_ptr, log_k, uniform_log_q, LOGQ, POPULARITY)
     return tl.where(k_mask[None, :] & (ids[None, :] != safe[:, None]), s, float("-inf")), w
@@ -237,7 +252,7 @@ def _tiled_forward_kernel(
 def _tiled_backward_kernel(
     hidden_ptr, items_ptr, targets_ptr, negatives_ptr, keep_ptr, alias_ptr, log_q_ptr, lse_ptr, grad_loss_ptr,
     grad_hidden_ptr, grad_items_ptr,
-    num_rows, num_items, num_negatives, ignore_index, seed_hash, log_k, uniform_log_q,
+    num_rows, num_items, num_negatives, ignore_index, seed_hash, log_k, uniform_log_q, grad_loss_stride,
     SHARE_BATCH: tl.constexpr, EXPLICIT: tl.constexpr, POPULARITY: tl.constexpr, LOGQ: tl.constexpr,
     FP32_DOT: tl.constexpr, TILE_ROWS: tl.constexpr, BLOCK_K: tl.constexpr, DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -246,7 +261,7 @@ def _tiled_backward_kernel(
         hidden_ptr, items_ptr, targets_ptr, num_rows, ignore_index, TILE_ROWS, DIM, BLOCK_D)
     dim_mask = dims < DIM
     lse = tl.load(lse_ptr + rows, mask=row_mask, other=0.0)
-    grad_loss = tl.where(valid, tl.load(grad_loss_ptr + rows, mask=row_mask, other=0.0), 0.0)  # [TR]
+    grad_loss = tl.where(valid, tl.load(grad_loss_ptr + rows * grad_loss_stride, mask=row_mask, other=0.0), 0.0)  # [TR]
     grad_positive = (tl.exp(positive - lse) - 1.0) * grad_loss  # d loss / d s_0
     grad_h = grad_positive[:, None] * w_target.to(tl.float32)  # [TR, BD]
     tl.atomic_add(grad_items_ptr + safe[:, None] * DIM + dims[None, :], grad_positive[:, None] * h.to(tl.float32),
@@ -283,21 +298,23 @@ def _launch(step, hidden, items, targets, negatives, keep, alias, log_q, outputs
     )
     arguments = (hidden, items, targets, *pointers, *outputs, num_rows, items.shape[0], num_k,
                  scalars["ignore_index"], scalars["seed_hash"], math.log(num_k), -math.log(items.shape[0]))
+    if step == "backward":
+        arguments += (scalars["grad_loss_stride"],)
     options = {"POPULARITY": popularity, "LOGQ": logq_correction, "DIM": dim,
                "BLOCK_D": _block_d(dim)}
     rowwise = (negatives is None and share == "none") or (negatives is not None and negatives.ndim == 2)
     if rowwise:
-        block_m, block_k, num_warps = ROWWISE_CONFIG[step]
+        block_m, block_k, num_warps = _config(ROWWISE_CONFIG[step], options["BLOCK_D"])
         kernel = _rowwise_forward_kernel if step == "forward" else _rowwise_backward_kernel
         kernel[(triton.cdiv(num_rows, block_m),)](
             *arguments, EXPLICIT=negatives is not None, BLOCK_M=block_m, BLOCK_K=block_k, num_warps=num_warps,
             **options)
         return
-    block_k, num_warps = next(config for width, config in TILED_CONFIG.items() if options["BLOCK_D"] <= width)
+    block_k, num_warps = _config(TILED_CONFIG, options["BLOCK_D"])
     kernel = _tiled_forward_kernel if step == "forward" else _tiled_backward_kernel
     kernel[(triton.cdiv(num_rows, block_rows),)](
         *arguments, SHARE_BATCH=share == "batch", EXPLICIT=negatives is not None,
-        FP32_DOT=interpreting() or hidden.dtype == torch.float32 or hidden.dtype != items.dtype,
+        FP32_DOT=interpreting() or hidden.dtype == torch.float32,
         TILE_ROWS=block_rows, BLOCK_K=block_k, num_warps=num_warps, **options)
 
 
@@ -314,11 +331,14 @@ def forward(hidden, items, targets, ignore_index, seed_hash, num_negatives, shar
 
 def backward(hidden, items, targets, lse, grad_loss, ignore_index, seed_hash, num_negatives, share, negatives, keep,
              alias, log_q, logq_correction, block_rows):
-    """(grad_hidden [M, D] fp32, grad_items [N, D] fp32)."""
+    """(grad_hidden [M, D] fp32, grad_items [N, D] fp32). `grad_loss` [M] may have any stride (the gradient of a
+    mean is one value expanded)."""
     grad_hidden = torch.empty(hidden.shape, dtype=torch.float32, device=hidden.device)
     grad_items = torch.zeros(items.shape, dtype=torch.float32, device=items.device)
-    scalars = {"num_negatives": num_negatives, "ignore_index": ignore_index, "seed_hash": seed_hash}
+    grad_loss = grad_loss.float()
+    scalars = {"num_negatives": num_negatives, "ignore_index": ignore_index, "seed_hash": seed_hash,
+               "grad_loss_stride": grad_loss.stride(0)}
     _launch("backward", hidden, items, targets, negatives, keep, alias, log_q,
-            (lse.contiguous(), grad_loss.float().contiguous(), grad_hidden, grad_items), scalars, share,
+            (lse.contiguous(), grad_loss, grad_hidden, grad_items), scalars, share,
             logq_correction, block_rows)
     return grad_hidden, grad_items

@@ -244,6 +244,7 @@ class _EagerCutCrossEntropy(torch.autograd.Function):
         output = _forward_impl(*inputs)
         _setup_context(ctx, inputs, output)
         ctx.item_backward = _item_backward_impl
+        ctx.set_materialize_grads(False)  # the backward ignores the gradients of lse and G: no zero tensors for them
         return output
 
     @staticmethod
@@ -290,7 +291,7 @@ def cut_cross_entropy(
     with torch.autocast(hidden.device.type, enabled=False):  # every op inside computes as documented
         per_position, _, _ = run(hidden, items, bias, targets, ignore_index, compute_grad_factor, check_targets,
                                  resolved)
-    return reduce_loss(per_position, targets != ignore_index, reduction)
+    return reduce_loss(per_position, targets != ignore_index, reduction, zeroed=True)
 
 
 class CutCrossEntropy(nn.Module):

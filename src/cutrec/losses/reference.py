@@ -45,9 +45,13 @@ def check_seam(
         raise CutrecError(f"bias must be [N]={items.shape[0]}, got shape {tuple(bias.shape)}")
 
 
-def reduce_loss(per_position: torch.Tensor, valid: torch.Tensor, reduction: Reduction) -> torch.Tensor:
-    """Zero the ignored positions, then mean over valid ones, sum, or keep [M]."""
-    per_position = torch.where(valid, per_position, torch.zeros_like(per_position))
+def reduce_loss(
+    per_position: torch.Tensor, valid: torch.Tensor, reduction: Reduction, *, zeroed: bool = False
+) -> torch.Tensor:
+    """Zero the ignored positions (skipped when `zeroed`: the cut losses' implementations already write 0 there),
+    then mean over valid ones, sum, or keep [M]."""
+    if not zeroed:
+        per_position = torch.where(valid, per_position, torch.zeros_like(per_position))
     if reduction == "none":
         return per_position
     if reduction == "sum":

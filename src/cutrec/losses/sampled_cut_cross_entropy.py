@@ -246,6 +246,7 @@ class _EagerSampledCutCrossEntropy(torch.autograd.Function):
         output = _forward_impl(*inputs)
         _setup_context(ctx, inputs, output)
         ctx.backward_op = _backward_impl
+        ctx.set_materialize_grads(False)  # the backward ignores the gradient of lse: no zero tensor for it
         return output
 
     @staticmethod
@@ -343,7 +344,7 @@ def sampled_cut_cross_entropy(
             hidden, items, targets, negatives, keep, alias, log_q, num_negatives, logq_correction, share, seed,
             ignore_index, resolved,
         )
-    return reduce_loss(per_position, targets != ignore_index, reduction)
+    return reduce_loss(per_position, targets != ignore_index, reduction, zeroed=True)
 
 
 class SampledCutCrossEntropy(nn.Module):
