@@ -186,8 +186,8 @@ def _rowwise_backward_kernel(
         grad_h += tl.sum(g[:, :, None] * w, axis=1)
         tl.atomic_add(grad_items_ptr + ids[:, :, None] * DIM + dims[None, None, :], g[:, :, None] * h[:, None, :],
                       mask=mask[:, :, None] & dim_mask[None, None, :], sem="relaxed")
-    tl.store(grad_hidden_ptr + rows.to(tl.int64)[:, None] * DIM + dims[None, :], grad_h,
-             mask=row_mask[:, None] & dim_mask[None, :])
+    tl.store(grad_hidden_ptr + rows.to(tl.int64)[:, None] * DIM + dims[None, :],
+             grad_h.to(grad_hidden_ptr.dtype.element_ty), mask=row_mask[:, None] & dim_mask[None, :])
 
 
 @triton.jit
@@ -278,8 +278,8 @@ def _tiled_backward_kernel(
         grad_w = _dot(tl.trans(g), h, FP32_DOT)  # [BK, BD]
         tl.atomic_add(grad_items_ptr + ids[:, None] * DIM + dims[None, :], grad_w,
                       mask=k_mask[:, None] & dim_mask[None, :], sem="relaxed")
-    tl.store(grad_hidden_ptr + rows.to(tl.int64)[:, None] * DIM + dims[None, :], grad_h,
-             mask=row_mask[:, None] & dim_mask[None, :])
+    tl.store(grad_hidden_ptr + rows.to(tl.int64)[:, None] * DIM + dims[None, :],
+             grad_h.to(grad_hidden_ptr.dtype.element_ty), mask=row_mask[:, None] & dim_mask[None, :])
 
 
 def _launch(step, hidden, items, targets, negatives, keep, alias, log_q, outputs, scalars, share, logq_correction,
@@ -331,9 +331,10 @@ def forward(hidden, items, targets, ignore_index, seed_hash, num_negatives, shar
 
 def backward(hidden, items, targets, lse, grad_loss, ignore_index, seed_hash, num_negatives, share, negatives, keep,
              alias, log_q, logq_correction, block_rows):
-    """(grad_hidden [M, D] fp32, grad_items [N, D] fp32). `grad_loss` [M] may have any stride (the gradient of a
-    mean is one value expanded)."""
-    grad_hidden = torch.empty(hidden.shape, dtype=torch.float32, device=hidden.device)
+    """(grad_hidden [M, D] in hidden's dtype, fp32 under the interpreter (whose casts truncate; the caller rounds),
+    grad_items [N, D] fp32). `grad_loss` [M] may have any stride (the gradient of a mean is one value expanded)."""
+    grad_dtype = torch.float32 if interpreting() else hidden.dtype
+    grad_hidden = torch.empty(hidden.shape, dtype=grad_dtype, device=hidden.device)
     grad_items = torch.zeros(items.shape, dtype=torch.float32, device=items.device)
     grad_loss = grad_loss.float()
     scalars = {"num_negatives": num_negatives, "ignore_index": ignore_index, "seed_hash": seed_hash,
