@@ -152,7 +152,11 @@ def main() -> None:
     parser.add_argument("--runs", default="runs/quality")
     parser.add_argument("--out", default="benchmarks/results/quality")
     args, args.extra = parser.parse_known_args()  # unknown words: more --section.key=value settings for every run
-    jobs = [(d, loss, s) for d in args.datasets for loss in args.losses for s in args.seeds]
+    # Seed-major: with --parallel 1 the losses alternate (CE, CCE, CE, CCE, ...), so a slow drift of the machine does
+    # not favour the loss that runs first; the tables list the runs grouped by dataset and loss.
+    jobs = [(d, loss, s) for s in args.seeds for d in args.datasets for loss in args.losses]
+    table_order = {(d, loss, s): i for i, (d, loss, s) in enumerate(
+        (d, loss, s) for d in args.datasets for loss in args.losses for s in args.seeds)}
     header = (
         f"# SASRec test metrics, full-catalog ranking, leave-one-out\n\nMachine: {machine_name()}; date: "
         f"{date.today()}; {args.parallel} runs at a time on {args.gpus} GPU(s) (epoch times include that sharing); "
@@ -166,7 +170,7 @@ def main() -> None:
         futures = {pool.submit(run_one, args, index, *job): index for index, job in enumerate(jobs)}
         for future in as_completed(futures):  # rewrite the tables after every run, so a killed sweep keeps them
             finished[futures[future]] = future.result()
-            results = [finished[index] for index in sorted(finished)]
+            results = [finished[index] for index in sorted(finished, key=lambda i: table_order[jobs[i]])]
             out.with_suffix(".json").write_text(json.dumps({"machine": machine_name(), "date": str(date.today()),
                                                             "args": vars(args), "runs": results}, indent=2))
             table = markdown(results, header) + "\n## Over seeds\n\n" + summary(results)

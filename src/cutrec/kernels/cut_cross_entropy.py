@@ -208,13 +208,12 @@ def _item_backward_kernel(
     bias_ptr,  # [N] (read only when HAS_BIAS)
     targets_ptr,  # [M] int64 or int32
     lse_ptr,  # [M] fp32
-    grad_loss_ptr,  # [M] fp32: incoming gradient of each position's loss, at stride grad_loss_stride
+    grad_loss_ptr,  # [M] fp32: incoming gradient of each position's loss
     grad_items_ptr,  # [N, D] out, items' dtype
     grad_bias_ptr,  # [N] out, bias' dtype (written only when HAS_BIAS)
     num_rows,
     num_items,
     ignore_index,
-    grad_loss_stride,  # 0 for the expanded gradient of a mean or a sum
     HAS_BIAS: tl.constexpr,
     FP32_DOT: tl.constexpr,
     BLOCK_M: tl.constexpr,
@@ -242,7 +241,7 @@ def _item_backward_kernel(
             other=0.0,
         )  # [BM, BD]
         target = tl.load(targets_ptr + rows, mask=row_mask, other=ignore_index)
-        grad_loss = tl.load(grad_loss_ptr + rows * grad_loss_stride, mask=row_mask, other=0.0)
+        grad_loss = tl.load(grad_loss_ptr + rows, mask=row_mask, other=0.0)
         grad_loss = tl.where(target != ignore_index, grad_loss, 0.0)  # ignored and padded rows contribute nothing
         lse2 = tl.load(lse_ptr + rows, mask=row_mask, other=float("inf")) * LOG2E  # padded rows: softmax 0
 
@@ -391,11 +390,12 @@ def item_backward(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Launch the item backward: (grad_items [N, D] in items' dtype, grad_bias [N] in bias' dtype or None).
 
-    `grad_loss` [M] is the incoming gradient of every position's loss (any stride: the gradient of a mean is one
-    value expanded); rows equal to `ignore_index` are skipped.
+    `grad_loss` [M] is the incoming gradient of every position's loss; rows equal to `ignore_index` are skipped.
+    It is made contiguous (a copy when it is the expanded gradient of a mean): reading it at stride 0 inside the
+    position loop made this kernel 8% slower on an H200 (50.3 against 46.5 ms at M=32768, N=1M, D=64).
     """
     hidden, items, targets = hidden.contiguous(), items.contiguous(), targets.contiguous()
-    lse, grad_loss = lse.contiguous(), grad_loss.float()
+    lse, grad_loss = lse.contiguous(), grad_loss.float().contiguous()
     num_rows, dim = hidden.shape
     num_items = items.shape[0]
     interpret = interpreting()
@@ -415,7 +415,6 @@ def item_backward(
         num_rows,
         num_items,
         ignore_index,
-        grad_loss.stride(0),
         HAS_BIAS=bias is not None,
         FP32_DOT=interpret or hidden.dtype == torch.float32,
         BLOCK_M=block_m,
