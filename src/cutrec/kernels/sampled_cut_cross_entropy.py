@@ -108,6 +108,42 @@ def _rows(hidden_ptr, items_ptr, targets_ptr, num_rows, ignore_index, BLOCK_M: t
 
 
 @triton.jit
+def _online_lse(max2, sum_exp, s):
+    """Fold scores s [R, BK] into each row's running max of s * log2(e) and sum of exp2(s * log2(e) - max)."""
+    new_max2 = tl.maximum(max2, tl.max(s, axis=1) * LOG2E)
+    sum_exp = sum_exp * tl.exp2(max2 - new_max2) + tl.sum(tl.exp2(s * LOG2E - new_max2[:, None]), axis=1)
+    return new_max2, sum_exp
+
+
+@triton.jit
+def _store_forward(lse_ptr, loss_ptr, rows, row_mask, valid, positive, max2, sum_exp):
+    """Write lse [R] and loss [R] (0 on ignored rows) from the online log-sum-exp."""
+    lse = (max2 + tl.log2(sum_exp)) * LN2
+    tl.store(lse_ptr + rows, lse, mask=row_mask)
+    tl.store(loss_ptr + rows, tl.where(valid, lse - positive, 0.0), mask=row_mask)
+
+
+@triton.jit
+def _positive_backward(lse_ptr, grad_loss_ptr, grad_items_ptr, rows, row_mask, valid, safe, dims, h, w_target,
+                       positive, grad_loss_stride, DIM: tl.constexpr):
+    """(lse [R], d loss [R] (0 on ignored rows), d hidden [R, BD] fp32 holding the positive's term); the positive's
+    term of d items is added to the target rows."""
+    lse = tl.load(lse_ptr + rows, mask=row_mask, other=0.0)
+    grad_loss = tl.where(valid, tl.load(grad_loss_ptr + rows * grad_loss_stride, mask=row_mask, other=0.0), 0.0)
+    grad_positive = (tl.exp(positive - lse) - 1.0) * grad_loss  # d loss / d s_0
+    tl.atomic_add(grad_items_ptr + safe[:, None] * DIM + dims[None, :], grad_positive[:, None] * h.to(tl.float32),
+                  mask=valid[:, None] & (dims < DIM)[None, :], sem="relaxed")
+    return lse, grad_loss, grad_positive[:, None] * w_target.to(tl.float32)
+
+
+@triton.jit
+def _store_grad_hidden(grad_hidden_ptr, rows, row_mask, dims, grad_h, DIM: tl.constexpr):
+    """Write d hidden [R, D] in the output's dtype."""
+    tl.store(grad_hidden_ptr + rows.to(tl.int64)[:, None] * DIM + dims[None, :],
+             grad_h.to(grad_hidden_ptr.dtype.element_ty), mask=row_mask[:, None] & (dims < DIM)[None, :])
+
+
+@triton.jit
 def _rowwise_ids(rows, ks, mask, negatives_ptr, keep_ptr, alias_ptr, seed_hash, num_items, num_negatives,
                  EXPLICIT: tl.constexpr, POPULARITY: tl.constexpr):
     """[BM, BK] ids: explicit [M, K] negatives, or each position's own draws (stream = position)."""
@@ -149,12 +185,8 @@ def _rowwise_forward_kernel(
                            EXPLICIT, POPULARITY)
         s, w = _rowwise_scores(h, items_ptr, ids, mask, safe, dims, log_q_ptr, log_k, uniform_log_q, DIM, LOGQ,
                                POPULARITY)
-        new_max2 = tl.maximum(max2, tl.max(s, axis=1) * LOG2E)
-        sum_exp = sum_exp * tl.exp2(max2 - new_max2) + tl.sum(tl.exp2(s * LOG2E - new_max2[:, None]), axis=1)
-        max2 = new_max2
-    lse = (max2 + tl.log2(sum_exp)) * LN2
-    tl.store(lse_ptr + rows, lse, mask=row_mask)
-    tl.store(loss_ptr + rows, tl.where(valid, lse - positive, 0.0), mask=row_mask)
+        max2, sum_exp = _online_lse(max2, sum_exp, s)
+    _store_forward(lse_ptr, loss_ptr, rows, row_mask, valid, positive, max2, sum_exp)
 
 
 @triton.jit
@@ -169,12 +201,8 @@ def _rowwise_backward_kernel(
         hidden_ptr, items_ptr, targets_ptr, num_rows, ignore_index, BLOCK_M, DIM, BLOCK_D)
     h = h.to(tl.float32)
     dim_mask = dims < DIM
-    lse = tl.load(lse_ptr + rows, mask=row_mask, other=0.0)
-    grad_loss = tl.where(valid, tl.load(grad_loss_ptr + rows * grad_loss_stride, mask=row_mask, other=0.0), 0.0)  # [BM]
-    grad_positive = (tl.exp(positive - lse) - 1.0) * grad_loss  # d loss / d s_0
-    grad_h = grad_positive[:, None] * w_target.to(tl.float32)  # [BM, BD]
-    tl.atomic_add(grad_items_ptr + safe[:, None] * DIM + dims[None, :], grad_positive[:, None] * h,
-                  mask=valid[:, None] & dim_mask[None, :], sem="relaxed")
+    lse, grad_loss, grad_h = _positive_backward(lse_ptr, grad_loss_ptr, grad_items_ptr, rows, row_mask, valid, safe,
+                                                dims, h, w_target, positive, grad_loss_stride, DIM)  # grad_h [BM, BD]
     for start in range(0, num_negatives, BLOCK_K):
         ks = start + tl.arange(0, BLOCK_K)
         mask = valid[:, None] & (ks < num_negatives)[None, :]
@@ -186,8 +214,7 @@ def _rowwise_backward_kernel(
         grad_h += tl.sum(g[:, :, None] * w, axis=1)
         tl.atomic_add(grad_items_ptr + ids[:, :, None] * DIM + dims[None, None, :], g[:, :, None] * h[:, None, :],
                       mask=mask[:, :, None] & dim_mask[None, None, :], sem="relaxed")
-    tl.store(grad_hidden_ptr + rows.to(tl.int64)[:, None] * DIM + dims[None, :],
-             grad_h.to(grad_hidden_ptr.dtype.element_ty), mask=row_mask[:, None] & dim_mask[None, :])
+    _store_grad_hidden(grad_hidden_ptr, rows, row_mask, dims, grad_h, DIM)
 
 
 @triton.jit
@@ -240,12 +267,8 @@ def _tiled_forward_kernel(
                          SHARE_BATCH, EXPLICIT, POPULARITY)
         s, w = _tiled_scores(h, items_ptr, ids, k_mask, safe, dims, log_q_ptr, log_k, uniform_log_q, DIM, LOGQ,
                              POPULARITY, FP32_DOT)
-        new_max2 = tl.maximum(max2, tl.max(s, axis=1) * LOG2E)
-        sum_exp = sum_exp * tl.exp2(max2 - new_max2) + tl.sum(tl.exp2(s * LOG2E - new_max2[:, None]), axis=1)
-        max2 = new_max2
-    lse = (max2 + tl.log2(sum_exp)) * LN2
-    tl.store(lse_ptr + rows, lse, mask=row_mask)
-    tl.store(loss_ptr + rows, tl.where(valid, lse - positive, 0.0), mask=row_mask)
+        max2, sum_exp = _online_lse(max2, sum_exp, s)
+    _store_forward(lse_ptr, loss_ptr, rows, row_mask, valid, positive, max2, sum_exp)
 
 
 @triton.jit
@@ -260,12 +283,8 @@ def _tiled_backward_kernel(
     rows, row_mask, dims, h, valid, safe, w_target, positive = _rows(
         hidden_ptr, items_ptr, targets_ptr, num_rows, ignore_index, TILE_ROWS, DIM, BLOCK_D)
     dim_mask = dims < DIM
-    lse = tl.load(lse_ptr + rows, mask=row_mask, other=0.0)
-    grad_loss = tl.where(valid, tl.load(grad_loss_ptr + rows * grad_loss_stride, mask=row_mask, other=0.0), 0.0)  # [TR]
-    grad_positive = (tl.exp(positive - lse) - 1.0) * grad_loss  # d loss / d s_0
-    grad_h = grad_positive[:, None] * w_target.to(tl.float32)  # [TR, BD]
-    tl.atomic_add(grad_items_ptr + safe[:, None] * DIM + dims[None, :], grad_positive[:, None] * h.to(tl.float32),
-                  mask=valid[:, None] & dim_mask[None, :], sem="relaxed")
+    lse, grad_loss, grad_h = _positive_backward(lse_ptr, grad_loss_ptr, grad_items_ptr, rows, row_mask, valid, safe,
+                                                dims, h, w_target, positive, grad_loss_stride, DIM)  # grad_h [TR, BD]
     for start in range(0, num_negatives, BLOCK_K):
         ks = start + tl.arange(0, BLOCK_K)
         k_mask = ks < num_negatives
@@ -278,8 +297,7 @@ def _tiled_backward_kernel(
         grad_w = _dot(tl.trans(g), h, FP32_DOT)  # [BK, BD]
         tl.atomic_add(grad_items_ptr + ids[:, None] * DIM + dims[None, :], grad_w,
                       mask=k_mask[:, None] & dim_mask[None, :], sem="relaxed")
-    tl.store(grad_hidden_ptr + rows.to(tl.int64)[:, None] * DIM + dims[None, :],
-             grad_h.to(grad_hidden_ptr.dtype.element_ty), mask=row_mask[:, None] & dim_mask[None, :])
+    _store_grad_hidden(grad_hidden_ptr, rows, row_mask, dims, grad_h, DIM)
 
 
 def _launch(step, hidden, items, targets, negatives, keep, alias, log_q, outputs, scalars, share, logq_correction,
