@@ -167,10 +167,11 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     finished: dict[int, dict] = {}
     with ThreadPoolExecutor(args.parallel) as pool:
-        futures = {pool.submit(run_one, args, index, *job): index for index, job in enumerate(jobs)}
+        # A run's index is its row in the tables; GPUs go round-robin over it, so one loss's seeds use every GPU.
+        futures = {pool.submit(run_one, args, table_order[job], *job): table_order[job] for job in jobs}
         for future in as_completed(futures):  # rewrite the tables after every run, so a killed sweep keeps them
             finished[futures[future]] = future.result()
-            results = [finished[index] for index in sorted(finished, key=lambda i: table_order[jobs[i]])]
+            results = [finished[index] for index in sorted(finished)]
             out.with_suffix(".json").write_text(json.dumps({"machine": machine_name(), "date": str(date.today()),
                                                             "args": vars(args), "runs": results}, indent=2))
             table = markdown(results, header) + "\n## Over seeds\n\n" + summary(results)

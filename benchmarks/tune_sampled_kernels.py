@@ -1,7 +1,8 @@
 """Block-size sweep for the sampled cut CE kernels: times the forward and the backward launch of each configuration.
 
-Row-wise kernels (share="none"): (BLOCK_M, BLOCK_K, num_warps); tiled kernels (share="block"): (BLOCK_K,
-num_warps) per D. Prints one json line per (kernel, D, config) with the median times; the fastest go into
+Row-wise kernels (share="none"): (BLOCK_M, BLOCK_K, num_warps), the same for the forward and the backward launch;
+tiled kernels (share="block"): (BLOCK_K, num_warps). The candidate lists exist for D=64 and D=256 (other D print
+nothing). Prints one json line per (kernel, D, config) with the median times; the fastest go into the per-D tables
 ROWWISE_CONFIG and TILED_CONFIG of src/cutrec/kernels/sampled_cut_cross_entropy.py.
 
     python benchmarks/tune_sampled_kernels.py --m 32768 --k 1023 --n 1000000 --d 64 256

@@ -123,6 +123,19 @@ def test_all_rows_ignored_gives_zero_loss_and_grads(impl):
 
 
 @pytest.mark.parametrize("impl", IMPLS)
+def test_non_finite_upstream_on_ignored_rows_does_not_leak(impl):
+    """reduction="none": an ignored row's upstream gradient (here nan and inf) must not reach any gradient."""
+    hidden, items, bias, targets, upstream = make_inputs((9, 100, 16), torch.float32, True, seed=3)
+    targets[::2] = -100
+    upstream[0], upstream[2] = float("nan"), float("inf")
+    _, grad_hidden, grad_items, grad_bias = loss_and_grads(cut_cross_entropy, hidden, items, bias, targets, upstream,
+                                                           "none", impl=impl)
+    for grad in (grad_hidden, grad_items, grad_bias):
+        assert torch.isfinite(grad).all()
+    assert not grad_hidden[::2].any()
+
+
+@pytest.mark.parametrize("impl", IMPLS)
 def test_ignore_index_may_be_an_item_id(impl):
     hidden, items, bias, targets, upstream = make_inputs((20, 64, 16), torch.float32, True, seed=2, ignore_index=0)
     targets[1] = 3

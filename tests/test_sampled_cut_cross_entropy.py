@@ -210,6 +210,21 @@ def test_triton_kernels_with_per_position_upstream_gradients(share):
         torch.testing.assert_close(value, expected, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("impl", ["torch", "triton"])
+@pytest.mark.parametrize("share", ["none", "block"])
+def test_non_finite_upstream_on_ignored_rows_does_not_leak(impl, share):
+    """reduction="none": an ignored row's upstream gradient (here nan and inf) must not reach any gradient."""
+    hidden, items, targets = make_inputs((70, 211, 24), torch.float32, seed=29)
+    targets[1::2] = -100
+    upstream = torch.rand(70, generator=torch.Generator().manual_seed(5))
+    upstream[1], upstream[3] = float("nan"), float("inf")
+    _, grad_hidden, grad_items = loss_and_grads(sampled_cut_cross_entropy, hidden, items, targets, impl=impl,
+                                                num_negatives=21, share=share, seed=2, reduction="none",
+                                                upstream=upstream)
+    assert torch.isfinite(grad_hidden).all() and torch.isfinite(grad_items).all()
+    assert not grad_hidden[1::2].any()
+
+
 @pytest.mark.parametrize("explicit_shape", [(70, 9), (9,)])
 def test_triton_kernels_with_explicit_negatives(explicit_shape):
     hidden, items, targets = make_inputs((70, 100, 16), torch.float32, seed=14)
@@ -329,6 +344,22 @@ def test_gpu_tiled_kernels_round_an_fp32_table_like_autocast(share):
         error = (value.double() - exact).abs().max().item()
         allowed = (baseline.double() - exact).abs().max().item() + 2**-8 * exact.abs().max().item()
         assert error <= allowed, f"{name}: error {error:.3g} > allowed {allowed:.3g}"
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("hidden_dtype", [torch.float16, torch.float64])
+def test_gpu_tiled_kernels_with_fp16_or_fp64_hidden_and_an_fp32_table(hidden_dtype):
+    """These pairs take IEEE fp32 dots (no tensor cores): the kernels agree with the torch implementation, which
+    computes in fp32 (fp16 hidden) or fp64."""
+    hidden, items, targets = (t.cuda() for t in make_inputs((4099, 20_011, 64), torch.float32, seed=37))
+    hidden = hidden.to(hidden_dtype)
+    options = {"num_negatives": 255, "share": "block", "seed": 4}
+    ours = loss_and_grads(sampled_cut_cross_entropy, hidden, items, targets, impl="triton", **options)
+    torch_impl = loss_and_grads(sampled_cut_cross_entropy, hidden, items, targets, impl="torch", **options)
+    for value, expected in zip(ours, torch_impl, strict=True):
+        assert value.dtype == expected.dtype and torch.isfinite(value).all()
+        torch.testing.assert_close(value.double(), expected.double(), rtol=2e-3, atol=1e-7)
 
 
 @gpu

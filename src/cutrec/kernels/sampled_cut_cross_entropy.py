@@ -35,7 +35,8 @@ LN2 = tl.constexpr(0.6931471805599453)
 # (BLOCK_M, BLOCK_K, num_warps) of the row-wise kernels and (BLOCK_K, num_warps) of the tiled ones, by BLOCK_D <= key.
 # D=64 and D=256: the fastest of benchmarks/tune_sampled_kernels.py's sweeps on an H200 (M=32768, K=1023, N=1M,
 # bf16; results/tune_sampled_kernels.md). Row-wise at D=64: forward 1.26 ms, backward 7.66 ms; at D=256: forward
-# 4.88 ms with (2, 16, 4), backward 30.1 ms with (2, 32, 4) (the D=64 blocks spill there: 8.6 and 67 ms). D=128 and
+# 4.88 ms with (2, 16, 4), backward 30.1 ms with (2, 32, 4) (the D=64 blocks spill there: forward 8.6 ms, backward
+# about 120 ms in the second sweep). D=128 and
 # D=512 are unmeasured starting points that keep the gathered [BLOCK_M, BLOCK_K, BLOCK_D] tile at the size of the
 # measured rows (8k values forward, 16k backward). Tiled at D=64: 0.11 and 0.23 ms; at D=256: 0.18 and 0.76 ms.
 ROWWISE_CONFIG = {
@@ -238,7 +239,8 @@ def _tiled_scores(h, items_ptr, ids, k_mask, safe, dims, log_q_ptr, log_k, unifo
     """([TR, BK] corrected scores, -inf on each row's hits and on masked k; the gathered rows [BK, BD]).
 
     Without FP32_DOT the rows are rounded to hidden's dtype (an fp32 table with bf16 hidden, as autocast would do
-    for a matrix product), so the tile products run on the tensor cores."""
+    for a matrix product), so the tile products run on the tensor cores; the positive's score keeps the unrounded
+    target row (a difference of one bf16 rounding in s_0)."""
     w = tl.load(items_ptr + ids[:, None] * DIM + dims[None, :], mask=k_mask[:, None] & (dims < DIM)[None, :],
                 other=0.0)  # [BK, BD]
     if not FP32_DOT:
@@ -330,9 +332,13 @@ def _launch(step, hidden, items, targets, negatives, keep, alias, log_q, outputs
         return
     block_k, num_warps = _config(TILED_CONFIG, options["BLOCK_D"])
     kernel = _tiled_forward_kernel if step == "forward" else _tiled_backward_kernel
+    # Tensor cores for bf16 hidden (any table: fp32 rows are rounded to bf16, whose range is fp32's) and for fp16
+    # hidden with an fp16 table; otherwise IEEE fp32 dots (fp32 and fp64 hidden, and fp16 hidden with a wider table,
+    # whose rows and small gradient terms fp16's range would flush).
+    tensor_cores = hidden.dtype == torch.bfloat16 or hidden.dtype == items.dtype == torch.float16
     kernel[(triton.cdiv(num_rows, block_rows),)](
         *arguments, SHARE_BATCH=share == "batch", EXPLICIT=negatives is not None,
-        FP32_DOT=interpreting() or hidden.dtype == torch.float32,
+        FP32_DOT=interpreting() or not tensor_cores,
         TILE_ROWS=block_rows, BLOCK_K=block_k, num_warps=num_warps, **options)
 
 

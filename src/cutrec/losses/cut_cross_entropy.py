@@ -291,7 +291,9 @@ def cut_cross_entropy(
     with torch.autocast(hidden.device.type, enabled=False):  # every op inside computes as documented
         per_position, _, _ = run(hidden, items, bias, targets, ignore_index, compute_grad_factor, check_targets,
                                  resolved)
-    return reduce_loss(per_position, targets != ignore_index, reduction, zeroed=True)
+    # The kernels write 0 on ignored rows; with reduction="none" the where() stays, so that a non-finite upstream
+    # gradient on an ignored row cannot reach d hidden through the zero row of G (0 * nan).
+    return reduce_loss(per_position, targets != ignore_index, reduction, zeroed=reduction != "none")
 
 
 class CutCrossEntropy(nn.Module):
