@@ -93,8 +93,9 @@ def _torch_forward(hidden, items, targets, options: _Options) -> tuple[torch.Ten
     compute = torch.promote_types(hidden.dtype, torch.float32)
     loss = hidden.new_zeros(num_rows, dtype=compute)
     lse = hidden.new_zeros(num_rows, dtype=compute)
-    for start in range(0, num_rows, _chunk_rows(options)):
-        rows = torch.arange(start, min(start + _chunk_rows(options), num_rows), device=hidden.device)  # [C]
+    chunk = _chunk_rows(options)
+    for start in range(0, num_rows, chunk):
+        rows = torch.arange(start, min(start + chunk, num_rows), device=hidden.device)  # [C]
         *_, scores = _chunk_scores(hidden, items, targets, rows, options)
         chunk_lse = torch.logsumexp(scores, dim=1)  # [C]
         lse[rows] = chunk_lse
@@ -110,8 +111,9 @@ def _torch_backward(hidden, items, targets, lse, grad_loss, options: _Options) -
     grad_hidden = torch.zeros(hidden.shape, dtype=compute, device=hidden.device)
     grad_items = torch.zeros(items.shape, dtype=compute, device=items.device)
     num_rows, dim = hidden.shape
-    for start in range(0, num_rows, _chunk_rows(options)):
-        rows = torch.arange(start, min(start + _chunk_rows(options), num_rows), device=hidden.device)  # [C]
+    chunk = _chunk_rows(options)
+    for start in range(0, num_rows, chunk):
+        rows = torch.arange(start, min(start + chunk, num_rows), device=hidden.device)  # [C]
         h, w_target, ids, w_neg, scores = _chunk_scores(hidden, items, targets, rows, options)
         probs = torch.exp(scores - lse[rows, None]) * grad_loss[rows, None]  # [C, K + 1]: d loss / d score
         probs[:, 0] -= grad_loss[rows]  # the positive: softmax - 1

@@ -23,7 +23,8 @@ class NegativeDistribution:
 
     num_items: int
     probs: torch.Tensor | None = None
-    _tables: dict = field(default_factory=dict, repr=False, compare=False)  # device -> (keep, alias, log q)
+    _probs_on: dict = field(default_factory=dict, repr=False, compare=False)  # device -> (probs, log q)
+    _alias_on: dict = field(default_factory=dict, repr=False, compare=False)  # device -> (keep, alias)
 
     @classmethod
     def uniform(cls, num_items: int) -> NegativeDistribution:
@@ -54,31 +55,39 @@ class NegativeDistribution:
             count *= size
         if self.probs is None:
             return torch.randint(0, self.num_items, shape, generator=generator, device=device)
-        probs = self.probs.to(device)
+        probs, _ = self._probs_and_log_q(device)
         return torch.multinomial(probs, count, replacement=True, generator=generator).view(shape)
 
     def alias_table(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """(keep [N] float32, alias [N] int64) of Vose's alias method on `device`, built once (O(N)) and cached."""
-        keep, alias, _ = self.device_tables(device)
-        return keep, alias
+        if self.probs is None:
+            raise CutrecError("a uniform distribution needs no alias table")
+        return _cached_on(self._alias_on, device, lambda: build_alias_table(self.probs.double().numpy()))
 
     def device_tables(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(keep [N], alias [N], log q [N] float32) on `device`, cached per device so a training step copies nothing."""
-        if self.probs is None:
-            raise CutrecError("a uniform distribution needs no alias table")
-        device = torch.device(device)
-        cpu = torch.device("cpu")
-        if cpu not in self._tables:  # built once, on the CPU; other devices get copies
-            self._tables[cpu] = (*build_alias_table(self.probs.double().numpy()), self.probs.log())
-        if device not in self._tables:
-            self._tables[device] = tuple(table.to(device) for table in self._tables[cpu])
-        return self._tables[device]
+        return (*self.alias_table(device), self._probs_and_log_q(device)[1])
 
     def log_q(self, ids: torch.Tensor) -> torch.Tensor:
         """log q(ids) in float32, same shape as ids."""
         if self.probs is None:
             return torch.full(ids.shape, uniform_log_q(self.num_items), device=ids.device)
-        return self.probs.to(ids.device).log()[ids]
+        return self._probs_and_log_q(ids.device)[1][ids]
+
+    def _probs_and_log_q(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(q [N], log q [N]) on `device`; log q is computed once, on the CPU, so the samplers, the PyTorch CE- and
+        the kernels share one log q."""
+        return _cached_on(self._probs_on, device, lambda: (self.probs, self.probs.log()))
+
+
+def _cached_on(cache: dict, device: torch.device, build) -> tuple[torch.Tensor, ...]:
+    """cache[device]: the tables `build()` makes once on the CPU, copied once to each other device."""
+    device, cpu = torch.device(device), torch.device("cpu")
+    if cpu not in cache:
+        cache[cpu] = tuple(build())
+    if device not in cache:
+        cache[device] = tuple(table.to(device) for table in cache[cpu])
+    return cache[device]
 
 
 def seeded_generator(seed: int, device: torch.device) -> torch.Generator:
