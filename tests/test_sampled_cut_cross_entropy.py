@@ -9,7 +9,13 @@ from scipy.stats import chisquare
 
 from cutrec.config import LossConfig
 from cutrec.errors import CutrecError
-from cutrec.losses import LARGE_CATALOG_ITEMS, build_loss, resolve_loss_name, sampled_cut_cross_entropy
+from cutrec.losses import (
+    LARGE_CATALOG_ITEMS,
+    SampledCutCrossEntropy,
+    build_loss,
+    resolve_loss_name,
+    sampled_cut_cross_entropy,
+)
 from cutrec.losses.reference import sampled_cross_entropy
 from cutrec.losses.sampled_cut_cross_entropy import BLOCK_ROWS
 from cutrec.losses.sampling import NegativeDistribution, counter_draws
@@ -180,6 +186,21 @@ def test_build_loss_and_errors():
         sampled_cut_cross_entropy(hidden, items, targets, num_negatives=3, negatives=torch.tensor([1, 60]))
     with pytest.raises(CutrecError, match="impl='cuda' is unknown"):
         sampled_cut_cross_entropy(hidden, items, targets, num_negatives=3, impl="cuda")
+    with pytest.raises(CutrecError, match="grad_buffer_bytes=31 holds no fp32 row of D=8"):
+        sampled_cut_cross_entropy(hidden, items, targets, num_negatives=3, grad_buffer_bytes=31)
+
+
+def test_module_builds_the_popularity_distribution_once():
+    hidden, items, targets = make_inputs((20, 50, 8), torch.float32, seed=2)
+    counts = torch.arange(1, 51, dtype=torch.float32)
+    module = SampledCutCrossEntropy(num_negatives=5, distribution="popularity", item_counts=counts, alpha=0.5)
+    assert isinstance(module.options["distribution"], NegativeDistribution)
+    assert "item_counts" not in module.options and "alpha" not in module.options
+    expected = sampled_cut_cross_entropy(hidden, items, targets, num_negatives=5, distribution="popularity",
+                                         item_counts=counts, alpha=0.5, seed=4)
+    torch.testing.assert_close(module(hidden, items, targets, seed=4), expected, rtol=0, atol=0)
+    with pytest.raises(CutrecError, match="needs item_counts"):
+        SampledCutCrossEntropy(num_negatives=5, distribution="popularity")
 
 
 @pytest.mark.parametrize("share", ["none", "block", "batch"])
@@ -223,6 +244,28 @@ def test_non_finite_upstream_on_ignored_rows_does_not_leak(impl, share):
                                                 upstream=upstream)
     assert torch.isfinite(grad_hidden).all() and torch.isfinite(grad_items).all()
     assert not grad_hidden[1::2].any()
+
+
+@pytest.mark.parametrize(("share", "popularity"), [("none", False), ("block", True), ("batch", False)])
+def test_triton_item_gradient_in_catalog_chunks(share, popularity):
+    """grad_buffer_bytes: a bf16 item table's gradient accumulates in fp32 chunks, one pass per chunk: here 6
+    chunks of 37 rows (the last one 26), against one buffer for the whole catalog, and against float64."""
+    kernels = importlib.import_module("cutrec.kernels.sampled_cut_cross_entropy")
+    hidden, items, targets = make_inputs((70, 211, 24), torch.bfloat16, seed=31)
+    counts = torch.from_numpy(np.random.default_rng(7).integers(1, 40, 211).astype(np.float64))
+    distribution = NegativeDistribution.popularity(counts, 0.7) if popularity else NegativeDistribution.uniform(211)
+    options = {"num_negatives": 21, "distribution": distribution, "share": share, "seed": 8}
+    whole = loss_and_grads(sampled_cut_cross_entropy, hidden, items, targets, impl="triton", **options)
+    assert kernels.grad_chunk_rows(items, 37 * 24 * 4 + 5) == 37
+    chunked = loss_and_grads(sampled_cut_cross_entropy, hidden, items, targets, impl="triton",
+                             grad_buffer_bytes=37 * 24 * 4 + 5, **options)
+    for value, expected in zip(chunked, whole, strict=True):
+        torch.testing.assert_close(value, expected, rtol=0, atol=0)  # the same adds in the same order per row
+    negatives = drawn(distribution, 8, 70, 21, share)
+    truth = loss_and_grads(sampled_cross_entropy, hidden, items, targets, torch.float64, negatives=negatives,
+                           distribution=distribution)
+    for value, exact in zip(chunked, truth, strict=True):
+        torch.testing.assert_close(value.double(), exact, rtol=2**-7, atol=2**-8 * exact.abs().max().item())
 
 
 @pytest.mark.parametrize("explicit_shape", [(70, 9), (9,)])
@@ -433,16 +476,19 @@ def test_gpu_compile_inductor_matches_eager():
 @gpu
 @pytest.mark.gpu
 @pytest.mark.parametrize("share", ["none", "block", "batch"])
-def test_gpu_extra_memory_of_a_training_step(share):
-    """M=131072, K=1023, N=1M, D=64, bf16 hidden and an fp32 item table (as in training): below 64 MB."""
+@pytest.mark.parametrize("item_dtype", [torch.float32, torch.bfloat16])
+def test_gpu_extra_memory_of_a_training_step(share, item_dtype):
+    """M=131072, K=1023, N=1M, D=64, bf16 hidden with an fp32 item table (as in training), or a bf16 one whose fp32
+    gradient buffer is capped at 48 MiB: below 64 MB."""
     num_rows, num_items, dim = 131072, 1_000_000, 64
     hidden = torch.randn(num_rows, dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-    items = (torch.randn(num_items, dim, device="cuda") / dim**0.5).requires_grad_()
+    items = (torch.randn(num_items, dim, device="cuda") / dim**0.5).to(item_dtype).requires_grad_()
     targets = torch.randint(0, num_items, (num_rows,), device="cuda")
     torch.cuda.synchronize()
     before = torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()
-    loss = sampled_cut_cross_entropy(hidden, items, targets, num_negatives=1023, share=share, seed=1)
+    loss = sampled_cut_cross_entropy(hidden, items, targets, num_negatives=1023, share=share, seed=1,
+                                     grad_buffer_bytes=48 * 2**20)
     grads = torch.autograd.grad(loss, (hidden, items))
     torch.cuda.synchronize()
     extra = torch.cuda.max_memory_allocated() - before - sum(g.nbytes for g in grads)

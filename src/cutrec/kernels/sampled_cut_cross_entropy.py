@@ -18,8 +18,8 @@ the rows of the drawn items):
 
 The d items atomics (relaxed: the default acq_rel ordering made the row-wise backward twice as slow) make its low bits
 depend on the order of the adds, so the item gradient is not bit-deterministic on a GPU (loss and d hidden are).
-Memory beyond inputs and gradients: lse and loss (8 M bytes), and an fp32 copy of
-d items while it accumulates when the item table is 16-bit.
+Memory beyond inputs and gradients: lse and loss (8 M bytes), and for a 16-bit item table the fp32 buffer that
+d items accumulates in: N x D x 4 bytes, or at most grad_buffer_bytes, one catalog chunk per backward pass.
 """
 
 import math
@@ -126,14 +126,16 @@ def _store_forward(lse_ptr, loss_ptr, rows, row_mask, valid, positive, max2, sum
 
 @triton.jit
 def _positive_backward(lse_ptr, grad_loss_ptr, grad_items_ptr, rows, row_mask, valid, safe, dims, h, w_target,
-                       positive, grad_loss_stride, DIM: tl.constexpr):
+                       positive, grad_loss_stride, chunk_start, chunk_end, DIM: tl.constexpr):
     """(lse [R], d loss [R] (0 on ignored rows), d hidden [R, BD] fp32 holding the positive's term); the positive's
-    term of d items is added to the target rows."""
+    term of d items is added to the target rows that lie in the catalog chunk [chunk_start, chunk_end)."""
     lse = tl.load(lse_ptr + rows, mask=row_mask, other=0.0)
     grad_loss = tl.where(valid, tl.load(grad_loss_ptr + rows * grad_loss_stride, mask=row_mask, other=0.0), 0.0)
     grad_positive = (tl.exp(positive - lse) - 1.0) * grad_loss  # d loss / d s_0
-    tl.atomic_add(grad_items_ptr + safe[:, None] * DIM + dims[None, :], grad_positive[:, None] * h.to(tl.float32),
-                  mask=valid[:, None] & (dims < DIM)[None, :], sem="relaxed")
+    in_chunk = valid & (safe >= chunk_start) & (safe < chunk_end)
+    tl.atomic_add(grad_items_ptr + (safe - chunk_start)[:, None] * DIM + dims[None, :],
+                  grad_positive[:, None] * h.to(tl.float32), mask=in_chunk[:, None] & (dims < DIM)[None, :],
+                  sem="relaxed")
     return lse, grad_loss, grad_positive[:, None] * w_target.to(tl.float32)
 
 
@@ -195,7 +197,8 @@ def _rowwise_backward_kernel(
     hidden_ptr, items_ptr, targets_ptr, negatives_ptr, keep_ptr, alias_ptr, log_q_ptr, lse_ptr, grad_loss_ptr,
     grad_hidden_ptr, grad_items_ptr,
     num_rows, num_items, num_negatives, ignore_index, seed_hash, log_k, uniform_log_q, grad_loss_stride,
-    EXPLICIT: tl.constexpr, POPULARITY: tl.constexpr, LOGQ: tl.constexpr,
+    chunk_start, chunk_end,
+    EXPLICIT: tl.constexpr, POPULARITY: tl.constexpr, LOGQ: tl.constexpr, GRAD_HIDDEN: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, DIM: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     rows, row_mask, dims, h, valid, safe, w_target, positive = _rows(
@@ -203,19 +206,26 @@ def _rowwise_backward_kernel(
     h = h.to(tl.float32)
     dim_mask = dims < DIM
     lse, grad_loss, grad_h = _positive_backward(lse_ptr, grad_loss_ptr, grad_items_ptr, rows, row_mask, valid, safe,
-                                                dims, h, w_target, positive, grad_loss_stride, DIM)  # grad_h [BM, BD]
+                                                dims, h, w_target, positive, grad_loss_stride, chunk_start,
+                                                chunk_end, DIM)  # grad_h [BM, BD]
     for start in range(0, num_negatives, BLOCK_K):
         ks = start + tl.arange(0, BLOCK_K)
         mask = valid[:, None] & (ks < num_negatives)[None, :]
         ids = _rowwise_ids(rows, ks, mask, negatives_ptr, keep_ptr, alias_ptr, seed_hash, num_items, num_negatives,
                            EXPLICIT, POPULARITY)
+        in_chunk = mask & (ids >= chunk_start) & (ids < chunk_end)  # [BM, BK]
+        if not GRAD_HIDDEN:  # only the chunk's rows are needed: gather nothing else
+            mask = in_chunk
         s, w = _rowwise_scores(h, items_ptr, ids, mask, safe, dims, log_q_ptr, log_k, uniform_log_q, DIM, LOGQ,
                                POPULARITY)
         g = tl.exp(s - lse[:, None]) * grad_loss[:, None]  # [BM, BK]; 0 on hits and masked k
-        grad_h += tl.sum(g[:, :, None] * w, axis=1)
-        tl.atomic_add(grad_items_ptr + ids[:, :, None] * DIM + dims[None, None, :], g[:, :, None] * h[:, None, :],
-                      mask=mask[:, :, None] & dim_mask[None, None, :], sem="relaxed")
-    _store_grad_hidden(grad_hidden_ptr, rows, row_mask, dims, grad_h, DIM)
+        if GRAD_HIDDEN:
+            grad_h += tl.sum(g[:, :, None] * w, axis=1)
+        tl.atomic_add(grad_items_ptr + (ids - chunk_start)[:, :, None] * DIM + dims[None, None, :],
+                      g[:, :, None] * h[:, None, :], mask=in_chunk[:, :, None] & dim_mask[None, None, :],
+                      sem="relaxed")
+    if GRAD_HIDDEN:
+        _store_grad_hidden(grad_hidden_ptr, rows, row_mask, dims, grad_h, DIM)
 
 
 @triton.jit
@@ -278,28 +288,35 @@ def _tiled_backward_kernel(
     hidden_ptr, items_ptr, targets_ptr, negatives_ptr, keep_ptr, alias_ptr, log_q_ptr, lse_ptr, grad_loss_ptr,
     grad_hidden_ptr, grad_items_ptr,
     num_rows, num_items, num_negatives, ignore_index, seed_hash, log_k, uniform_log_q, grad_loss_stride,
+    chunk_start, chunk_end,
     SHARE_BATCH: tl.constexpr, EXPLICIT: tl.constexpr, POPULARITY: tl.constexpr, LOGQ: tl.constexpr,
-    FP32_DOT: tl.constexpr, TILE_ROWS: tl.constexpr, BLOCK_K: tl.constexpr, DIM: tl.constexpr,
-    BLOCK_D: tl.constexpr,
+    GRAD_HIDDEN: tl.constexpr, FP32_DOT: tl.constexpr, TILE_ROWS: tl.constexpr, BLOCK_K: tl.constexpr,
+    DIM: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     rows, row_mask, dims, h, valid, safe, w_target, positive = _rows(
         hidden_ptr, items_ptr, targets_ptr, num_rows, ignore_index, TILE_ROWS, DIM, BLOCK_D)
     dim_mask = dims < DIM
     lse, grad_loss, grad_h = _positive_backward(lse_ptr, grad_loss_ptr, grad_items_ptr, rows, row_mask, valid, safe,
-                                                dims, h, w_target, positive, grad_loss_stride, DIM)  # grad_h [TR, BD]
+                                                dims, h, w_target, positive, grad_loss_stride, chunk_start,
+                                                chunk_end, DIM)  # grad_h [TR, BD]
     for start in range(0, num_negatives, BLOCK_K):
         ks = start + tl.arange(0, BLOCK_K)
         k_mask = ks < num_negatives
         ids = _tiled_ids(ks, k_mask, negatives_ptr, keep_ptr, alias_ptr, seed_hash, num_items, num_negatives,
                          SHARE_BATCH, EXPLICIT, POPULARITY)
+        in_chunk = k_mask & (ids >= chunk_start) & (ids < chunk_end)  # [BK]
+        if not GRAD_HIDDEN:  # only the chunk's rows are needed: gather nothing else
+            k_mask = in_chunk
         s, w = _tiled_scores(h, items_ptr, ids, k_mask, safe, dims, log_q_ptr, log_k, uniform_log_q, DIM, LOGQ,
                              POPULARITY, FP32_DOT)
         g = tl.exp(s - lse[:, None]) * grad_loss[:, None]  # [TR, BK]; 0 on hits, masked k and ignored rows
-        grad_h += _dot(g, w, FP32_DOT)  # [TR, BD]
+        if GRAD_HIDDEN:
+            grad_h += _dot(g, w, FP32_DOT)  # [TR, BD]
         grad_w = _dot(tl.trans(g), h, FP32_DOT)  # [BK, BD]
-        tl.atomic_add(grad_items_ptr + ids[:, None] * DIM + dims[None, :], grad_w,
-                      mask=k_mask[:, None] & dim_mask[None, :], sem="relaxed")
-    _store_grad_hidden(grad_hidden_ptr, rows, row_mask, dims, grad_h, DIM)
+        tl.atomic_add(grad_items_ptr + (ids - chunk_start)[:, None] * DIM + dims[None, :], grad_w,
+                      mask=in_chunk[:, None] & dim_mask[None, :], sem="relaxed")
+    if GRAD_HIDDEN:
+        _store_grad_hidden(grad_hidden_ptr, rows, row_mask, dims, grad_h, DIM)
 
 
 def _launch(step, hidden, items, targets, negatives, keep, alias, log_q, outputs, scalars, share, logq_correction,
@@ -318,10 +335,10 @@ def _launch(step, hidden, items, targets, negatives, keep, alias, log_q, outputs
     )
     arguments = (hidden, items, targets, *pointers, *outputs, num_rows, items.shape[0], num_k,
                  scalars["ignore_index"], scalars["seed_hash"], math.log(num_k), -math.log(items.shape[0]))
+    options = {"POPULARITY": popularity, "LOGQ": logq_correction, "DIM": dim, "BLOCK_D": _block_d(dim)}
     if step == "backward":
-        arguments += (scalars["grad_loss_stride"],)
-    options = {"POPULARITY": popularity, "LOGQ": logq_correction, "DIM": dim,
-               "BLOCK_D": _block_d(dim)}
+        arguments += (scalars["grad_loss_stride"], scalars["chunk_start"], scalars["chunk_end"])
+        options["GRAD_HIDDEN"] = scalars["chunk_start"] == 0
     rowwise = (negatives is None and share == "none") or (negatives is not None and negatives.ndim == 2)
     if rowwise:
         block_m, block_k, num_warps = _config(ROWWISE_CONFIG[step], options["BLOCK_D"])
@@ -353,17 +370,43 @@ def forward(hidden, items, targets, ignore_index, seed_hash, num_negatives, shar
     return loss, lse
 
 
+def grad_chunk_rows(items: torch.Tensor, grad_buffer_bytes: int | None) -> int:
+    """Catalog rows per backward pass: all of them for an fp32 table (its gradient accumulates in place) or without
+    a cap, else as many as an fp32 buffer of grad_buffer_bytes holds (at least one)."""
+    num_items, dim = items.shape
+    if items.dtype == torch.float32 or grad_buffer_bytes is None:
+        return num_items
+    return max(1, min(num_items, grad_buffer_bytes // (dim * 4)))
+
+
 def backward(hidden, items, targets, lse, grad_loss, ignore_index, seed_hash, num_negatives, share, negatives, keep,
-             alias, log_q, logq_correction, block_rows):
+             alias, log_q, logq_correction, block_rows, grad_buffer_bytes):
     """(grad_hidden [M, D] in hidden's dtype, fp32 under the interpreter (whose casts truncate; the caller rounds),
-    grad_items [N, D] fp32). `grad_loss` [M] may have any stride (the gradient of a mean is one value expanded)."""
+    grad_items [N, D] in items' dtype). `grad_loss` [M] may have any stride (the gradient of a mean is one value
+    expanded).
+
+    The item gradient accumulates in fp32: in place for an fp32 table; otherwise in an fp32 buffer, [N, D] without
+    a cap (grad_buffer_bytes=None), or of at most grad_buffer_bytes with one pass over the positions per catalog
+    chunk of that many rows, each chunk cast into the gradient after its pass. The first pass also writes d hidden;
+    the others regenerate every draw but gather and add only the rows of their chunk."""
     grad_dtype = torch.float32 if interpreting() else hidden.dtype
     grad_hidden = torch.empty(hidden.shape, dtype=grad_dtype, device=hidden.device)
-    grad_items = torch.zeros(items.shape, dtype=torch.float32, device=items.device)
+    num_items, dim = items.shape
+    chunk_rows = grad_chunk_rows(items, grad_buffer_bytes)
+    if items.dtype == torch.float32:
+        grad_items = buffer = torch.zeros(items.shape, dtype=torch.float32, device=items.device)
+    else:
+        grad_items = torch.empty_like(items)
+        buffer = torch.empty(chunk_rows, dim, dtype=torch.float32, device=items.device)  # [chunk, D]
     grad_loss = grad_loss.float()
-    scalars = {"num_negatives": num_negatives, "ignore_index": ignore_index, "seed_hash": seed_hash,
-               "grad_loss_stride": grad_loss.stride(0)}
-    _launch("backward", hidden, items, targets, negatives, keep, alias, log_q,
-            (lse.contiguous(), grad_loss, grad_hidden, grad_items), scalars, share,
-            logq_correction, block_rows)
+    for chunk_start in range(0, num_items, chunk_rows):
+        chunk_end = min(chunk_start + chunk_rows, num_items)
+        if buffer is not grad_items:
+            buffer.zero_()
+        scalars = {"num_negatives": num_negatives, "ignore_index": ignore_index, "seed_hash": seed_hash,
+                   "grad_loss_stride": grad_loss.stride(0), "chunk_start": chunk_start, "chunk_end": chunk_end}
+        _launch("backward", hidden, items, targets, negatives, keep, alias, log_q,
+                (lse.contiguous(), grad_loss, grad_hidden, buffer), scalars, share, logq_correction, block_rows)
+        if buffer is not grad_items:
+            grad_items[chunk_start:chunk_end].copy_(buffer[: chunk_end - chunk_start])
     return grad_hidden, grad_items

@@ -46,6 +46,7 @@ class _Options:
     ignore_index: int
     negatives: torch.Tensor | None  # explicit [M, K] or [K] ids, or None to draw them
     impl: Literal["torch", "triton"]
+    grad_buffer_bytes: int | None  # cap of the kernels' fp32 item-gradient buffer (16-bit tables), None: [N, D]
 
 
 def _chunk_rows(options: _Options) -> int:
@@ -137,16 +138,17 @@ def _triton(step: str, options: _Options, hidden, items, targets, *saved):
     }
     if step == "forward":
         return kernels.forward(hidden, items, targets, **common)
-    return kernels.backward(hidden, items, targets, *saved, **common)
+    return kernels.backward(hidden, items, targets, *saved, **common, grad_buffer_bytes=options.grad_buffer_bytes)
 
 
 def _options(
-    items, negatives, keep, alias, log_q, num_negatives, logq_correction, share, seed, ignore_index, impl
+    items, negatives, keep, alias, log_q, num_negatives, logq_correction, share, seed, ignore_index, impl,
+    grad_buffer_bytes
 ) -> _Options:
     """The options rebuilt from a custom op's arguments (tensors and scalars only)."""
     alias_table = (keep, alias) if keep is not None else None
     return _Options(num_negatives, items.shape[0], alias_table, log_q, logq_correction, share, seed, ignore_index,
-                    negatives, impl)
+                    negatives, impl, grad_buffer_bytes)
 
 
 def _forward_impl(
@@ -163,10 +165,11 @@ def _forward_impl(
     seed: int,
     ignore_index: int,
     impl: str,
+    grad_buffer_bytes: int | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss [M], lse [M]) in fp32 (fp64 for fp64 inputs)."""
     options = _options(items, negatives, keep, alias, log_q, num_negatives, logq_correction, share, seed,
-                       ignore_index, impl)
+                       ignore_index, impl, grad_buffer_bytes)
     if impl == "triton":
         compute = torch.promote_types(hidden.dtype, torch.float32)
         return tuple(t.to(compute) for t in _triton("forward", options, hidden, items, targets))
@@ -178,7 +181,7 @@ _forward_op = torch.library.custom_op("cutrec::sampled_cut_cross_entropy_forward
 
 @_forward_op.register_fake
 def _forward_fake(hidden, items, targets, negatives, keep, alias, log_q, num_negatives, logq_correction, share, seed,
-                  ignore_index, impl):
+                  ignore_index, impl, grad_buffer_bytes):
     compute = torch.promote_types(hidden.dtype, torch.float32)
     return hidden.new_empty(hidden.shape[0], dtype=compute), hidden.new_empty(hidden.shape[0], dtype=compute)
 
@@ -199,10 +202,11 @@ def _backward_impl(
     seed: int,
     ignore_index: int,
     impl: str,
+    grad_buffer_bytes: int | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(grad_hidden, grad_items) in hidden's and items' dtypes; the negatives are drawn again."""
     options = _options(items, negatives, keep, alias, log_q, num_negatives, logq_correction, share, seed,
-                       ignore_index, impl)
+                       ignore_index, impl, grad_buffer_bytes)
     if impl == "triton":
         grad_hidden, grad_items = _triton("backward", options, hidden, items, targets, lse.float(), grad_loss)
     else:
@@ -215,7 +219,7 @@ _backward_op = torch.library.custom_op("cutrec::sampled_cut_cross_entropy_backwa
 
 @_backward_op.register_fake
 def _backward_fake(hidden, items, targets, lse, grad_loss, negatives, keep, alias, log_q, num_negatives,
-                   logq_correction, share, seed, ignore_index, impl):
+                   logq_correction, share, seed, ignore_index, impl, grad_buffer_bytes):
     return torch.empty_like(hidden), torch.empty_like(items)
 
 
@@ -233,7 +237,7 @@ def _backward(ctx, grad_loss, grad_lse):
         hidden, items, targets, lse, grad_loss, negatives, keep, alias, log_q, *ctx.scalars
     )
     needs = ctx.needs_input_grad
-    return (grad_hidden if needs[0] else None, grad_items if needs[1] else None, *[None] * 11)
+    return (grad_hidden if needs[0] else None, grad_items if needs[1] else None, *[None] * 12)
 
 
 _forward_op.register_autograd(_backward, setup_context=_setup_context)
@@ -313,6 +317,7 @@ def sampled_cut_cross_entropy(
     ignore_index: int = -100,
     reduction: Reduction = "mean",
     impl: Literal["auto", "torch", "triton"] = "auto",
+    grad_buffer_bytes: int | None = None,
 ) -> torch.Tensor:
     """CE- of hidden [M, D] against K negatives per position drawn from (seed, share), or explicit `negatives`.
 
@@ -320,6 +325,10 @@ def sampled_cut_cross_entropy(
     or a prebuilt NegativeDistribution (it caches its alias table across calls). `negatives`: [M, K] or [K] item ids
     that replace the drawn ones (num_negatives is then ignored). Under autocast, hidden is cast to the autocast
     dtype; scores and gradients accumulate in fp32 and come back in each input's dtype.
+    `grad_buffer_bytes` (impl="triton", 16-bit item tables): the kernels accumulate the item gradient in an fp32
+    buffer, by default one for the whole catalog (N x D x 4 bytes beyond the gradient); a cap bounds it at the cost
+    of one more backward pass over the positions per chunk of catalog rows it holds (docs/sampled_cut_cross_entropy.md
+    measures the cost). An fp32 table accumulates in its own gradient and needs no buffer.
     """
     check_seam(hidden, items, targets)
     if num_negatives < 1:
@@ -334,6 +343,9 @@ def sampled_cut_cross_entropy(
         if negatives.min() < 0 or negatives.max() >= items.shape[0]:
             raise CutrecError(f"negatives must be item ids in [0, {items.shape[0]})")
         negatives = negatives.long().contiguous()  # the kernels index it as rows * K + k
+    if grad_buffer_bytes is not None and grad_buffer_bytes < 4 * hidden.shape[1]:
+        raise CutrecError(f"grad_buffer_bytes={grad_buffer_bytes} holds no fp32 row of D={hidden.shape[1]} values; "
+                          f"pass at least {4 * hidden.shape[1]}, or None for one buffer for the whole catalog")
     if torch.is_autocast_enabled(hidden.device.type):
         hidden = hidden.to(torch.get_autocast_dtype(hidden.device.type))
     distribution = _distribution(distribution, items.shape[0], item_counts, alpha)
@@ -344,16 +356,24 @@ def sampled_cut_cross_entropy(
     with torch.autocast(hidden.device.type, enabled=False):
         per_position, _ = run(
             hidden, items, targets, negatives, keep, alias, log_q, num_negatives, logq_correction, share, seed,
-            ignore_index, resolved,
+            ignore_index, resolved, grad_buffer_bytes,
         )
     return reduce_loss(per_position, targets != ignore_index, reduction, zeroed=True)
 
 
 class SampledCutCrossEntropy(nn.Module):
-    """`sampled_cut_cross_entropy` as a module; forward(hidden, items, targets, seed=0)."""
+    """`sampled_cut_cross_entropy` as a module; forward(hidden, items, targets, seed=0).
 
-    def __init__(self, **options) -> None:  # the keyword options of sampled_cut_cross_entropy
+    Takes the keyword options of `sampled_cut_cross_entropy`. distribution="popularity" with `item_counts` (and
+    `alpha`) is turned into a NegativeDistribution once here, so its alias table is built once, not every call."""
+
+    def __init__(self, **options) -> None:
         super().__init__()
+        if options.get("distribution") == "popularity":
+            if options.get("item_counts") is None:
+                raise CutrecError('distribution="popularity" needs item_counts (training events per item)')
+            options["distribution"] = NegativeDistribution.popularity(options.pop("item_counts"),
+                                                                      options.pop("alpha", 1.0))
         self.options = options
 
     def forward(self, hidden: torch.Tensor, items: torch.Tensor, targets: torch.Tensor, seed: int = 0) -> torch.Tensor:
