@@ -7,7 +7,9 @@ Timing and memory as in full_softmax_losses.py (CUDA events, median; extra memor
 returned gradients). Floors beside each row: the gather (K negative rows of D bf16 values per position, read in the
 forward and again in the backward) at the measured copy bandwidth, and 3 x 2 M K D flop.
 After the bf16 grid, the --memory-shape rows repeat our kernels with an fp32 item table (bf16 hidden), the dtypes of
-training under autocast: the table's gradient is then the fp32 buffer the kernels accumulate into.
+training under autocast: the table's gradient is then the fp32 buffer the kernels accumulate into. Last, the
+atomic modes with a bf16 table and grad_buffer_bytes capped (--grad-buffer-mib) at M=32768 and the memory shape's M
+(its K, N, D): the cost of bounding the fp32 item-gradient buffer.
 
     python benchmarks/sampled_losses.py --out benchmarks/results/sampled_losses
 """
@@ -33,14 +35,14 @@ def copy_bandwidth(device: torch.device) -> float:
     return 2 * source.numel() / (time_ms(lambda: target.copy_(source), reps=20) / 1e3)
 
 
-def sampled_methods(num_negatives: int) -> dict:
+def sampled_methods(num_negatives: int, grad_buffer_bytes: int | None = None) -> dict:
     """name -> loss(hidden, items, targets) of the methods whose work depends on K."""
 
     def ours(share: str):
         return lambda h, w, t: sampled_cut_cross_entropy(h, w, t, num_negatives=num_negatives, share=share, seed=1,
-                                                         impl="triton")
+                                                         impl="triton", grad_buffer_bytes=grad_buffer_bytes)
 
-    found = {f"cutrec CCE- share={share}": ours(share) for share in ("none", "block", "batch")}
+    found = {f"cutrec CCE- share={share}": ours(share) for share in ("none", "offsets", "block", "batch")}
     found["torch CE- (gathered)"] = lambda h, w, t: sampled_cross_entropy(h, w, t, num_negatives=num_negatives, seed=1)
     return found
 
@@ -55,6 +57,8 @@ def main() -> None:
     parser.add_argument("--methods", nargs="*", help="substrings of method names to run (default: all)")
     parser.add_argument("--memory-shape", type=int, nargs=4, default=[131072, 1023, 1_000_000, 64],
                         metavar=("M", "K", "N", "D"), help="shape of the fp32-item-table rows")
+    parser.add_argument("--grad-buffer-mib", type=int, default=48,
+                        help="grad_buffer_bytes of the capped rows (bf16 table, M=32768 and M=131072, K=1023, N=1M)")
     parser.add_argument("--out", default="benchmarks/results/sampled_losses")
     args = parser.parse_args()
     device = torch.device("cuda")
@@ -84,6 +88,10 @@ def main() -> None:
     for name, loss_fn in sampled_methods(k).items():
         if name.startswith("cutrec CCE- "):
             record(f"{name}, fp32 item table", loss_fn, m, k, n, d, item_dtype=torch.float32)
+    for m in (32768, args.memory_shape[0]):
+        for name, loss_fn in sampled_methods(k, args.grad_buffer_mib * 2**20).items():
+            if name.startswith("cutrec CCE- ") and "offsets" not in name:  # share="offsets" has no buffer
+                record(f"{name}, grad buffer capped at {args.grad_buffer_mib} MiB", loss_fn, m, k, n, d)
     write(rows, card, rate, bandwidth, Path(args.out))
 
 

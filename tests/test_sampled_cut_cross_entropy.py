@@ -18,7 +18,7 @@ from cutrec.losses import (
 )
 from cutrec.losses.reference import sampled_cross_entropy
 from cutrec.losses.sampled_cut_cross_entropy import BLOCK_ROWS
-from cutrec.losses.sampling import NegativeDistribution, counter_draws
+from cutrec.losses.sampling import NegativeDistribution, counter_draws, shifted_draws, shifted_relabelling
 
 sampled_module = importlib.import_module("cutrec.losses.sampled_cut_cross_entropy")  # the module, not the function
 SHAPES = [(37, 101, 24), (130, 333, 17), (5, 7, 16)]  # (M, N, D), odd sizes; N=7 makes accidental hits common
@@ -44,8 +44,11 @@ def loss_and_grads(fn, hidden, items, targets, dtype=None, upstream=None, **kwar
 
 
 def drawn(distribution, seed, num_rows, num_negatives, share):
-    """The negatives the loss draws: [M, K] ids from counter_draws with the share mode's streams."""
+    """The negatives the loss draws: [M, K] ids from counter_draws with the share mode's streams (shifted_draws for
+    share="offsets")."""
     rows = torch.arange(num_rows)
+    if share == "offsets":
+        return shifted_draws(distribution.num_items, seed, rows, num_negatives)
     streams = {"none": rows, "block": rows // BLOCK_ROWS, "batch": torch.zeros_like(rows)}[share]
     return counter_draws(distribution.num_items, seed, streams, num_negatives, _alias_table(distribution))
 
@@ -54,9 +57,12 @@ def _alias_table(distribution):
     return None if distribution.probs is None else distribution.alias_table(torch.device("cpu"))
 
 
-@pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("share", ["none", "block", "batch"])
-@pytest.mark.parametrize("popularity", [False, True])
+SHARE_AND_POPULARITY = [(share, popularity) for share in ("none", "block", "batch") for popularity in (False, True)]
+SHARE_AND_POPULARITY.append(("offsets", False))  # share="offsets" draws uniformly only
+
+
+@pytest.mark.parametrize("shape", SHAPES + [(300, 97, 16)])  # M > N: share="offsets" has several rounds
+@pytest.mark.parametrize(("share", "popularity"), SHARE_AND_POPULARITY)
 def test_equals_plain_sampled_ce_on_the_drawn_negatives(shape, share, popularity):
     """float64: loss and both gradients equal reference CE- given the very negatives the loss regenerates."""
     hidden, items, targets = make_inputs(shape, torch.float64, seed=sum(shape))
@@ -144,6 +150,25 @@ def test_sharing_modes_share_exactly_as_documented():
     assert not torch.equal(none[0], none[1])
 
 
+@pytest.mark.parametrize("num_items", [97, 100, 7])  # prime, composite (a must be coprime to N), tiny
+def test_offsets_are_translates_in_slot_space_and_uniform(num_items):
+    """share="offsets": within a round of N positions, position m's k-th id is slot (m + r_k) mod N relabelled by
+    (a t + b) mod N; rounds draw new offsets; the draws pooled over positions, and one position's over seeds, are
+    uniform (chi-square)."""
+    num_rows, num_negatives = 3 * num_items + 5, 40
+    ids = shifted_draws(num_items, 11, torch.arange(num_rows), num_negatives)  # [M, K]
+    a, b = shifted_relabelling(num_items, 11)
+    assert 1 <= a < max(num_items, 2) and np.gcd(a, num_items) == 1 and 0 <= b < num_items
+    slots = (ids - b) * pow(a, -1, num_items) % num_items  # the inverse relabelling
+    shifts = (slots - slots[0]) % num_items
+    assert (shifts[:num_items] == torch.arange(num_items)[:, None]).all()  # round 0: translates of position 0
+    assert not torch.equal(shifts[num_items], torch.zeros(num_negatives, dtype=torch.long))  # round 1: new offsets
+    assert chisquare(np.bincount(ids.flatten().numpy(), minlength=num_items)).pvalue > 1e-3
+    one_position = torch.cat([shifted_draws(num_items, seed, torch.tensor([5]), num_negatives)[0]
+                              for seed in range(200)])
+    assert chisquare(np.bincount(one_position.numpy(), minlength=num_items)).pvalue > 1e-3
+
+
 @pytest.mark.parametrize("alpha", [1.0, 0.5])
 def test_counter_draws_follow_q(alpha):
     counts = torch.from_numpy(np.random.default_rng(2).zipf(1.5, 80).clip(max=400).astype(np.float64))
@@ -186,6 +211,11 @@ def test_build_loss_and_errors():
         sampled_cut_cross_entropy(hidden, items, targets, num_negatives=3, negatives=torch.tensor([1, 60]))
     with pytest.raises(CutrecError, match="impl='cuda' is unknown"):
         sampled_cut_cross_entropy(hidden, items, targets, num_negatives=3, impl="cuda")
+    with pytest.raises(CutrecError, match="share=\"offsets\" draws uniformly"):
+        sampled_cut_cross_entropy(hidden, items, targets, num_negatives=3, share="offsets", distribution="popularity",
+                                  item_counts=torch.ones(50))
+    with pytest.raises(CutrecError, match="loss.share='offsets' draws uniformly"):
+        build_loss(LossConfig(name="CCE-", share="offsets", distribution="popularity"), 50, torch.ones(50))
     with pytest.raises(CutrecError, match="grad_buffer_bytes=31 holds no fp32 row of D=8"):
         sampled_cut_cross_entropy(hidden, items, targets, num_negatives=3, grad_buffer_bytes=31)
 
@@ -203,14 +233,15 @@ def test_module_builds_the_popularity_distribution_once():
         SampledCutCrossEntropy(num_negatives=5, distribution="popularity")
 
 
-@pytest.mark.parametrize("share", ["none", "block", "batch"])
-@pytest.mark.parametrize("popularity", [False, True])
-def test_triton_kernels_match_the_torch_implementation(share, popularity):
-    """Same seed, same drawn negatives: the interpreted kernels give the PyTorch implementation's loss and grads."""
-    shape = (70, 211, 24)  # odd sizes; several row-wise blocks of 8 rows and tiled blocks of 64 rows
+@pytest.mark.parametrize(("share", "popularity"), SHARE_AND_POPULARITY)
+@pytest.mark.parametrize("shape", [(70, 211, 24), (300, 97, 24)])
+def test_triton_kernels_match_the_torch_implementation(share, popularity, shape):
+    """Same seed, same drawn negatives: the interpreted kernels give the PyTorch implementation's loss and grads.
+    Odd sizes; several row-wise blocks of 8 rows and tiled blocks of 64 rows; M > N for share="offsets"'s rounds."""
     hidden, items, targets = make_inputs(shape, torch.float32, seed=13)
     counts = torch.from_numpy(np.random.default_rng(3).integers(1, 40, shape[1]).astype(np.float64))
-    distribution = NegativeDistribution.popularity(counts, 0.7) if popularity else NegativeDistribution.uniform(211)
+    uniform = NegativeDistribution.uniform(shape[1])
+    distribution = NegativeDistribution.popularity(counts, 0.7) if popularity else uniform
     options = {"num_negatives": 21, "distribution": distribution, "share": share, "seed": 5}
     ours = loss_and_grads(sampled_cut_cross_entropy, hidden, items, targets, impl="triton", **options)
     torch_impl = loss_and_grads(sampled_cut_cross_entropy, hidden, items, targets, impl="torch", **options)
@@ -218,7 +249,7 @@ def test_triton_kernels_match_the_torch_implementation(share, popularity):
         torch.testing.assert_close(value, expected, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("share", ["none", "block"])
+@pytest.mark.parametrize("share", ["none", "block", "offsets"])
 def test_triton_kernels_with_per_position_upstream_gradients(share):
     """reduction="none" and a random upstream gradient per position (the kernels read it at stride 1, the expanded
     gradient of a mean at stride 0)."""
@@ -232,7 +263,7 @@ def test_triton_kernels_with_per_position_upstream_gradients(share):
 
 
 @pytest.mark.parametrize("impl", ["torch", "triton"])
-@pytest.mark.parametrize("share", ["none", "block"])
+@pytest.mark.parametrize("share", ["none", "block", "offsets"])
 def test_non_finite_upstream_on_ignored_rows_does_not_leak(impl, share):
     """reduction="none": an ignored row's upstream gradient (here nan and inf) must not reach any gradient."""
     hidden, items, targets = make_inputs((70, 211, 24), torch.float32, seed=29)
@@ -306,13 +337,15 @@ def test_implementation_choice():
 
 
 @pytest.mark.parametrize("impl", ["torch", "triton"])
-def test_compile_fullgraph_matches_eager(impl):
+@pytest.mark.parametrize("share", ["block", "offsets"])
+def test_compile_fullgraph_matches_eager(impl, share):
     """The custom ops trace under torch.compile(fullgraph=True); a new seed each step reuses the graph."""
     hidden, items, targets = make_inputs((40, 120, 16), torch.float32, seed=21)
     distribution = NegativeDistribution.popularity(torch.arange(1, 121, dtype=torch.float64), 0.5)
+    distribution = distribution if share == "block" else NegativeDistribution.uniform(120)
 
     def loss(h, w, t, seed):
-        return sampled_cut_cross_entropy(h, w, t, num_negatives=7, distribution=distribution, share="block",
+        return sampled_cut_cross_entropy(h, w, t, num_negatives=7, distribution=distribution, share=share,
                                          seed=seed, impl=impl)
 
     compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
@@ -342,6 +375,8 @@ def _gpu_distribution(popularity: bool, num_items: int):
         ("block", True, 256, torch.bfloat16),
         ("batch", False, 100, torch.float32),
         ("batch", True, 64, torch.bfloat16),
+        ("offsets", False, 64, torch.bfloat16),
+        ("offsets", False, 100, torch.float32),
     ],
 )
 def test_gpu_kernels_match_float64_reference(share, popularity, dim, dtype):
@@ -420,13 +455,16 @@ def test_gpu_kernels_with_explicit_negatives(explicit_shape):
 
 @gpu
 @pytest.mark.gpu
-@pytest.mark.parametrize("share", ["none", "block", "batch"])
+@pytest.mark.parametrize("share", ["none", "block", "batch", "offsets"])
 def test_gpu_loss_and_hidden_gradient_are_bit_deterministic(share):
-    """The item gradient is added with atomics (documented); loss and hidden gradient are bit-identical per seed."""
+    """Loss and hidden gradient are bit-identical per seed; the item gradient too for share="offsets" (written once
+    per row), while the other modes add it with atomics (documented)."""
     hidden, items, targets = (t.cuda() for t in make_inputs((5000, 50_000, 64), torch.bfloat16, seed=41))
     runs = [loss_and_grads(sampled_cut_cross_entropy, hidden, items, targets, num_negatives=511, share=share,
                            seed=3, impl="triton") for _ in range(2)]
     assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+    if share == "offsets":
+        assert torch.equal(runs[0][2], runs[1][2])
     torch.testing.assert_close(runs[0][2], runs[1][2])
 
 
@@ -459,11 +497,12 @@ def test_gpu_build_loss_with_item_counts_on_the_gpu():
 
 @gpu
 @pytest.mark.gpu
-def test_gpu_compile_inductor_matches_eager():
+@pytest.mark.parametrize("share", ["block", "offsets"])
+def test_gpu_compile_inductor_matches_eager(share):
     hidden, items, targets = (t.cuda() for t in make_inputs((1000, 5003, 64), torch.float32, seed=44))
 
     def loss(h, w, t, seed):
-        return sampled_cut_cross_entropy(h, w, t, num_negatives=127, share="block", seed=seed)
+        return sampled_cut_cross_entropy(h, w, t, num_negatives=127, share=share, seed=seed)
 
     compiled = torch.compile(loss, fullgraph=True)
     for seed in (1, 2):
@@ -475,11 +514,11 @@ def test_gpu_compile_inductor_matches_eager():
 
 @gpu
 @pytest.mark.gpu
-@pytest.mark.parametrize("share", ["none", "block", "batch"])
+@pytest.mark.parametrize("share", ["none", "block", "batch", "offsets"])
 @pytest.mark.parametrize("item_dtype", [torch.float32, torch.bfloat16])
 def test_gpu_extra_memory_of_a_training_step(share, item_dtype):
     """M=131072, K=1023, N=1M, D=64, bf16 hidden with an fp32 item table (as in training), or a bf16 one whose fp32
-    gradient buffer is capped at 48 MiB: below 64 MB."""
+    gradient buffer is capped at 48 MiB (share="offsets" has none): below 64 MB."""
     num_rows, num_items, dim = 131072, 1_000_000, 64
     hidden = torch.randn(num_rows, dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     items = (torch.randn(num_items, dim, device="cuda") / dim**0.5).to(item_dtype).requires_grad_()
@@ -488,7 +527,7 @@ def test_gpu_extra_memory_of_a_training_step(share, item_dtype):
     before = torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()
     loss = sampled_cut_cross_entropy(hidden, items, targets, num_negatives=1023, share=share, seed=1,
-                                     grad_buffer_bytes=48 * 2**20)
+                                     grad_buffer_bytes=None if share == "offsets" else 48 * 2**20)
     grads = torch.autograd.grad(loss, (hidden, items))
     torch.cuda.synchronize()
     extra = torch.cuda.max_memory_allocated() - before - sum(g.nbytes for g in grads)

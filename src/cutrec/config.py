@@ -71,7 +71,7 @@ class LossConfig:
     # "auto": CE up to losses.LARGE_CATALOG_ITEMS items, the sampled cut CE (CCE-) above (resolved by the trainer)
     name: Literal["auto", "CE", "CCE", "CE-", "CCE-", "BCE", "BCE+", "gBCE"] = "auto"
     num_negatives: int = 256  # CE-, CCE-, BCE+, gBCE (BCE always uses 1)
-    share: Literal["none", "block", "batch"] = "none"  # CCE-: who shares a set of negatives
+    share: Literal["none", "block", "batch", "offsets"] = "none"  # CCE-: who shares negatives (or their offsets)
     distribution: Literal["uniform", "popularity"] = "uniform"
     alpha: float = 1.0  # popularity sampling: q proportional to count ** alpha
     logq_correction: bool = True  # CE-: subtract log(K q(n)) from negative logits

@@ -29,6 +29,7 @@ import triton
 import triton.language as tl
 
 from cutrec.kernels.cut_cross_entropy import _block_d, _dot, interpreting
+from cutrec.losses.sampling import counter_draws
 
 LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
@@ -39,11 +40,16 @@ LN2 = tl.constexpr(0.6931471805599453)
 # about 120 ms in the second sweep). D=128 and
 # D=512 are unmeasured starting points that keep the gathered [BLOCK_M, BLOCK_K, BLOCK_D] tile at the size of the
 # measured rows (8k values forward, 16k backward). Tiled at D=64: 0.11 and 0.23 ms; at D=256: 0.18 and 0.76 ms.
+# "hidden_backward" (the d-hidden-only pass of share="offsets") and SHIFTED_CONFIG: the fastest share="offsets"
+# forward+backward of the fourth sweep in results/tune_sampled_kernels.md (D=64 and 256; D=128 and 512 unmeasured).
 ROWWISE_CONFIG = {
     "forward": {64: (8, 16, 4), 128: (4, 16, 4), 256: (2, 16, 4), 512: (2, 8, 4)},
     "backward": {64: (8, 32, 4), 128: (4, 32, 4), 256: (2, 32, 4), 512: (2, 16, 4)},
+    "hidden_backward": {64: (16, 4, 4), 128: (8, 8, 4), 256: (4, 8, 4), 512: (2, 8, 4)},  # share="offsets"
 }
 TILED_CONFIG = {64: (64, 4), 128: (64, 4), 256: (16, 4), 512: (16, 8)}
+# (slots (item rows) per program, num_warps) of the share="offsets" item backward, by BLOCK_D
+SHIFTED_CONFIG = {64: (32, 4), 128: (32, 4), 256: (16, 2), 512: (16, 2)}
 
 
 def _config(table: dict, block_d: int) -> tuple:
@@ -126,16 +132,19 @@ def _store_forward(lse_ptr, loss_ptr, rows, row_mask, valid, positive, max2, sum
 
 @triton.jit
 def _positive_backward(lse_ptr, grad_loss_ptr, grad_items_ptr, rows, row_mask, valid, safe, dims, h, w_target,
-                       positive, grad_loss_stride, chunk_start, chunk_end, DIM: tl.constexpr):
-    """(lse [R], d loss [R] (0 on ignored rows), d hidden [R, BD] fp32 holding the positive's term); the positive's
-    term of d items is added to the target rows that lie in the catalog chunk [chunk_start, chunk_end)."""
+                       positive, grad_loss_stride, chunk_start, chunk_end, DIM: tl.constexpr,
+                       ADD_ITEMS: tl.constexpr):
+    """(lse [R], d loss [R] (0 on ignored rows), d hidden [R, BD] fp32 holding the positive's term); with ADD_ITEMS
+    the positive's term of d items is added to the target rows that lie in the catalog chunk [chunk_start,
+    chunk_end)."""
     lse = tl.load(lse_ptr + rows, mask=row_mask, other=0.0)
     grad_loss = tl.where(valid, tl.load(grad_loss_ptr + rows * grad_loss_stride, mask=row_mask, other=0.0), 0.0)
     grad_positive = (tl.exp(positive - lse) - 1.0) * grad_loss  # d loss / d s_0
-    in_chunk = valid & (safe >= chunk_start) & (safe < chunk_end)
-    tl.atomic_add(grad_items_ptr + (safe - chunk_start)[:, None] * DIM + dims[None, :],
-                  grad_positive[:, None] * h.to(tl.float32), mask=in_chunk[:, None] & (dims < DIM)[None, :],
-                  sem="relaxed")
+    if ADD_ITEMS:
+        in_chunk = valid & (safe >= chunk_start) & (safe < chunk_end)
+        tl.atomic_add(grad_items_ptr + (safe - chunk_start)[:, None] * DIM + dims[None, :],
+                      grad_positive[:, None] * h.to(tl.float32), mask=in_chunk[:, None] & (dims < DIM)[None, :],
+                      sem="relaxed")
     return lse, grad_loss, grad_positive[:, None] * w_target.to(tl.float32)
 
 
@@ -147,11 +156,19 @@ def _store_grad_hidden(grad_hidden_ptr, rows, row_mask, dims, grad_h, DIM: tl.co
 
 
 @triton.jit
-def _rowwise_ids(rows, ks, mask, negatives_ptr, keep_ptr, alias_ptr, seed_hash, num_items, num_negatives,
-                 EXPLICIT: tl.constexpr, POPULARITY: tl.constexpr):
-    """[BM, BK] ids: explicit [M, K] negatives, or each position's own draws (stream = position)."""
+def _rowwise_ids(rows, ks, mask, negatives_ptr, keep_ptr, alias_ptr, seed_hash, num_items, num_negatives, shift_a,
+                 shift_b, EXPLICIT: tl.constexpr, POPULARITY: tl.constexpr, SHIFTED: tl.constexpr):
+    """[BM, BK] ids: explicit [M, K] negatives; share="offsets" (SHIFTED: (start_m + o_k) mod N with
+    start_m = (a (m mod N) + b) mod N and the offsets o_k drawn with stream = m div N; sampling.shifted_draws); or
+    each position's own draws (stream = position)."""
     if EXPLICIT:
         ids = tl.load(negatives_ptr + rows.to(tl.int64)[:, None] * num_negatives + ks[None, :], mask=mask, other=0)
+    elif SHIFTED:
+        offsets = _draw(rows[:, None] // num_items, ks[None, :], mask, keep_ptr, alias_ptr, seed_hash, num_items,
+                        num_negatives, False)  # [BM, BK] int64 in [0, N)
+        starts = (shift_a * (rows % num_items).to(tl.int64) + shift_b) % num_items  # [BM]
+        ids = starts[:, None] + offsets
+        ids = tl.where(mask, tl.where(ids >= num_items, ids - num_items, ids), 0)
     else:
         ids = _draw(rows[:, None], ks[None, :], mask, keep_ptr, alias_ptr, seed_hash, num_items, num_negatives,
                     POPULARITY)
@@ -172,8 +189,8 @@ def _rowwise_scores(h, items_ptr, ids, mask, safe, dims, log_q_ptr, log_k, unifo
 @triton.jit
 def _rowwise_forward_kernel(
     hidden_ptr, items_ptr, targets_ptr, negatives_ptr, keep_ptr, alias_ptr, log_q_ptr, lse_ptr, loss_ptr,
-    num_rows, num_items, num_negatives, ignore_index, seed_hash, log_k, uniform_log_q,
-    EXPLICIT: tl.constexpr, POPULARITY: tl.constexpr, LOGQ: tl.constexpr,
+    num_rows, num_items, num_negatives, ignore_index, seed_hash, log_k, uniform_log_q, shift_a, shift_b,
+    EXPLICIT: tl.constexpr, POPULARITY: tl.constexpr, LOGQ: tl.constexpr, SHIFTED: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, DIM: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     rows, row_mask, dims, h, valid, safe, w_target, positive = _rows(
@@ -185,7 +202,7 @@ def _rowwise_forward_kernel(
         ks = start + tl.arange(0, BLOCK_K)
         mask = valid[:, None] & (ks < num_negatives)[None, :]
         ids = _rowwise_ids(rows, ks, mask, negatives_ptr, keep_ptr, alias_ptr, seed_hash, num_items, num_negatives,
-                           EXPLICIT, POPULARITY)
+                           shift_a, shift_b, EXPLICIT, POPULARITY, SHIFTED)
         s, w = _rowwise_scores(h, items_ptr, ids, mask, safe, dims, log_q_ptr, log_k, uniform_log_q, DIM, LOGQ,
                                POPULARITY)
         max2, sum_exp = _online_lse(max2, sum_exp, s)
@@ -197,22 +214,23 @@ def _rowwise_backward_kernel(
     hidden_ptr, items_ptr, targets_ptr, negatives_ptr, keep_ptr, alias_ptr, log_q_ptr, lse_ptr, grad_loss_ptr,
     grad_hidden_ptr, grad_items_ptr,
     num_rows, num_items, num_negatives, ignore_index, seed_hash, log_k, uniform_log_q, grad_loss_stride,
-    chunk_start, chunk_end,
-    EXPLICIT: tl.constexpr, POPULARITY: tl.constexpr, LOGQ: tl.constexpr, GRAD_HIDDEN: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    chunk_start, chunk_end, shift_a, shift_b,
+    EXPLICIT: tl.constexpr, POPULARITY: tl.constexpr, LOGQ: tl.constexpr, SHIFTED: tl.constexpr,
+    GRAD_HIDDEN: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, DIM: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
+    """d hidden, and the atomic adds of d items (none when SHIFTED: `_shifted_item_backward_kernel` writes those)."""
     rows, row_mask, dims, h, valid, safe, w_target, positive = _rows(
         hidden_ptr, items_ptr, targets_ptr, num_rows, ignore_index, BLOCK_M, DIM, BLOCK_D)
     h = h.to(tl.float32)
     dim_mask = dims < DIM
     lse, grad_loss, grad_h = _positive_backward(lse_ptr, grad_loss_ptr, grad_items_ptr, rows, row_mask, valid, safe,
                                                 dims, h, w_target, positive, grad_loss_stride, chunk_start,
-                                                chunk_end, DIM)  # grad_h [BM, BD]
+                                                chunk_end, DIM, not SHIFTED)  # grad_h [BM, BD]
     for start in range(0, num_negatives, BLOCK_K):
         ks = start + tl.arange(0, BLOCK_K)
         mask = valid[:, None] & (ks < num_negatives)[None, :]
         ids = _rowwise_ids(rows, ks, mask, negatives_ptr, keep_ptr, alias_ptr, seed_hash, num_items, num_negatives,
-                           EXPLICIT, POPULARITY)
+                           shift_a, shift_b, EXPLICIT, POPULARITY, SHIFTED)
         in_chunk = mask & (ids >= chunk_start) & (ids < chunk_end)  # [BM, BK]
         if not GRAD_HIDDEN:  # only the chunk's rows are needed: gather nothing else
             mask = in_chunk
@@ -221,9 +239,10 @@ def _rowwise_backward_kernel(
         g = tl.exp(s - lse[:, None]) * grad_loss[:, None]  # [BM, BK]; 0 on hits and masked k
         if GRAD_HIDDEN:
             grad_h += tl.sum(g[:, :, None] * w, axis=1)
-        tl.atomic_add(grad_items_ptr + (ids - chunk_start)[:, :, None] * DIM + dims[None, None, :],
-                      g[:, :, None] * h[:, None, :], mask=in_chunk[:, :, None] & dim_mask[None, None, :],
-                      sem="relaxed")
+        if not SHIFTED:
+            tl.atomic_add(grad_items_ptr + (ids - chunk_start)[:, :, None] * DIM + dims[None, None, :],
+                          g[:, :, None] * h[:, None, :], mask=in_chunk[:, :, None] & dim_mask[None, None, :],
+                          sem="relaxed")
     if GRAD_HIDDEN:
         _store_grad_hidden(grad_hidden_ptr, rows, row_mask, dims, grad_h, DIM)
 
@@ -298,7 +317,7 @@ def _tiled_backward_kernel(
     dim_mask = dims < DIM
     lse, grad_loss, grad_h = _positive_backward(lse_ptr, grad_loss_ptr, grad_items_ptr, rows, row_mask, valid, safe,
                                                 dims, h, w_target, positive, grad_loss_stride, chunk_start,
-                                                chunk_end, DIM)  # grad_h [TR, BD]
+                                                chunk_end, DIM, True)  # grad_h [TR, BD]
     for start in range(0, num_negatives, BLOCK_K):
         ks = start + tl.arange(0, BLOCK_K)
         k_mask = ks < num_negatives
@@ -319,6 +338,65 @@ def _tiled_backward_kernel(
         _store_grad_hidden(grad_hidden_ptr, rows, row_mask, dims, grad_h, DIM)
 
 
+@triton.jit
+def _shifted_item_backward_kernel(
+    hidden_ptr, items_ptr, targets_ptr, loss_ptr, lse_ptr, grad_loss_ptr, order_ptr, first_ptr, shifts_ptr,
+    begin_ptr, end_ptr, grad_items_ptr,
+    num_rows, num_items, num_negatives, num_rounds, num_tiles, ignore_index, log_k, uniform_log_q, grad_loss_stride,
+    shift_a, shift_b,
+    LOGQ: tl.constexpr, BLOCK_T: tl.constexpr, DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """d items of share="offsets", with no atomics: a program owns BLOCK_T consecutive slots t (items (a t + b) mod
+    N) and writes their rows once. The positives: the positions whose target is each item (order [M] sorted by
+    target, first [N + 1]), with d loss / d s_0 = (exp(-loss) - 1) d loss. The negatives: for slot shift r_k of round
+    q, slot t was drawn by position q N + (t - r_k) mod N, so a tile meets a run of consecutive positions; shifts
+    [R, 2K] holds each round's sorted shifts r and r + N, and [begin, end) [R, T] the ones whose run meets the round's
+    positions."""
+    tile = tl.program_id(0)
+    slots = tile * BLOCK_T + tl.arange(0, BLOCK_T)  # [BT]
+    slot_mask = slots < num_items
+    ids = tl.where(slot_mask, (shift_a * slots.to(tl.int64) + shift_b) % num_items, 0)  # [BT] int64
+    dims = tl.arange(0, BLOCK_D)
+    dim_mask = dims < DIM
+    w = tl.load(items_ptr + ids[:, None] * DIM + dims[None, :], mask=slot_mask[:, None] & dim_mask[None, :],
+                other=0.0).to(tl.float32)  # [BT, BD]
+    grad_w = tl.zeros([BLOCK_T, BLOCK_D], tl.float32)
+    first = tl.load(first_ptr + ids, mask=slot_mask, other=0)
+    count = tl.load(first_ptr + ids + 1, mask=slot_mask, other=0) - first  # [BT] positions with this target
+    for j in range(0, tl.max(count, axis=0)):
+        taken = j < count
+        rows = tl.load(order_ptr + first + j, mask=taken, other=0).to(tl.int64)
+        grad_loss = tl.load(grad_loss_ptr + rows * grad_loss_stride, mask=taken, other=0.0)
+        grad_positive = (tl.exp(-tl.load(loss_ptr + rows, mask=taken, other=0.0)) - 1.0) * grad_loss
+        h = tl.load(hidden_ptr + rows[:, None] * DIM + dims[None, :], mask=taken[:, None] & dim_mask[None, :],
+                    other=0.0).to(tl.float32)
+        grad_w += tl.where(taken, grad_positive, 0.0)[:, None] * h
+    for round_index in range(0, num_rounds):
+        round_rows = tl.minimum(num_rows - round_index * num_items, num_items)  # positions of this round
+        begin = tl.load(begin_ptr + round_index * num_tiles + tile)
+        end = tl.load(end_ptr + round_index * num_tiles + tile)
+        for index in range(begin, end):
+            shift = tl.load(shifts_ptr + round_index * 2 * num_negatives + index)
+            shift = tl.where(shift >= num_items, shift - num_items, shift)
+            positions = slots - shift
+            positions = tl.where(positions < 0, positions + num_items, positions)  # [BT]
+            drawn = slot_mask & (positions < round_rows)
+            rows = round_index * num_items + positions.to(tl.int64)
+            target = tl.load(targets_ptr + rows, mask=drawn, other=ignore_index)
+            drawn = drawn & (target != ignore_index) & (target != ids)  # ignored rows and accidental hits
+            h = tl.load(hidden_ptr + rows[:, None] * DIM + dims[None, :], mask=drawn[:, None] & dim_mask[None, :],
+                        other=0.0).to(tl.float32)  # [BT, BD]
+            s = tl.sum(h * w, axis=1)
+            if LOGQ:
+                s -= log_k + uniform_log_q
+            lse = tl.load(lse_ptr + rows, mask=drawn, other=0.0)
+            grad_loss = tl.load(grad_loss_ptr + rows * grad_loss_stride, mask=drawn, other=0.0)
+            g = tl.where(drawn, tl.exp(s - lse) * grad_loss, 0.0)  # [BT]
+            grad_w += g[:, None] * h
+    tl.store(grad_items_ptr + ids[:, None] * DIM + dims[None, :], grad_w.to(grad_items_ptr.dtype.element_ty),
+             mask=slot_mask[:, None] & dim_mask[None, :])
+
+
 def _launch(step, hidden, items, targets, negatives, keep, alias, log_q, outputs, scalars, share, logq_correction,
             block_rows):
     """Pick the row-wise or tiled kernel of `step` ("forward" or "backward") and launch it over the rows."""
@@ -333,19 +411,21 @@ def _launch(step, hidden, items, targets, negatives, keep, alias, log_q, outputs
         alias if popularity else placeholder,
         log_q if popularity else placeholder,
     )
+    shifted = negatives is None and share == "offsets"
+    rowwise = (negatives is None and share in ("none", "offsets")) or (negatives is not None and negatives.ndim == 2)
+    options = {"POPULARITY": popularity, "LOGQ": logq_correction, "DIM": dim, "BLOCK_D": _block_d(dim)}
     arguments = (hidden, items, targets, *pointers, *outputs, num_rows, items.shape[0], num_k,
                  scalars["ignore_index"], scalars["seed_hash"], math.log(num_k), -math.log(items.shape[0]))
-    options = {"POPULARITY": popularity, "LOGQ": logq_correction, "DIM": dim, "BLOCK_D": _block_d(dim)}
     if step == "backward":
         arguments += (scalars["grad_loss_stride"], scalars["chunk_start"], scalars["chunk_end"])
         options["GRAD_HIDDEN"] = scalars["chunk_start"] == 0
-    rowwise = (negatives is None and share == "none") or (negatives is not None and negatives.ndim == 2)
     if rowwise:
-        block_m, block_k, num_warps = _config(ROWWISE_CONFIG[step], options["BLOCK_D"])
+        table = "hidden_backward" if shifted and step == "backward" else step
+        block_m, block_k, num_warps = _config(ROWWISE_CONFIG[table], options["BLOCK_D"])
         kernel = _rowwise_forward_kernel if step == "forward" else _rowwise_backward_kernel
         kernel[(triton.cdiv(num_rows, block_m),)](
-            *arguments, EXPLICIT=negatives is not None, BLOCK_M=block_m, BLOCK_K=block_k, num_warps=num_warps,
-            **options)
+            *arguments, *(scalars["shift"][:2] if shifted else (0, 0)), EXPLICIT=negatives is not None,
+            SHIFTED=shifted, BLOCK_M=block_m, BLOCK_K=block_k, num_warps=num_warps, **options)
         return
     block_k, num_warps = _config(TILED_CONFIG, options["BLOCK_D"])
     kernel = _tiled_forward_kernel if step == "forward" else _tiled_backward_kernel
@@ -360,11 +440,12 @@ def _launch(step, hidden, items, targets, negatives, keep, alias, log_q, outputs
 
 
 def forward(hidden, items, targets, ignore_index, seed_hash, num_negatives, share, negatives, keep, alias, log_q,
-            logq_correction, block_rows):
-    """(loss [M] fp32, lse [M] fp32). `keep`, `alias`, `log_q` [N] are given for popularity sampling, else None."""
+            logq_correction, block_rows, shift):
+    """(loss [M] fp32, lse [M] fp32). `keep`, `alias`, `log_q` [N] are given for popularity sampling, else None;
+    `shift` is share="offsets"'s (a, b, seed) ((a, b) = sampling.shifted_relabelling(N, seed)), else None."""
     loss = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
     lse = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
-    scalars = {"num_negatives": num_negatives, "ignore_index": ignore_index, "seed_hash": seed_hash}
+    scalars = {"num_negatives": num_negatives, "ignore_index": ignore_index, "seed_hash": seed_hash, "shift": shift}
     _launch("forward", hidden, items, targets, negatives, keep, alias, log_q, (lse, loss), scalars, share,
             logq_correction, block_rows)
     return loss, lse
@@ -379,34 +460,78 @@ def grad_chunk_rows(items: torch.Tensor, grad_buffer_bytes: int | None) -> int:
     return max(1, min(num_items, grad_buffer_bytes // (dim * 4)))
 
 
-def backward(hidden, items, targets, lse, grad_loss, ignore_index, seed_hash, num_negatives, share, negatives, keep,
-             alias, log_q, logq_correction, block_rows, grad_buffer_bytes):
+def _shifted_item_backward(hidden, items, targets, loss, lse, grad_loss, ignore_index, num_negatives,
+                           logq_correction, shift):
+    """d items [N, D] of share="offsets" (fp32 under the interpreter): one write per row, no atomics, no buffer.
+    `shift` = (a, b, seed)."""
+    shift_a, shift_b, seed = shift
+    num_rows, dim = hidden.shape
+    num_items = items.shape[0]
+    device = items.device
+    block_t, num_warps = _config(SHIFTED_CONFIG, _block_d(dim))
+    num_tiles, num_rounds = triton.cdiv(num_items, block_t), triton.cdiv(num_rows, num_items)
+    keys = torch.where(targets != ignore_index, targets, num_items)  # [M]; ignored rows sort last
+    sorted_keys, order = torch.sort(keys, stable=True)  # positions by target, then by position
+    ids = torch.arange(num_items + 1, dtype=keys.dtype, device=device)
+    first = torch.searchsorted(sorted_keys, ids).to(torch.int32)  # [N + 1]; bincount would wait for the GPU
+    # Slot shifts r_k = a^-1 o_k mod N of each round, sorted, then again + N so a cyclic range is one slice.
+    offsets = counter_draws(num_items, seed, torch.arange(num_rounds, device=device), num_negatives)  # [R, K]
+    shifts = torch.sort(offsets * pow(shift_a, -1, num_items) % num_items, dim=1).values
+    shifts = torch.cat([shifts, shifts + num_items], dim=1)  # [R, 2K]
+    # Tile j meets the P_q positions of round q for shifts r in the cyclic range [jB - P_q + 1, jB + B - 1].
+    round_rows = (num_rows - torch.arange(num_rounds, device=device) * num_items).clamp(max=num_items)  # [R]
+    low = (torch.arange(num_tiles, device=device) * block_t - round_rows[:, None] + 1) % num_items  # [R, T]
+    high = low + (round_rows[:, None] + block_t - 1).clamp(max=num_items)
+    begin = torch.searchsorted(shifts, low).to(torch.int32)  # [R, T]
+    end = torch.searchsorted(shifts, high).to(torch.int32)
+    grad_items = torch.empty(items.shape, dtype=torch.float32 if interpreting() else items.dtype, device=device)
+    _shifted_item_backward_kernel[(num_tiles,)](
+        hidden.contiguous(), items.contiguous(), targets.contiguous(), loss, lse, grad_loss, order.to(torch.int32),
+        first, shifts,
+        begin, end, grad_items, num_rows, num_items, num_negatives, num_rounds, num_tiles, ignore_index,
+        math.log(num_negatives), -math.log(num_items), grad_loss.stride(0), shift_a, shift_b,
+        LOGQ=logq_correction, BLOCK_T=block_t, DIM=dim, BLOCK_D=_block_d(dim), num_warps=num_warps)
+    return grad_items
+
+
+def backward(hidden, items, targets, loss, lse, grad_loss, ignore_index, seed_hash, num_negatives, share, negatives,
+             keep, alias, log_q, logq_correction, block_rows, shift, grad_buffer_bytes):
     """(grad_hidden [M, D] in hidden's dtype, fp32 under the interpreter (whose casts truncate; the caller rounds),
     grad_items [N, D] in items' dtype). `grad_loss` [M] may have any stride (the gradient of a mean is one value
     expanded).
 
-    The item gradient accumulates in fp32: in place for an fp32 table; otherwise in an fp32 buffer, [N, D] without
-    a cap (grad_buffer_bytes=None), or of at most grad_buffer_bytes with one pass over the positions per catalog
-    chunk of that many rows, each chunk cast into the gradient after its pass. The first pass also writes d hidden;
-    the others regenerate every draw but gather and add only the rows of their chunk."""
+    share="offsets" (`shift` given): the row-wise kernel writes only d hidden, `_shifted_item_backward_kernel` d
+    items.
+    Otherwise the item gradient accumulates in fp32 with atomics: in place for an fp32 table; otherwise in an fp32
+    buffer, [N, D] without a cap (grad_buffer_bytes=None), or of at most grad_buffer_bytes with one pass over the
+    positions per catalog chunk of that many rows, each chunk cast into the gradient after its pass. The first pass
+    also writes d hidden; the others regenerate every draw but gather and add only the rows of their chunk."""
     grad_dtype = torch.float32 if interpreting() else hidden.dtype
     grad_hidden = torch.empty(hidden.shape, dtype=grad_dtype, device=hidden.device)
     num_items, dim = items.shape
+    grad_loss = grad_loss.float()
+    lse = lse.contiguous()
+    common = {"num_negatives": num_negatives, "ignore_index": ignore_index, "seed_hash": seed_hash, "shift": shift,
+              "grad_loss_stride": grad_loss.stride(0)}
+    if shift is not None:
+        _launch("backward", hidden, items, targets, None, keep, alias, log_q,
+                (lse, grad_loss, grad_hidden, grad_hidden),  # the last: d items' pointer, unused when SHIFTED
+                {**common, "chunk_start": 0, "chunk_end": num_items}, share, logq_correction, block_rows)
+        return grad_hidden, _shifted_item_backward(hidden, items, targets, loss.contiguous(), lse, grad_loss,
+                                                   ignore_index, num_negatives, logq_correction, shift)
     chunk_rows = grad_chunk_rows(items, grad_buffer_bytes)
     if items.dtype == torch.float32:
         grad_items = buffer = torch.zeros(items.shape, dtype=torch.float32, device=items.device)
     else:
         grad_items = torch.empty_like(items)
         buffer = torch.empty(chunk_rows, dim, dtype=torch.float32, device=items.device)  # [chunk, D]
-    grad_loss = grad_loss.float()
     for chunk_start in range(0, num_items, chunk_rows):
         chunk_end = min(chunk_start + chunk_rows, num_items)
         if buffer is not grad_items:
             buffer.zero_()
-        scalars = {"num_negatives": num_negatives, "ignore_index": ignore_index, "seed_hash": seed_hash,
-                   "grad_loss_stride": grad_loss.stride(0), "chunk_start": chunk_start, "chunk_end": chunk_end}
         _launch("backward", hidden, items, targets, negatives, keep, alias, log_q,
-                (lse.contiguous(), grad_loss, grad_hidden, buffer), scalars, share, logq_correction, block_rows)
+                (lse, grad_loss, grad_hidden, buffer), {**common, "chunk_start": chunk_start, "chunk_end": chunk_end},
+                share, logq_correction, block_rows)
         if buffer is not grad_items:
             grad_items[chunk_start:chunk_end].copy_(buffer[: chunk_end - chunk_start])
     return grad_hidden, grad_items

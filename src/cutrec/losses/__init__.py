@@ -77,6 +77,9 @@ def build_loss(config: LossConfig, num_items: int, item_counts: torch.Tensor | N
             logq_correction=config.logq_correction,
         )
     if name == "CCE-":
+        if config.share == "offsets" and config.distribution == "popularity":
+            raise CutrecError("loss.share='offsets' draws uniformly; use loss.distribution='uniform', or "
+                              "loss.share='none' for popularity sampling")
         return partial(
             sampled_cut_cross_entropy,
             num_negatives=config.num_negatives,

@@ -25,9 +25,16 @@ from torch import nn
 from cutrec.errors import CutrecError
 from cutrec.losses.cut_cross_entropy import resolve_impl
 from cutrec.losses.reference import Reduction, check_seam, reduce_loss
-from cutrec.losses.sampling import NegativeDistribution, counter_draws, seed_hash, uniform_log_q
+from cutrec.losses.sampling import (
+    NegativeDistribution,
+    counter_draws,
+    seed_hash,
+    shifted_draws,
+    shifted_relabelling,
+    uniform_log_q,
+)
 
-Share = Literal["none", "block", "batch"]
+Share = Literal["none", "block", "batch", "offsets"]
 BLOCK_ROWS = 64  # share="block": consecutive positions that share one set of negatives
 TORCH_CHUNK_BUDGET_BYTES = 256 * 2**20  # the chunk x K x D fp32 gather of the PyTorch implementation
 
@@ -59,6 +66,8 @@ def _negatives(options: _Options, rows: torch.Tensor) -> torch.Tensor:
     if options.negatives is not None:
         explicit = options.negatives
         return explicit[rows] if explicit.ndim == 2 else explicit.expand(len(rows), -1)
+    if options.share == "offsets":
+        return shifted_draws(options.num_items, options.seed, rows, options.num_negatives)
     if options.share == "none":
         streams = rows
     elif options.share == "block":
@@ -135,6 +144,8 @@ def _triton(step: str, options: _Options, hidden, items, targets, *saved):
         "num_negatives": options.num_negatives,
         "share": options.share, "negatives": options.negatives, "keep": keep, "alias": alias, "log_q": options.log_q,
         "logq_correction": options.logq_correction, "block_rows": BLOCK_ROWS,
+        "shift": ((*shifted_relabelling(options.num_items, options.seed), options.seed)
+                  if options.share == "offsets" and options.negatives is None else None),
     }
     if step == "forward":
         return kernels.forward(hidden, items, targets, **common)
@@ -190,6 +201,7 @@ def _backward_impl(
     hidden: torch.Tensor,
     items: torch.Tensor,
     targets: torch.Tensor,
+    loss: torch.Tensor,
     lse: torch.Tensor,
     grad_loss: torch.Tensor,
     negatives: torch.Tensor | None,
@@ -208,7 +220,8 @@ def _backward_impl(
     options = _options(items, negatives, keep, alias, log_q, num_negatives, logq_correction, share, seed,
                        ignore_index, impl, grad_buffer_bytes)
     if impl == "triton":
-        grad_hidden, grad_items = _triton("backward", options, hidden, items, targets, lse.float(), grad_loss)
+        grad_hidden, grad_items = _triton("backward", options, hidden, items, targets, loss.float(), lse.float(),
+                                          grad_loss)
     else:
         grad_hidden, grad_items = _torch_backward(hidden, items, targets, lse, grad_loss, options)
     return grad_hidden.to(hidden.dtype), grad_items.to(items.dtype)
@@ -218,23 +231,23 @@ _backward_op = torch.library.custom_op("cutrec::sampled_cut_cross_entropy_backwa
 
 
 @_backward_op.register_fake
-def _backward_fake(hidden, items, targets, lse, grad_loss, negatives, keep, alias, log_q, num_negatives,
+def _backward_fake(hidden, items, targets, loss, lse, grad_loss, negatives, keep, alias, log_q, num_negatives,
                    logq_correction, share, seed, ignore_index, impl, grad_buffer_bytes):
     return torch.empty_like(hidden), torch.empty_like(items)
 
 
 def _setup_context(ctx, inputs, output) -> None:
     hidden, items, targets, negatives, keep, alias, log_q, *scalars = inputs
-    ctx.save_for_backward(hidden, items, targets, output[1], negatives, keep, alias, log_q)
+    ctx.save_for_backward(hidden, items, targets, *output, negatives, keep, alias, log_q)  # output: loss, lse
     ctx.scalars = scalars
     ctx.backward_op = _backward_op  # the eager Function replaces it by _backward_impl
     ctx.mark_non_differentiable(output[1])
 
 
 def _backward(ctx, grad_loss, grad_lse):
-    hidden, items, targets, lse, negatives, keep, alias, log_q = ctx.saved_tensors
+    hidden, items, targets, loss, lse, negatives, keep, alias, log_q = ctx.saved_tensors
     grad_hidden, grad_items = ctx.backward_op(
-        hidden, items, targets, lse, grad_loss, negatives, keep, alias, log_q, *ctx.scalars
+        hidden, items, targets, loss, lse, grad_loss, negatives, keep, alias, log_q, *ctx.scalars
     )
     needs = ctx.needs_input_grad
     return (grad_hidden if needs[0] else None, grad_items if needs[1] else None, *[None] * 12)
@@ -333,8 +346,8 @@ def sampled_cut_cross_entropy(
     check_seam(hidden, items, targets)
     if num_negatives < 1:
         raise CutrecError(f"num_negatives={num_negatives} must be at least 1")
-    if share not in ("none", "block", "batch"):
-        raise CutrecError(f"share={share!r} is unknown; use 'none', 'block' or 'batch'")
+    if share not in ("none", "block", "batch", "offsets"):
+        raise CutrecError(f"share={share!r} is unknown; use 'none', 'block', 'batch' or 'offsets'")
     resolved = _resolve_impl(impl, hidden.device, hidden.shape[1], hidden.dtype)
     if negatives is not None:
         shape_ok = negatives.ndim == 1 or (negatives.ndim == 2 and negatives.shape[0] == hidden.shape[0])
@@ -349,6 +362,9 @@ def sampled_cut_cross_entropy(
     if torch.is_autocast_enabled(hidden.device.type):
         hidden = hidden.to(torch.get_autocast_dtype(hidden.device.type))
     distribution = _distribution(distribution, items.shape[0], item_counts, alpha)
+    if share == "offsets" and distribution.probs is not None and negatives is None:
+        raise CutrecError('share="offsets" draws uniformly; use distribution="uniform", or share="none" for '
+                          "popularity sampling")
     keep = alias = log_q = None
     if distribution.probs is not None:
         keep, alias, log_q = distribution.device_tables(hidden.device)

@@ -9,6 +9,7 @@ one uniform index and one uniform coin per draw.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -169,3 +170,25 @@ def counter_draws(
     keep, alias = alias_table
     coin = (mix32(hashed ^ 0x5BD1E995) >> 8).float() * 2.0**-24  # [S, K] in [0, 1)
     return torch.where(coin < keep[index], index, alias[index])
+
+
+def shifted_relabelling(num_items: int, seed: int) -> tuple[int, int]:
+    """(a, b) of share="offsets": slot t holds item (a t + b) mod N, with a in [1, N) coprime to N (so the slots are
+    a relabelling of the catalog) and b in [0, N); Python ints from the seed, no device sync."""
+    hashed = seed_hash(seed)
+    a = 1 + mix32(hashed ^ 0x68E31DA4) % max(num_items - 1, 1)
+    while math.gcd(a, num_items) != 1:  # stops at N - 1 at the latest
+        a += 1
+    return a, mix32(hashed ^ 0xB5297A4D) % num_items
+
+
+def shifted_draws(num_items: int, seed: int, rows: torch.Tensor, num_negatives: int) -> torch.Tensor:
+    """Item ids [C, K] of share="offsets" for positions `rows` [C]: id = (start_m + o_k) mod N, with the position's
+    start_m = (a (m mod N) + b) mod N, (a, b) = shifted_relabelling(N, seed), and uniform offsets
+    o_k = counter_draws(N, seed, m div N, K) shared by each round of N positions. Equivalently, slot
+    t = (m mod N + r_k) mod N holds item (a t + b) mod N, with r_k = a^-1 o_k mod N: within a round the positions'
+    sets are translates of one another in slot space. Each position's K ids are independent uniform draws."""
+    offsets = counter_draws(num_items, seed, torch.div(rows, num_items, rounding_mode="floor"), num_negatives)
+    a, b = shifted_relabelling(num_items, seed)
+    starts = (a * (rows % num_items) + b) % num_items  # [C]
+    return (starts[:, None] + offsets) % num_items  # [C, K]
