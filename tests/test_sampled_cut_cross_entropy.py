@@ -322,7 +322,8 @@ def test_non_contiguous_explicit_negatives(impl):
 
 
 def test_implementation_choice():
-    """auto: Triton on CUDA, torch for float64 and in deterministic mode, where impl="triton" is refused."""
+    """auto: Triton on CUDA, torch for float64 and, for the modes with atomics, in deterministic mode, where
+    impl="triton" is refused; share="offsets" (no atomics) keeps Triton there."""
     cuda = torch.device("cuda")  # only the choice is computed here: no CUDA needed
     assert sampled_module._resolve_impl("auto", cuda, 64, torch.bfloat16) == "triton"
     assert sampled_module._resolve_impl("auto", cuda, 64, torch.float64) == "torch"
@@ -332,6 +333,8 @@ def test_implementation_choice():
         assert sampled_module._resolve_impl("auto", cuda, 64, torch.bfloat16) == "torch"
         with pytest.raises(CutrecError, match="use_deterministic_algorithms"):
             sampled_module._resolve_impl("triton", cuda, 64, torch.bfloat16)
+        assert sampled_module._resolve_impl("auto", cuda, 64, torch.bfloat16, atomic=False) == "triton"
+        assert sampled_module._resolve_impl("triton", cuda, 64, torch.bfloat16, atomic=False) == "triton"
     finally:
         torch.use_deterministic_algorithms(False)
 
@@ -479,9 +482,13 @@ def test_gpu_deterministic_mode_picks_the_torch_implementation():
             sampled_cut_cross_entropy(hidden, items, targets, num_negatives=63, impl="triton")
         runs = [loss_and_grads(sampled_cut_cross_entropy, hidden, items, targets, num_negatives=63, seed=2)
                 for _ in range(2)]
+        offsets = [loss_and_grads(sampled_cut_cross_entropy, hidden, items, targets, num_negatives=63, seed=2,
+                                  share="offsets", impl="triton") for _ in range(2)]  # no atomics: allowed
     finally:
         torch.use_deterministic_algorithms(False)
     for first, second in zip(*runs, strict=True):
+        assert torch.equal(first, second)
+    for first, second in zip(*offsets, strict=True):
         assert torch.equal(first, second)
 
 

@@ -470,10 +470,10 @@ def _shifted_item_backward(hidden, items, targets, loss, lse, grad_loss, ignore_
     device = items.device
     block_t, num_warps = _config(SHIFTED_CONFIG, _block_d(dim))
     num_tiles, num_rounds = triton.cdiv(num_items, block_t), triton.cdiv(num_rows, num_items)
-    keys = torch.where(targets != ignore_index, targets, num_items)  # [M]; ignored rows sort last
+    keys = torch.where(targets != ignore_index, targets, num_items).to(torch.int32)  # [M]; ignored rows sort last
     sorted_keys, order = torch.sort(keys, stable=True)  # positions by target, then by position
-    ids = torch.arange(num_items + 1, dtype=keys.dtype, device=device)
-    first = torch.searchsorted(sorted_keys, ids).to(torch.int32)  # [N + 1]; bincount would wait for the GPU
+    ids = torch.arange(num_items + 1, dtype=torch.int32, device=device)
+    first = torch.searchsorted(sorted_keys, ids, out_int32=True)  # [N + 1]; bincount would wait for the GPU
     # Slot shifts r_k = a^-1 o_k mod N of each round, sorted, then again + N so a cyclic range is one slice.
     offsets = counter_draws(num_items, seed, torch.arange(num_rounds, device=device), num_negatives)  # [R, K]
     shifts = torch.sort(offsets * pow(shift_a, -1, num_items) % num_items, dim=1).values

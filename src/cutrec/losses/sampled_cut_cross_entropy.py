@@ -4,12 +4,15 @@ The objective is exactly docs/kernels.md's CE- (and `reference.sampled_cross_ent
 s_0 = z_iy, s_k = z_in_k - log(K q(n_k)) (logQ, optional), s_k = -inf where n_k == y (accidental hits), loss_i =
 logsumexp_k s_ik - s_i0. Negatives are a pure function of (seed, stream, k) (`sampling.counter_draws`), where the
 stream is the position (share="none": every position its own K negatives), the block of BLOCK_ROWS consecutive
-positions (share="block") or 0 (share="batch": one set for the whole batch). The backward pass draws them again, so
-the memory of a step holds one log-sum-exp per position and no [M, K] index tensor.
+positions (share="block") or 0 (share="batch": one set for the whole batch). share="offsets" (uniform only,
+`sampling.shifted_draws`) gives every position its own K uniform negatives, (start_m + o_k) mod N, from offsets o_k
+that the positions share, so that the kernels can write the item gradient row by row without atomics. The backward
+pass draws them again, so the memory of a step holds one log-sum-exp per position and no [M, K] index tensor.
 
 impl="torch" processes positions in chunks, so its largest temporary is chunk x K x D (about
 TORCH_CHUNK_BUDGET_BYTES), never M x K x D. impl="triton" runs kernels/sampled_cut_cross_entropy.py, which draws the
-same negatives; impl="auto" picks it on CUDA (except in deterministic mode: see `_resolve_impl`).
+same negatives; impl="auto" picks it on CUDA (except in deterministic mode for the modes with atomics: see
+`_resolve_impl`).
 Both run inside torch.library custom ops (fake implementations, registered autograd), so torch.compile traces them;
 eager calls run the same forward and backward through an autograd.Function that skips the dispatcher's wrappers.
 (No `from __future__ import annotations` here: custom_op reads the annotations to infer the op schemas.)
@@ -273,15 +276,17 @@ class _EagerSampledCutCrossEntropy(torch.autograd.Function):
         return _backward(ctx, *grads)
 
 
-def _resolve_impl(impl: str, device: torch.device, dim: int, dtype: torch.dtype) -> str:
+def _resolve_impl(impl: str, device: torch.device, dim: int, dtype: torch.dtype, atomic: bool = True) -> str:
     """As for cut CE ("auto": triton on CUDA), with two exceptions for "auto": float64 inputs run the torch
-    implementation, which computes in float64 (the kernels accumulate in fp32); and because the kernels add the item
-    gradient with atomics, under torch.use_deterministic_algorithms(True) "auto" picks the chunked torch
-    implementation, whose index_add_ is then deterministic on CUDA too (slower), and impl="triton" is refused."""
+    implementation, which computes in float64 (the kernels accumulate in fp32); and when the kernels add the item
+    gradient with atomics (`atomic`: every mode but share="offsets" with drawn negatives), under
+    torch.use_deterministic_algorithms(True) "auto" picks the chunked torch implementation, whose index_add_ is then
+    deterministic on CUDA too (slower), and impl="triton" is refused."""
     resolved = resolve_impl(impl, device, dim)
     if impl == "auto" and dtype == torch.float64:
         return "torch"
-    if resolved == "triton" and device.type == "cuda" and torch.are_deterministic_algorithms_enabled():
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    if atomic and resolved == "triton" and device.type == "cuda" and deterministic:
         if impl == "triton":
             raise CutrecError(
                 'impl="triton" adds the item gradient with atomics, which torch.use_deterministic_algorithms(True) '
@@ -348,7 +353,8 @@ def sampled_cut_cross_entropy(
         raise CutrecError(f"num_negatives={num_negatives} must be at least 1")
     if share not in ("none", "block", "batch", "offsets"):
         raise CutrecError(f"share={share!r} is unknown; use 'none', 'block', 'batch' or 'offsets'")
-    resolved = _resolve_impl(impl, hidden.device, hidden.shape[1], hidden.dtype)
+    atomic = share != "offsets" or negatives is not None
+    resolved = _resolve_impl(impl, hidden.device, hidden.shape[1], hidden.dtype, atomic)
     if negatives is not None:
         shape_ok = negatives.ndim == 1 or (negatives.ndim == 2 and negatives.shape[0] == hidden.shape[0])
         if not shape_ok or negatives.numel() == 0:
