@@ -4,7 +4,8 @@ On a small catalog a training step is bound by the CPU's work of launching kerne
 times the Python and launch path: each case runs 300 times back to back; "host" is the wall time per call before the
 final synchronisation, "with sync" after it (larger only when the GPU is the bottleneck). Cases: the bare Triton
 launches of cut CE, the same through the custom ops, the whole loss forward and forward+backward under bf16
-autocast, reference CE, and the sampled cut CE. Ends with a cProfile of cut CE forward+backward.
+autocast, reference CE, and the sampled cut CE (share none, block, offsets). Ends with a cProfile of cut CE
+forward+backward.
 
     python benchmarks/host_overhead.py
 """
@@ -68,6 +69,8 @@ def main() -> None:
             lambda: sampled_cut_cross_entropy(hidden, items, targets, num_negatives=256).backward()),
         "CCE- block fwd+bwd": under_autocast(
             lambda: sampled_cut_cross_entropy(hidden, items, targets, num_negatives=256, share="block").backward()),
+        "CCE- offsets fwd+bwd": under_autocast(
+            lambda: sampled_cut_cross_entropy(hidden, items, targets, num_negatives=256, share="offsets").backward()),
     }
     for name, fn in cases.items():
         launched, synced = host_us(fn)
