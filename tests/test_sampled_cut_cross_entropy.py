@@ -216,6 +216,8 @@ def test_build_loss_and_errors():
                                   item_counts=torch.ones(50))
     with pytest.raises(CutrecError, match="loss.share='offsets' draws uniformly"):
         build_loss(LossConfig(name="CCE-", share="offsets", distribution="popularity"), 50, torch.ones(50))
+    with pytest.raises(CutrecError, match="grad_buffer_bytes=100.5 must be an int"):
+        sampled_cut_cross_entropy(hidden, items, targets, num_negatives=3, grad_buffer_bytes=100.5)
     with pytest.raises(CutrecError, match="grad_buffer_bytes=31 holds no fp32 row of D=8"):
         sampled_cut_cross_entropy(hidden, items, targets, num_negatives=3, grad_buffer_bytes=31)
 
@@ -231,6 +233,8 @@ def test_module_builds_the_popularity_distribution_once():
     torch.testing.assert_close(module(hidden, items, targets, seed=4), expected, rtol=0, atol=0)
     with pytest.raises(CutrecError, match="needs item_counts"):
         SampledCutCrossEntropy(num_negatives=5, distribution="popularity")
+    with pytest.raises(CutrecError, match="draws uniformly"):
+        SampledCutCrossEntropy(num_negatives=5, distribution="popularity", item_counts=counts, share="offsets")
 
 
 @pytest.mark.parametrize(("share", "popularity"), SHARE_AND_POPULARITY)
@@ -247,6 +251,29 @@ def test_triton_kernels_match_the_torch_implementation(share, popularity, shape)
     torch_impl = loss_and_grads(sampled_cut_cross_entropy, hidden, items, targets, impl="torch", **options)
     for value, expected in zip(ours, torch_impl, strict=True):
         torch.testing.assert_close(value, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("num_rows", "num_items", "num_negatives", "ignore_index"),
+    [(5, 1, 3, -100), (40, 2, 5, -100), (50, 3, 4, 0), (1, 50, 4, -100), (33, 33, 1, -100), (65, 64, 2, 3),
+     (2000, 37, 3, -100), (30, 20, 6, "all")],
+)
+def test_offsets_kernels_on_edge_shapes(num_rows, num_items, num_negatives, ignore_index):
+    """share="offsets": the item-major kernel against float64 CE- on the drawn ids with N below one tile, N = 1 or 2,
+    one position, one negative, M a tile more than N, many rounds, ignore_index equal to an item id, and every row
+    ignored."""
+    hidden, items, targets = make_inputs((num_rows, num_items, 16), torch.float32, seed=num_rows + num_items)
+    targets[targets >= num_items] = num_items - 1  # make_inputs sets target 1 in row 0
+    if ignore_index == "all":
+        targets, ignore_index = torch.full_like(targets, -100), -100
+    targets[targets == -100] = ignore_index  # item ignore_index's rows and make_inputs' padding are both ignored
+    options = {"num_negatives": num_negatives, "share": "offsets", "seed": 9, "ignore_index": ignore_index}
+    ours = loss_and_grads(sampled_cut_cross_entropy, hidden, items, targets, impl="triton", **options)
+    negatives = shifted_draws(num_items, 9, torch.arange(num_rows), num_negatives)
+    truth = loss_and_grads(sampled_cross_entropy, hidden, items, targets, torch.float64, negatives=negatives,
+                           ignore_index=ignore_index)
+    for value, exact in zip(ours, truth, strict=True):
+        torch.testing.assert_close(value.double(), exact, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("share", ["none", "block", "offsets"])

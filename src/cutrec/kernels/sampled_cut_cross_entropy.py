@@ -2,24 +2,28 @@
 
 Per position i with target y_i: s_0 = z_iy, s_k = z_in_k - log(K q(n_k)) (logQ, optional), s_k = -inf when
 n_k == y_i, loss_i = logsumexp_k s_ik - s_i0 (docs/kernels.md). The ids n_k are the same pure function of
-(seed, stream, k) as `cutrec.losses.sampling.counter_draws` (lowbias32 hash; alias table for popularity), so the
-kernels and the PyTorch implementation draw identical negatives, and the backward regenerates them.
+(seed, stream, k) as `cutrec.losses.sampling.counter_draws` (lowbias32 hash; alias table for popularity) and
+`sampling.shifted_draws` (share="offsets"), so the kernels and the PyTorch implementation draw identical negatives,
+and the backward regenerates them.
 
-Two kernel pairs (forward: online log-sum-exp seeded with s_0, writes lse and loss [M] fp32; backward: the same loop,
-g_k = softmax_k * dloss gives d hidden, accumulated in registers and stored once, and d items, fp32 atomic adds into
-the rows of the drawn items):
+Forward kernels keep an online log-sum-exp seeded with s_0 and write lse and loss [M] fp32; backward kernels run the
+same loop, g_k = softmax_k * dloss gives d hidden, accumulated in registers and stored once, and d items:
 
-- row-wise, for share="none" and explicit [M, K] negatives: a program owns BLOCK_M positions, each with its own
-  negatives, so every score is a row-by-row dot product over a gathered [BM, BK, D] tile (CUDA cores; the cost is
-  the gather of M x K rows and the M x K x D atomic adds);
+- row-wise, for share="none", share="offsets" and explicit [M, K] negatives: a program owns BLOCK_M positions, each
+  with its own negatives, so every score is a row-by-row dot product over a gathered [BM, BK, D] tile (CUDA cores;
+  the cost is the gather of M x K rows and, except for share="offsets", the M x K x D atomic adds of d items);
 - tiled, for share="block", share="batch" and explicit [K] negatives: a program owns TILE_ROWS = BLOCK_ROWS
   consecutive positions that share their negatives, gathers [BK, D] rows once and scores the [TILE_ROWS, D] x
-  [D, BK] tile on the tensor cores (fp32 accumulation); d items is one [BK, D] tile product per program.
+  [D, BK] tile on the tensor cores (fp32 accumulation); d items is one [BK, D] tile product per program, added
+  with atomics;
+- item-major, share="offsets"'s d items (`_shifted_item_backward_kernel`): a program owns a tile of items and
+  accumulates their rows in registers from the runs of positions that drew them; each row is written once.
 
 The d items atomics (relaxed: the default acq_rel ordering made the row-wise backward twice as slow) make its low bits
-depend on the order of the adds, so the item gradient is not bit-deterministic on a GPU (loss and d hidden are).
-Memory beyond inputs and gradients: lse and loss (8 M bytes), and for a 16-bit item table the fp32 buffer that
-d items accumulates in: N x D x 4 bytes, or at most grad_buffer_bytes, one catalog chunk per backward pass.
+depend on the order of the adds, so the item gradient is not bit-deterministic on a GPU (loss and d hidden are),
+except for share="offsets", which has no atomics. Memory beyond inputs and gradients: lse and loss (8 M bytes); for
+a 16-bit item table in the atomic modes the fp32 buffer that d items accumulates in: N x D x 4 bytes, or at most
+grad_buffer_bytes, one catalog chunk per backward pass; for share="offsets" the sorted targets and shifts, O(M + K).
 """
 
 import math
@@ -29,7 +33,7 @@ import triton
 import triton.language as tl
 
 from cutrec.kernels.cut_cross_entropy import _block_d, _dot, interpreting
-from cutrec.losses.sampling import counter_draws
+from cutrec.losses.sampling import seed_hash
 
 LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
@@ -339,21 +343,53 @@ def _tiled_backward_kernel(
 
 
 @triton.jit
+def _lower_bound(values_ptr, length, num_items, key, num_steps, WRAP: tl.constexpr):
+    """The first index i whose value is >= key (keys of any shape), over values [length] sorted ascending, or with
+    WRAP over the virtual [2 length] values[i mod length] + N (i >= length); num_steps >= log2(entries + 1)."""
+    low = key * 0
+    if WRAP:
+        high = low + 2 * length
+    else:
+        high = low + length
+    for _ in range(0, num_steps):
+        searching = low < high
+        middle = (low + high) // 2
+        index = tl.where(middle >= length, middle - length, middle)
+        value = tl.load(values_ptr + index, mask=searching, other=0).to(tl.int64)
+        value += tl.where(middle >= length, num_items, 0)
+        right = searching & (value < key)
+        high = tl.where(searching & (value >= key), middle, high)
+        low = tl.where(right, middle + 1, low)
+    return low
+
+
+@triton.jit
+def _shift_table_kernel(shifts_ptr, seed_hash, num_items, num_negatives, inverse_a, BLOCK_K: tl.constexpr):
+    """shifts [R, K]: the slot shift r_k = a^-1 o_k mod N of each offset o_k of round q = program id (unsorted)."""
+    round_index = tl.program_id(0)
+    for start in range(0, num_negatives, BLOCK_K):
+        ks = start + tl.arange(0, BLOCK_K)
+        mask = ks < num_negatives
+        offsets = _draw(round_index + ks * 0, ks, mask, shifts_ptr, shifts_ptr, seed_hash, num_items, num_negatives,
+                        False)  # [BK] int64
+        tl.store(shifts_ptr + round_index * num_negatives + ks, offsets * inverse_a % num_items, mask=mask)
+
+
+@triton.jit
 def _shifted_item_backward_kernel(
-    hidden_ptr, items_ptr, targets_ptr, loss_ptr, lse_ptr, grad_loss_ptr, order_ptr, first_ptr, shifts_ptr,
-    begin_ptr, end_ptr, grad_items_ptr,
-    num_rows, num_items, num_negatives, num_rounds, num_tiles, ignore_index, log_k, uniform_log_q, grad_loss_stride,
-    shift_a, shift_b,
+    hidden_ptr, items_ptr, targets_ptr, loss_ptr, lse_ptr, grad_loss_ptr, sorted_keys_ptr, order_ptr, shifts_ptr,
+    grad_items_ptr,
+    num_rows, num_items, num_negatives, num_rounds, ignore_index, log_k, uniform_log_q, grad_loss_stride,
+    shift_a, shift_b, row_steps, shift_steps,
     LOGQ: tl.constexpr, BLOCK_T: tl.constexpr, DIM: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """d items of share="offsets", with no atomics: a program owns BLOCK_T consecutive slots t (items (a t + b) mod
-    N) and writes their rows once. The positives: the positions whose target is each item (order [M] sorted by
-    target, first [N + 1]), with d loss / d s_0 = (exp(-loss) - 1) d loss. The negatives: for slot shift r_k of round
-    q, slot t was drawn by position q N + (t - r_k) mod N, so a tile meets a run of consecutive positions; shifts
-    [R, 2K] holds each round's sorted shifts r and r + N, and [begin, end) [R, T] the ones whose run meets the round's
-    positions."""
-    tile = tl.program_id(0)
-    slots = tile * BLOCK_T + tl.arange(0, BLOCK_T)  # [BT]
+    N) and writes their rows once. The positives: the positions whose target is each item, found by binary search in
+    the targets sorted by value (sorted_keys [M], order [M]: ignored rows carry N and sort last), with d loss / d s_0
+    = (exp(-loss) - 1) d loss. The negatives: for slot shift r_k of round q, slot t was drawn by position
+    q N + (t - r_k) mod N, so a tile meets a run of consecutive positions, and the tile's shifts form one cyclic
+    range of each round's sorted shifts [R, K], found by binary search."""
+    slots = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)  # [BT]
     slot_mask = slots < num_items
     ids = tl.where(slot_mask, (shift_a * slots.to(tl.int64) + shift_b) % num_items, 0)  # [BT] int64
     dims = tl.arange(0, BLOCK_D)
@@ -361,8 +397,9 @@ def _shifted_item_backward_kernel(
     w = tl.load(items_ptr + ids[:, None] * DIM + dims[None, :], mask=slot_mask[:, None] & dim_mask[None, :],
                 other=0.0).to(tl.float32)  # [BT, BD]
     grad_w = tl.zeros([BLOCK_T, BLOCK_D], tl.float32)
-    first = tl.load(first_ptr + ids, mask=slot_mask, other=0)
-    count = tl.load(first_ptr + ids + 1, mask=slot_mask, other=0) - first  # [BT] positions with this target
+    first = _lower_bound(sorted_keys_ptr, num_rows, num_items, ids, row_steps, False)  # [BT]
+    count = tl.where(slot_mask, _lower_bound(sorted_keys_ptr, num_rows, num_items, ids + 1, row_steps, False) - first,
+                     0)  # [BT] positions whose target is this item
     for j in range(0, tl.max(count, axis=0)):
         taken = j < count
         rows = tl.load(order_ptr + first + j, mask=taken, other=0).to(tl.int64)
@@ -371,13 +408,18 @@ def _shifted_item_backward_kernel(
         h = tl.load(hidden_ptr + rows[:, None] * DIM + dims[None, :], mask=taken[:, None] & dim_mask[None, :],
                     other=0.0).to(tl.float32)
         grad_w += tl.where(taken, grad_positive, 0.0)[:, None] * h
+    first_slot = tl.program_id(0).to(tl.int64) * BLOCK_T
     for round_index in range(0, num_rounds):
         round_rows = tl.minimum(num_rows - round_index * num_items, num_items)  # positions of this round
-        begin = tl.load(begin_ptr + round_index * num_tiles + tile)
-        end = tl.load(end_ptr + round_index * num_tiles + tile)
+        # the tile meets the round's positions for shifts r in the cyclic range [t0 - P + 1, t0 + BT - 1]
+        low = first_slot - round_rows + 1
+        low = tl.where(low < 0, low + num_items, low)
+        high = low + tl.minimum(round_rows + BLOCK_T - 1, num_items)
+        round_shifts = shifts_ptr + round_index * num_negatives
+        begin = _lower_bound(round_shifts, num_negatives, num_items, low, shift_steps, True)
+        end = _lower_bound(round_shifts, num_negatives, num_items, high, shift_steps, True)
         for index in range(begin, end):
-            shift = tl.load(shifts_ptr + round_index * 2 * num_negatives + index)
-            shift = tl.where(shift >= num_items, shift - num_items, shift)
+            shift = tl.load(round_shifts + tl.where(index >= num_negatives, index - num_negatives, index))
             positions = slots - shift
             positions = tl.where(positions < 0, positions + num_items, positions)  # [BT]
             drawn = slot_mask & (positions < round_rows)
@@ -457,47 +499,40 @@ def grad_chunk_rows(items: torch.Tensor, grad_buffer_bytes: int | None) -> int:
     num_items, dim = items.shape
     if items.dtype == torch.float32 or grad_buffer_bytes is None:
         return num_items
-    return max(1, min(num_items, grad_buffer_bytes // (dim * 4)))
+    return max(1, min(num_items, int(grad_buffer_bytes) // (dim * 4)))
 
 
 def _shifted_item_backward(hidden, items, targets, loss, lse, grad_loss, ignore_index, num_negatives,
                            logq_correction, shift):
-    """d items [N, D] of share="offsets" (fp32 under the interpreter): one write per row, no atomics, no buffer.
-    `shift` = (a, b, seed)."""
+    """d items [N, D] of share="offsets" (fp32 under the interpreter): one write per row, no atomics, no buffer;
+    beyond it only O(M + K) integers (the sorted targets, each round's shifts). `shift` = (a, b, seed)."""
     shift_a, shift_b, seed = shift
     num_rows, dim = hidden.shape
     num_items = items.shape[0]
     device = items.device
     block_t, num_warps = _config(SHIFTED_CONFIG, _block_d(dim))
-    num_tiles, num_rounds = triton.cdiv(num_items, block_t), triton.cdiv(num_rows, num_items)
+    num_rounds = triton.cdiv(num_rows, num_items)
     keys = torch.where(targets != ignore_index, targets, num_items).to(torch.int32)  # [M]; ignored rows sort last
     sorted_keys, order = torch.sort(keys, stable=True)  # positions by target, then by position
-    ids = torch.arange(num_items + 1, dtype=torch.int32, device=device)
-    first = torch.searchsorted(sorted_keys, ids, out_int32=True)  # [N + 1]; bincount would wait for the GPU
-    # Slot shifts r_k = a^-1 o_k mod N of each round, sorted, then again + N so a cyclic range is one slice.
-    offsets = counter_draws(num_items, seed, torch.arange(num_rounds, device=device), num_negatives)  # [R, K]
-    shifts = torch.sort(offsets * pow(shift_a, -1, num_items) % num_items, dim=1).values
-    shifts = torch.cat([shifts, shifts + num_items], dim=1)  # [R, 2K]
-    # Tile j meets the P_q positions of round q for shifts r in the cyclic range [jB - P_q + 1, jB + B - 1].
-    round_rows = (num_rows - torch.arange(num_rounds, device=device) * num_items).clamp(max=num_items)  # [R]
-    low = (torch.arange(num_tiles, device=device) * block_t - round_rows[:, None] + 1) % num_items  # [R, T]
-    high = low + (round_rows[:, None] + block_t - 1).clamp(max=num_items)
-    begin = torch.searchsorted(shifts, low).to(torch.int32)  # [R, T]
-    end = torch.searchsorted(shifts, high).to(torch.int32)
+    shifts = torch.empty(num_rounds, num_negatives, dtype=torch.int64, device=device)  # [R, K]
+    _shift_table_kernel[(num_rounds,)](shifts, seed_hash(seed), num_items, num_negatives,
+                                       pow(shift_a, -1, num_items), BLOCK_K=256)
+    shifts = torch.sort(shifts, dim=1).values
     grad_items = torch.empty(items.shape, dtype=torch.float32 if interpreting() else items.dtype, device=device)
-    _shifted_item_backward_kernel[(num_tiles,)](
-        hidden.contiguous(), items.contiguous(), targets.contiguous(), loss, lse, grad_loss, order.to(torch.int32),
-        first, shifts,
-        begin, end, grad_items, num_rows, num_items, num_negatives, num_rounds, num_tiles, ignore_index,
-        math.log(num_negatives), -math.log(num_items), grad_loss.stride(0), shift_a, shift_b,
-        LOGQ=logq_correction, BLOCK_T=block_t, DIM=dim, BLOCK_D=_block_d(dim), num_warps=num_warps)
+    _shifted_item_backward_kernel[(triton.cdiv(num_items, block_t),)](
+        hidden.contiguous(), items.contiguous(), targets.contiguous(), loss, lse, grad_loss, sorted_keys, order,
+        shifts, grad_items, num_rows, num_items, num_negatives, num_rounds, ignore_index, math.log(num_negatives),
+        -math.log(num_items), grad_loss.stride(0), shift_a, shift_b, num_rows.bit_length() + 1,
+        (2 * num_negatives).bit_length() + 1, LOGQ=logq_correction, BLOCK_T=block_t, DIM=dim,
+        BLOCK_D=_block_d(dim), num_warps=num_warps)
     return grad_items
 
 
 def backward(hidden, items, targets, loss, lse, grad_loss, ignore_index, seed_hash, num_negatives, share, negatives,
              keep, alias, log_q, logq_correction, block_rows, shift, grad_buffer_bytes):
     """(grad_hidden [M, D] in hidden's dtype, fp32 under the interpreter (whose casts truncate; the caller rounds),
-    grad_items [N, D] in items' dtype). `grad_loss` [M] may have any stride (the gradient of a mean is one value
+    grad_items [N, D] in items' dtype, or fp32 under the interpreter for share="offsets"). `grad_loss` [M] may have
+    any stride (the gradient of a mean is one value
     expanded).
 
     share="offsets" (`shift` given): the row-wise kernel writes only d hidden, `_shifted_item_backward_kernel` d

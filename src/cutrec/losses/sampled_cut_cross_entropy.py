@@ -343,10 +343,11 @@ def sampled_cut_cross_entropy(
     or a prebuilt NegativeDistribution (it caches its alias table across calls). `negatives`: [M, K] or [K] item ids
     that replace the drawn ones (num_negatives is then ignored). Under autocast, hidden is cast to the autocast
     dtype; scores and gradients accumulate in fp32 and come back in each input's dtype.
-    `grad_buffer_bytes` (impl="triton", 16-bit item tables): the kernels accumulate the item gradient in an fp32
-    buffer, by default one for the whole catalog (N x D x 4 bytes beyond the gradient); a cap bounds it at the cost
-    of one more backward pass over the positions per chunk of catalog rows it holds (docs/sampled_cut_cross_entropy.md
-    measures the cost). An fp32 table accumulates in its own gradient and needs no buffer.
+    `grad_buffer_bytes` (impl="triton", 16-bit item tables, every share mode but "offsets"): the kernels accumulate
+    the item gradient in an fp32 buffer, by default one for the whole catalog (N x D x 4 bytes beyond the gradient);
+    a cap bounds it at the cost of one more backward pass over the positions per chunk of catalog rows it holds
+    (docs/sampled_cut_cross_entropy.md measures the cost). An fp32 table accumulates in its own gradient, and
+    share="offsets" writes each row once, so neither needs the buffer; impl="torch" ignores the cap.
     """
     check_seam(hidden, items, targets)
     if num_negatives < 1:
@@ -362,9 +363,13 @@ def sampled_cut_cross_entropy(
         if negatives.min() < 0 or negatives.max() >= items.shape[0]:
             raise CutrecError(f"negatives must be item ids in [0, {items.shape[0]})")
         negatives = negatives.long().contiguous()  # the kernels index it as rows * K + k
-    if grad_buffer_bytes is not None and grad_buffer_bytes < 4 * hidden.shape[1]:
-        raise CutrecError(f"grad_buffer_bytes={grad_buffer_bytes} holds no fp32 row of D={hidden.shape[1]} values; "
-                          f"pass at least {4 * hidden.shape[1]}, or None for one buffer for the whole catalog")
+    if grad_buffer_bytes is not None:
+        if isinstance(grad_buffer_bytes, bool) or not isinstance(grad_buffer_bytes, int):
+            raise CutrecError(f"grad_buffer_bytes={grad_buffer_bytes!r} must be an int number of bytes, or None")
+        if grad_buffer_bytes < 4 * hidden.shape[1]:
+            raise CutrecError(f"grad_buffer_bytes={grad_buffer_bytes} holds no fp32 row of D={hidden.shape[1]} "
+                              f"values; pass at least {4 * hidden.shape[1]}, or None for one buffer for the whole "
+                              "catalog")
     if torch.is_autocast_enabled(hidden.device.type):
         hidden = hidden.to(torch.get_autocast_dtype(hidden.device.type))
     distribution = _distribution(distribution, items.shape[0], item_counts, alpha)
@@ -392,6 +397,9 @@ class SampledCutCrossEntropy(nn.Module):
     def __init__(self, **options) -> None:
         super().__init__()
         if options.get("distribution") == "popularity":
+            if options.get("share") == "offsets" and options.get("negatives") is None:
+                raise CutrecError('share="offsets" draws uniformly; use distribution="uniform", or share="none" for '
+                                  "popularity sampling")
             if options.get("item_counts") is None:
                 raise CutrecError('distribution="popularity" needs item_counts (training events per item)')
             options["distribution"] = NegativeDistribution.popularity(options.pop("item_counts"),
