@@ -23,7 +23,7 @@ The d items atomics (relaxed: the default acq_rel ordering made the row-wise bac
 depend on the order of the adds, so the item gradient is not bit-deterministic on a GPU (loss and d hidden are),
 except for share="offsets", which has no atomics. Memory beyond inputs and gradients: lse and loss (8 M bytes); for
 a 16-bit item table in the atomic modes the fp32 buffer that d items accumulates in: N x D x 4 bytes, or at most
-grad_buffer_bytes, one catalog chunk per backward pass; for share="offsets" the sorted targets and shifts, O(M + K).
+grad_buffer_bytes, one catalog chunk per backward pass; for share="offsets" index arrays, about 8 (M + N) bytes.
 """
 
 import math
@@ -343,27 +343,6 @@ def _tiled_backward_kernel(
 
 
 @triton.jit
-def _lower_bound(values_ptr, length, num_items, key, num_steps, WRAP: tl.constexpr):
-    """The first index i whose value is >= key (keys of any shape), over values [length] sorted ascending, or with
-    WRAP over the virtual [2 length] values[i mod length] + N (i >= length); num_steps >= log2(entries + 1)."""
-    low = key * 0
-    if WRAP:
-        high = low + 2 * length
-    else:
-        high = low + length
-    for _ in range(0, num_steps):
-        searching = low < high
-        middle = (low + high) // 2
-        index = tl.where(middle >= length, middle - length, middle)
-        value = tl.load(values_ptr + index, mask=searching, other=0).to(tl.int64)
-        value += tl.where(middle >= length, num_items, 0)
-        right = searching & (value < key)
-        high = tl.where(searching & (value >= key), middle, high)
-        low = tl.where(right, middle + 1, low)
-    return low
-
-
-@triton.jit
 def _shift_table_kernel(shifts_ptr, seed_hash, num_items, num_negatives, inverse_a, BLOCK_K: tl.constexpr):
     """shifts [R, K]: the slot shift r_k = a^-1 o_k mod N of each offset o_k of round q = program id (unsorted)."""
     round_index = tl.program_id(0)
@@ -377,19 +356,20 @@ def _shift_table_kernel(shifts_ptr, seed_hash, num_items, num_negatives, inverse
 
 @triton.jit
 def _shifted_item_backward_kernel(
-    hidden_ptr, items_ptr, targets_ptr, loss_ptr, lse_ptr, grad_loss_ptr, sorted_keys_ptr, order_ptr, shifts_ptr,
-    grad_items_ptr,
-    num_rows, num_items, num_negatives, num_rounds, ignore_index, log_k, uniform_log_q, grad_loss_stride,
-    shift_a, shift_b, row_steps, shift_steps,
+    hidden_ptr, items_ptr, targets_ptr, loss_ptr, lse_ptr, grad_loss_ptr, order_ptr, first_ptr, shifts_ptr,
+    begin_ptr, end_ptr, grad_items_ptr,
+    num_rows, num_items, num_negatives, num_rounds, num_tiles, ignore_index, log_k, uniform_log_q, grad_loss_stride,
+    shift_a, shift_b,
     LOGQ: tl.constexpr, BLOCK_T: tl.constexpr, DIM: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """d items of share="offsets", with no atomics: a program owns BLOCK_T consecutive slots t (items (a t + b) mod
-    N) and writes their rows once. The positives: the positions whose target is each item, found by binary search in
-    the targets sorted by value (sorted_keys [M], order [M]: ignored rows carry N and sort last), with d loss / d s_0
-    = (exp(-loss) - 1) d loss. The negatives: for slot shift r_k of round q, slot t was drawn by position
-    q N + (t - r_k) mod N, so a tile meets a run of consecutive positions, and the tile's shifts form one cyclic
-    range of each round's sorted shifts [R, K], found by binary search."""
-    slots = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)  # [BT]
+    N) and writes their rows once. The positives: the positions whose target is each item (order [M] sorted by
+    target, first [N + 1]), with d loss / d s_0 = (exp(-loss) - 1) d loss. The negatives: for slot shift r_k of round
+    q, slot t was drawn by position q N + (t - r_k) mod N, so a tile meets a run of consecutive positions; shifts
+    [R, 2K] holds each round's sorted shifts r and r + N, and [begin, end) [R, T] the ones whose run meets the round's
+    positions."""
+    tile = tl.program_id(0)
+    slots = tile * BLOCK_T + tl.arange(0, BLOCK_T)  # [BT]
     slot_mask = slots < num_items
     ids = tl.where(slot_mask, (shift_a * slots.to(tl.int64) + shift_b) % num_items, 0)  # [BT] int64
     dims = tl.arange(0, BLOCK_D)
@@ -397,9 +377,8 @@ def _shifted_item_backward_kernel(
     w = tl.load(items_ptr + ids[:, None] * DIM + dims[None, :], mask=slot_mask[:, None] & dim_mask[None, :],
                 other=0.0).to(tl.float32)  # [BT, BD]
     grad_w = tl.zeros([BLOCK_T, BLOCK_D], tl.float32)
-    first = _lower_bound(sorted_keys_ptr, num_rows, num_items, ids, row_steps, False)  # [BT]
-    count = tl.where(slot_mask, _lower_bound(sorted_keys_ptr, num_rows, num_items, ids + 1, row_steps, False) - first,
-                     0)  # [BT] positions whose target is this item
+    first = tl.load(first_ptr + ids, mask=slot_mask, other=0)
+    count = tl.load(first_ptr + ids + 1, mask=slot_mask, other=0) - first  # [BT] positions with this target
     for j in range(0, tl.max(count, axis=0)):
         taken = j < count
         rows = tl.load(order_ptr + first + j, mask=taken, other=0).to(tl.int64)
@@ -408,18 +387,13 @@ def _shifted_item_backward_kernel(
         h = tl.load(hidden_ptr + rows[:, None] * DIM + dims[None, :], mask=taken[:, None] & dim_mask[None, :],
                     other=0.0).to(tl.float32)
         grad_w += tl.where(taken, grad_positive, 0.0)[:, None] * h
-    first_slot = tl.program_id(0).to(tl.int64) * BLOCK_T
     for round_index in range(0, num_rounds):
         round_rows = tl.minimum(num_rows - round_index * num_items, num_items)  # positions of this round
-        # the tile meets the round's positions for shifts r in the cyclic range [t0 - P + 1, t0 + BT - 1]
-        low = first_slot - round_rows + 1
-        low = tl.where(low < 0, low + num_items, low)
-        high = low + tl.minimum(round_rows + BLOCK_T - 1, num_items)
-        round_shifts = shifts_ptr + round_index * num_negatives
-        begin = _lower_bound(round_shifts, num_negatives, num_items, low, shift_steps, True)
-        end = _lower_bound(round_shifts, num_negatives, num_items, high, shift_steps, True)
+        begin = tl.load(begin_ptr + round_index * num_tiles + tile)
+        end = tl.load(end_ptr + round_index * num_tiles + tile)
         for index in range(begin, end):
-            shift = tl.load(round_shifts + tl.where(index >= num_negatives, index - num_negatives, index))
+            shift = tl.load(shifts_ptr + round_index * 2 * num_negatives + index)
+            shift = tl.where(shift >= num_items, shift - num_items, shift)
             positions = slots - shift
             positions = tl.where(positions < 0, positions + num_items, positions)  # [BT]
             drawn = slot_mask & (positions < round_rows)
@@ -505,26 +479,36 @@ def grad_chunk_rows(items: torch.Tensor, grad_buffer_bytes: int | None) -> int:
 def _shifted_item_backward(hidden, items, targets, loss, lse, grad_loss, ignore_index, num_negatives,
                            logq_correction, shift):
     """d items [N, D] of share="offsets" (fp32 under the interpreter): one write per row, no atomics, no buffer;
-    beyond it only O(M + K) integers (the sorted targets, each round's shifts). `shift` = (a, b, seed)."""
+    beyond it the sorted targets, each round's shifts and the tiles' ranges (about 8 (M + N) bytes at most).
+    `shift` = (a, b, seed)."""
     shift_a, shift_b, seed = shift
     num_rows, dim = hidden.shape
     num_items = items.shape[0]
     device = items.device
     block_t, num_warps = _config(SHIFTED_CONFIG, _block_d(dim))
-    num_rounds = triton.cdiv(num_rows, num_items)
+    num_tiles, num_rounds = triton.cdiv(num_items, block_t), triton.cdiv(num_rows, num_items)
     keys = torch.where(targets != ignore_index, targets, num_items).to(torch.int32)  # [M]; ignored rows sort last
     sorted_keys, order = torch.sort(keys, stable=True)  # positions by target, then by position
+    ids = torch.arange(num_items + 1, dtype=torch.int32, device=device)
+    first = torch.searchsorted(sorted_keys, ids, out_int32=True)  # [N + 1]; bincount would wait for the GPU
+    # Slot shifts r_k = a^-1 o_k mod N of each round, sorted, then again + N so a cyclic range is one slice.
     shifts = torch.empty(num_rounds, num_negatives, dtype=torch.int64, device=device)  # [R, K]
     _shift_table_kernel[(num_rounds,)](shifts, seed_hash(seed), num_items, num_negatives,
                                        pow(shift_a, -1, num_items), BLOCK_K=256)
     shifts = torch.sort(shifts, dim=1).values
+    shifts = torch.cat([shifts, shifts + num_items], dim=1)  # [R, 2K]
+    # Tile j meets the P_q positions of round q for shifts r in the cyclic range [jB - P_q + 1, jB + B - 1].
+    round_rows = (num_rows - torch.arange(num_rounds, device=device) * num_items).clamp(max=num_items)  # [R]
+    low = (torch.arange(num_tiles, device=device) * block_t - round_rows[:, None] + 1) % num_items  # [R, T]
+    high = low + (round_rows[:, None] + block_t - 1).clamp(max=num_items)
+    begin = torch.searchsorted(shifts, low, out_int32=True)  # [R, T]
+    end = torch.searchsorted(shifts, high, out_int32=True)
     grad_items = torch.empty(items.shape, dtype=torch.float32 if interpreting() else items.dtype, device=device)
-    _shifted_item_backward_kernel[(triton.cdiv(num_items, block_t),)](
-        hidden.contiguous(), items.contiguous(), targets.contiguous(), loss, lse, grad_loss, sorted_keys, order,
-        shifts, grad_items, num_rows, num_items, num_negatives, num_rounds, ignore_index, math.log(num_negatives),
-        -math.log(num_items), grad_loss.stride(0), shift_a, shift_b, num_rows.bit_length() + 1,
-        (2 * num_negatives).bit_length() + 1, LOGQ=logq_correction, BLOCK_T=block_t, DIM=dim,
-        BLOCK_D=_block_d(dim), num_warps=num_warps)
+    _shifted_item_backward_kernel[(num_tiles,)](
+        hidden.contiguous(), items.contiguous(), targets.contiguous(), loss, lse, grad_loss, order, first, shifts,
+        begin, end, grad_items, num_rows, num_items, num_negatives, num_rounds, num_tiles, ignore_index,
+        math.log(num_negatives), -math.log(num_items), grad_loss.stride(0), shift_a, shift_b,
+        LOGQ=logq_correction, BLOCK_T=block_t, DIM=dim, BLOCK_D=_block_d(dim), num_warps=num_warps)
     return grad_items
 
 
