@@ -516,15 +516,13 @@ def backward(hidden, items, targets, loss, lse, grad_loss, ignore_index, seed_ha
              keep, alias, log_q, logq_correction, block_rows, shift, grad_buffer_bytes):
     """(grad_hidden [M, D] in hidden's dtype, fp32 under the interpreter (whose casts truncate; the caller rounds),
     grad_items [N, D] in items' dtype, or fp32 under the interpreter for share="offsets"). `grad_loss` [M] may have
-    any stride (the gradient of a mean is one value
-    expanded).
+    any stride (the gradient of a mean is one value expanded).
 
     share="offsets" (`shift` given): the row-wise kernel writes only d hidden, `_shifted_item_backward_kernel` d
-    items.
-    Otherwise the item gradient accumulates in fp32 with atomics: in place for an fp32 table; otherwise in an fp32
-    buffer, [N, D] without a cap (grad_buffer_bytes=None), or of at most grad_buffer_bytes with one pass over the
-    positions per catalog chunk of that many rows, each chunk cast into the gradient after its pass. The first pass
-    also writes d hidden; the others regenerate every draw but gather and add only the rows of their chunk."""
+    items. Otherwise the item gradient accumulates in fp32 with atomics: in place for an fp32 table; otherwise in an
+    fp32 buffer, [N, D] without a cap (grad_buffer_bytes=None), or of at most grad_buffer_bytes with one pass over
+    the positions per catalog chunk of that many rows, each chunk cast into the gradient after its pass. The first
+    pass also writes d hidden; the others regenerate every draw but gather and add only the rows of their chunk."""
     grad_dtype = torch.float32 if interpreting() else hidden.dtype
     grad_hidden = torch.empty(hidden.shape, dtype=grad_dtype, device=hidden.device)
     num_items, dim = items.shape
