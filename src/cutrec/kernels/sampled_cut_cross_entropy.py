@@ -33,7 +33,6 @@ import triton
 import triton.language as tl
 
 from cutrec.kernels.cut_cross_entropy import _block_d, _dot, interpreting
-from cutrec.losses.sampling import seed_hash
 
 LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
@@ -427,7 +426,7 @@ def _launch(step, hidden, items, targets, negatives, keep, alias, log_q, outputs
         alias if popularity else placeholder,
         log_q if popularity else placeholder,
     )
-    shifted = negatives is None and share == "offsets"
+    shifted = scalars["shift"] is not None
     rowwise = (negatives is None and share in ("none", "offsets")) or (negatives is not None and negatives.ndim == 2)
     options = {"POPULARITY": popularity, "LOGQ": logq_correction, "DIM": dim, "BLOCK_D": _block_d(dim)}
     arguments = (hidden, items, targets, *pointers, *outputs, num_rows, items.shape[0], num_k,
@@ -440,7 +439,7 @@ def _launch(step, hidden, items, targets, negatives, keep, alias, log_q, outputs
         block_m, block_k, num_warps = _config(ROWWISE_CONFIG[table], options["BLOCK_D"])
         kernel = _rowwise_forward_kernel if step == "forward" else _rowwise_backward_kernel
         kernel[(triton.cdiv(num_rows, block_m),)](
-            *arguments, *(scalars["shift"][:2] if shifted else (0, 0)), EXPLICIT=negatives is not None,
+            *arguments, *(scalars["shift"] if shifted else (0, 0)), EXPLICIT=negatives is not None,
             SHIFTED=shifted, BLOCK_M=block_m, BLOCK_K=block_k, num_warps=num_warps, **options)
         return
     block_k, num_warps = _config(TILED_CONFIG, options["BLOCK_D"])
@@ -458,7 +457,7 @@ def _launch(step, hidden, items, targets, negatives, keep, alias, log_q, outputs
 def forward(hidden, items, targets, ignore_index, seed_hash, num_negatives, share, negatives, keep, alias, log_q,
             logq_correction, block_rows, shift):
     """(loss [M] fp32, lse [M] fp32). `keep`, `alias`, `log_q` [N] are given for popularity sampling, else None;
-    `shift` is share="offsets"'s (a, b, seed) ((a, b) = sampling.shifted_relabelling(N, seed)), else None."""
+    `shift` is share="offsets"'s relabelling (a, b) (sampling.shifted_relabelling), else None."""
     loss = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
     lse = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
     scalars = {"num_negatives": num_negatives, "ignore_index": ignore_index, "seed_hash": seed_hash, "shift": shift}
@@ -476,12 +475,12 @@ def grad_chunk_rows(items: torch.Tensor, grad_buffer_bytes: int | None) -> int:
     return max(1, min(num_items, int(grad_buffer_bytes) // (dim * 4)))
 
 
-def _shifted_item_backward(hidden, items, targets, loss, lse, grad_loss, ignore_index, num_negatives,
+def _shifted_item_backward(hidden, items, targets, loss, lse, grad_loss, ignore_index, seed_hash, num_negatives,
                            logq_correction, shift):
     """d items [N, D] of share="offsets" (fp32 under the interpreter): one write per row, no atomics, no buffer;
     beyond it the sorted targets, each round's shifts and the tiles' ranges (about 8 (M + N) bytes at most).
-    `shift` = (a, b, seed)."""
-    shift_a, shift_b, seed = shift
+    `shift` = (a, b)."""
+    shift_a, shift_b = shift
     num_rows, dim = hidden.shape
     num_items = items.shape[0]
     device = items.device
@@ -493,7 +492,7 @@ def _shifted_item_backward(hidden, items, targets, loss, lse, grad_loss, ignore_
     first = torch.searchsorted(sorted_keys, ids, out_int32=True)  # [N + 1]; bincount would wait for the GPU
     # Slot shifts r_k = a^-1 o_k mod N of each round, sorted, then again + N so a cyclic range is one slice.
     shifts = torch.empty(num_rounds, num_negatives, dtype=torch.int64, device=device)  # [R, K]
-    _shift_table_kernel[(num_rounds,)](shifts, seed_hash(seed), num_items, num_negatives,
+    _shift_table_kernel[(num_rounds,)](shifts, seed_hash, num_items, num_negatives,
                                        pow(shift_a, -1, num_items), BLOCK_K=256)
     shifts = torch.sort(shifts, dim=1).values
     shifts = torch.cat([shifts, shifts + num_items], dim=1)  # [R, 2K]
@@ -535,7 +534,7 @@ def backward(hidden, items, targets, loss, lse, grad_loss, ignore_index, seed_ha
                 (lse, grad_loss, grad_hidden, grad_hidden),  # the last: d items' pointer, unused when SHIFTED
                 {**common, "chunk_start": 0, "chunk_end": num_items}, share, logq_correction, block_rows)
         return grad_hidden, _shifted_item_backward(hidden, items, targets, loss.contiguous(), lse, grad_loss,
-                                                   ignore_index, num_negatives, logq_correction, shift)
+                                                   ignore_index, seed_hash, num_negatives, logq_correction, shift)
     chunk_rows = grad_chunk_rows(items, grad_buffer_bytes)
     if items.dtype == torch.float32:
         grad_items = buffer = torch.zeros(items.shape, dtype=torch.float32, device=items.device)

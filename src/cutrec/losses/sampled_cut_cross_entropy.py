@@ -147,7 +147,7 @@ def _triton(step: str, options: _Options, hidden, items, targets, *saved):
         "num_negatives": options.num_negatives,
         "share": options.share, "negatives": options.negatives, "keep": keep, "alias": alias, "log_q": options.log_q,
         "logq_correction": options.logq_correction, "block_rows": BLOCK_ROWS,
-        "shift": ((*shifted_relabelling(options.num_items, options.seed), options.seed)
+        "shift": (shifted_relabelling(options.num_items, options.seed)
                   if options.share == "offsets" and options.negatives is None else None),
     }
     if step == "forward":
@@ -296,6 +296,13 @@ def _resolve_impl(impl: str, device: torch.device, dim: int, dtype: torch.dtype,
     return resolved
 
 
+def _check_offsets_uniform(share: str | None, popularity: bool, negatives: torch.Tensor | None) -> None:
+    """share="offsets" draws its own negatives uniformly: refuse it with popularity sampling."""
+    if share == "offsets" and popularity and negatives is None:
+        raise CutrecError('share="offsets" draws uniformly; use distribution="uniform", or share="none" for '
+                          "popularity sampling")
+
+
 def _distribution(
     distribution: Literal["uniform", "popularity"] | NegativeDistribution,
     num_items: int,
@@ -373,9 +380,7 @@ def sampled_cut_cross_entropy(
     if torch.is_autocast_enabled(hidden.device.type):
         hidden = hidden.to(torch.get_autocast_dtype(hidden.device.type))
     distribution = _distribution(distribution, items.shape[0], item_counts, alpha)
-    if share == "offsets" and distribution.probs is not None and negatives is None:
-        raise CutrecError('share="offsets" draws uniformly; use distribution="uniform", or share="none" for '
-                          "popularity sampling")
+    _check_offsets_uniform(share, distribution.probs is not None, negatives)
     keep = alias = log_q = None
     if distribution.probs is not None:
         keep, alias, log_q = distribution.device_tables(hidden.device)
@@ -397,9 +402,7 @@ class SampledCutCrossEntropy(nn.Module):
     def __init__(self, **options) -> None:
         super().__init__()
         if options.get("distribution") == "popularity":
-            if options.get("share") == "offsets" and options.get("negatives") is None:
-                raise CutrecError('share="offsets" draws uniformly; use distribution="uniform", or share="none" for '
-                                  "popularity sampling")
+            _check_offsets_uniform(options.get("share"), True, options.get("negatives"))
             if options.get("item_counts") is None:
                 raise CutrecError('distribution="popularity" needs item_counts (training events per item)')
             options["distribution"] = NegativeDistribution.popularity(options.pop("item_counts"),
