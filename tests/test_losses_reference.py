@@ -185,3 +185,14 @@ def test_bad_inputs_are_named():
         sampled_cross_entropy(h, w, torch.zeros(6, dtype=torch.long), num_negatives=0)
     with pytest.raises(CutrecError, match="negatives must be item ids"):
         sampled_cross_entropy(h, w, torch.zeros(6, dtype=torch.long), negatives=torch.tensor([3, 25]))
+
+
+@pytest.mark.parametrize("loss", [cross_entropy, sampled_cross_entropy, binary_cross_entropy])
+@pytest.mark.parametrize("bad", [37, -5])
+def test_target_outside_the_catalog_is_named(loss, bad):
+    """A target that is neither an item id nor ignore_index is a user mistake: a CutrecError naming it, for every
+    plain loss (the trainer, whose data pipeline checks ids once, passes check_targets=False)."""
+    hidden, items, targets = _torch(*_inputs(4))
+    targets[5] = bad
+    with pytest.raises(CutrecError, match=f"target {bad} is not an item id in \\[0, 37\\)"):
+        loss(hidden, items, targets, **({} if loss is cross_entropy else {"num_negatives": 3}))

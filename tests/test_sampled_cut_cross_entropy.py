@@ -276,6 +276,24 @@ def test_offsets_kernels_on_edge_shapes(num_rows, num_items, num_negatives, igno
         torch.testing.assert_close(value.double(), exact, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("impl", ["torch", "triton"])
+@pytest.mark.parametrize("share", ["none", "block", "offsets"])
+def test_target_outside_the_catalog(impl, share):
+    """Checked (the default): a CutrecError naming the id. Unchecked: that row's loss is NaN, the others are the
+    checked loss's, and nothing is read outside the item table."""
+    hidden, items, targets = make_inputs((70, 211, 24), torch.float32, seed=31)
+    targets[7], targets[8] = 211, 5
+    options = {"num_negatives": 9, "share": share, "seed": 2, "impl": impl, "reduction": "none"}
+    with pytest.raises(CutrecError, match="target 211 is not an item id in \\[0, 211\\)"):
+        sampled_cut_cross_entropy(hidden, items, targets, **options)
+    unchecked = sampled_cut_cross_entropy(hidden, items, targets, check_targets=False, **options)
+    targets[7] = -100
+    expected = sampled_cut_cross_entropy(hidden, items, targets, **options)
+    others = torch.arange(70) != 7
+    assert torch.isnan(unchecked[7])
+    torch.testing.assert_close(unchecked[others], expected[others], rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("share", ["none", "block", "offsets"])
 def test_triton_kernels_with_per_position_upstream_gradients(share):
     """reduction="none" and a random upstream gradient per position (the kernels read it at stride 1, the expanded

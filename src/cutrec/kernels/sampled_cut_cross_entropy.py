@@ -98,10 +98,10 @@ def _correct(s, ids, mask, log_q_ptr, log_k, uniform_log_q, LOGQ: tl.constexpr, 
 
 
 @triton.jit
-def _rows(hidden_ptr, items_ptr, targets_ptr, num_rows, ignore_index, BLOCK_M: tl.constexpr, DIM: tl.constexpr,
-          BLOCK_D: tl.constexpr):
+def _rows(hidden_ptr, items_ptr, targets_ptr, num_rows, num_items, ignore_index, BLOCK_M: tl.constexpr,
+          DIM: tl.constexpr, BLOCK_D: tl.constexpr):
     """This program's rows: (rows, row_mask, dims, h [BM, BD] input dtype, valid, safe targets, w_target [BM, BD],
-    positive scores [BM] fp32)."""
+    positive scores [BM] fp32, NaN where an unchecked target lies outside [0, N) so that its loss is NaN)."""
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # [BM]
     row_mask = rows < num_rows
     dims = tl.arange(0, BLOCK_D)
@@ -110,10 +110,11 @@ def _rows(hidden_ptr, items_ptr, targets_ptr, num_rows, ignore_index, BLOCK_M: t
                 mask=row_mask[:, None] & dim_mask[None, :], other=0.0)
     target = tl.load(targets_ptr + rows, mask=row_mask, other=ignore_index)
     valid = row_mask & (target != ignore_index)
-    safe = tl.where(valid, target, 0).to(tl.int64)
+    bad = valid & ((target < 0) | (target >= num_items))
+    safe = tl.where(valid & ~bad, target, 0).to(tl.int64)
     w_target = tl.load(items_ptr + safe[:, None] * DIM + dims[None, :], mask=valid[:, None] & dim_mask[None, :],
                        other=0.0)
-    positive = tl.sum(h.to(tl.float32) * w_target.to(tl.float32), axis=1)
+    positive = tl.where(bad, float("nan"), tl.sum(h.to(tl.float32) * w_target.to(tl.float32), axis=1))
     return rows, row_mask, dims, h, valid, safe, w_target, positive
 
 
@@ -197,7 +198,7 @@ def _rowwise_forward_kernel(
     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, DIM: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     rows, row_mask, dims, h, valid, safe, w_target, positive = _rows(
-        hidden_ptr, items_ptr, targets_ptr, num_rows, ignore_index, BLOCK_M, DIM, BLOCK_D)
+        hidden_ptr, items_ptr, targets_ptr, num_rows, num_items, ignore_index, BLOCK_M, DIM, BLOCK_D)
     h = h.to(tl.float32)
     max2 = positive * LOG2E  # the online log-sum-exp starts with s_0
     sum_exp = tl.full([BLOCK_M], 1.0, tl.float32)
@@ -223,7 +224,7 @@ def _rowwise_backward_kernel(
 ):
     """d hidden, and the atomic adds of d items (none when SHIFTED: `_shifted_item_backward_kernel` writes those)."""
     rows, row_mask, dims, h, valid, safe, w_target, positive = _rows(
-        hidden_ptr, items_ptr, targets_ptr, num_rows, ignore_index, BLOCK_M, DIM, BLOCK_D)
+        hidden_ptr, items_ptr, targets_ptr, num_rows, num_items, ignore_index, BLOCK_M, DIM, BLOCK_D)
     h = h.to(tl.float32)
     dim_mask = dims < DIM
     lse, grad_loss, grad_h = _positive_backward(lse_ptr, grad_loss_ptr, grad_items_ptr, rows, row_mask, valid, safe,
@@ -291,7 +292,7 @@ def _tiled_forward_kernel(
     BLOCK_D: tl.constexpr,
 ):
     rows, row_mask, dims, h, valid, safe, w_target, positive = _rows(
-        hidden_ptr, items_ptr, targets_ptr, num_rows, ignore_index, TILE_ROWS, DIM, BLOCK_D)
+        hidden_ptr, items_ptr, targets_ptr, num_rows, num_items, ignore_index, TILE_ROWS, DIM, BLOCK_D)
     max2 = positive * LOG2E
     sum_exp = tl.full([TILE_ROWS], 1.0, tl.float32)
     for start in range(0, num_negatives, BLOCK_K):
@@ -316,7 +317,7 @@ def _tiled_backward_kernel(
     DIM: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     rows, row_mask, dims, h, valid, safe, w_target, positive = _rows(
-        hidden_ptr, items_ptr, targets_ptr, num_rows, ignore_index, TILE_ROWS, DIM, BLOCK_D)
+        hidden_ptr, items_ptr, targets_ptr, num_rows, num_items, ignore_index, TILE_ROWS, DIM, BLOCK_D)
     dim_mask = dims < DIM
     lse, grad_loss, grad_h = _positive_backward(lse_ptr, grad_loss_ptr, grad_items_ptr, rows, row_mask, valid, safe,
                                                 dims, h, w_target, positive, grad_loss_stride, chunk_start,

@@ -65,13 +65,15 @@ def build_loss(config: LossConfig, num_items: int, item_counts: torch.Tensor | N
         distribution = NegativeDistribution.popularity(item_counts, config.alpha)
     else:
         distribution = NegativeDistribution.uniform(num_items)
+    # The data pipeline guarantees targets in [0, N): every loss skips the per-step range check (a host sync).
     if name == "CE":
-        return _without_seed(cross_entropy)
-    if name == "CCE":  # the data pipeline guarantees targets in [0, N): skip the per-step range check
+        return _without_seed(partial(cross_entropy, check_targets=False))
+    if name == "CCE":
         return _without_seed(partial(cut_cross_entropy, check_targets=False))
     if name == "CE-":
         return partial(
             sampled_cross_entropy,
+            check_targets=False,
             num_negatives=config.num_negatives,
             distribution=distribution,
             logq_correction=config.logq_correction,
@@ -82,18 +84,21 @@ def build_loss(config: LossConfig, num_items: int, item_counts: torch.Tensor | N
                               "loss.share='none' for popularity sampling")
         return partial(
             sampled_cut_cross_entropy,
+            check_targets=False,
             num_negatives=config.num_negatives,
             distribution=distribution,
             logq_correction=config.logq_correction,
             share=config.share,
         )
     if name == "BCE":
-        return partial(binary_cross_entropy, num_negatives=1, distribution=distribution)
+        return partial(binary_cross_entropy, num_negatives=1, distribution=distribution, check_targets=False)
     if name == "BCE+":
-        return partial(binary_cross_entropy, num_negatives=config.num_negatives, distribution=distribution)
+        return partial(binary_cross_entropy, num_negatives=config.num_negatives, distribution=distribution,
+                       check_targets=False)
     if name == "gBCE":
         beta = gbce_beta(config.num_negatives, num_items, config.gbce_t)
         return partial(
-            binary_cross_entropy, num_negatives=config.num_negatives, distribution=distribution, positive_power=beta
+            binary_cross_entropy, num_negatives=config.num_negatives, distribution=distribution, positive_power=beta,
+            check_targets=False,
         )
     raise CutrecError(f"loss.name={config.name!r} is unknown; choose auto, CE, CCE, CE-, CCE-, BCE, BCE+ or gBCE")

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from cutrec.errors import CutrecError
-from cutrec.losses.reference import Reduction, check_seam, reduce_loss
+from cutrec.losses.reference import Reduction, check_seam, check_target_range, reduce_loss
 
 Impl = Literal["auto", "triton", "torch"]
 
@@ -50,20 +50,6 @@ def resolve_impl(impl: str, device: torch.device, dim: int) -> str:
             )
         return impl
     raise CutrecError(f"impl={impl!r} is unknown; use 'auto', 'triton' or 'torch'")
-
-
-def _check_target_range(targets: torch.Tensor, num_items: int, ignore_index: int) -> None:
-    """One min/max reduction over the non-ignored targets; raise naming an id outside [0, num_items)."""
-    if targets.numel() == 0:
-        return
-    kept = torch.where(targets == ignore_index, torch.zeros_like(targets), targets)
-    low, high = torch.stack(torch.aminmax(kept)).tolist()  # one device-to-host copy
-    if low < 0 or high >= num_items:
-        bad = low if low < 0 else high
-        raise CutrecError(
-            f"target {bad} is not an item id in [0, {num_items}) nor ignore_index={ignore_index}; "
-            "fix the targets or pass the ignore_index that marks padding"
-        )
 
 
 def _chunk_rows(num_items: int) -> int:
@@ -156,7 +142,7 @@ def _forward_impl(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(loss [M] fp32, lse [M] fp32, G [M, D] or [0, D] in hidden's dtype); items and bias have hidden's dtype."""
     if check_targets:
-        _check_target_range(targets, items.shape[0], ignore_index)
+        check_target_range(targets, items.shape[0], ignore_index)
     if impl == "triton":
         from cutrec.kernels import cut_cross_entropy as kernels
 

@@ -45,6 +45,22 @@ def check_seam(
         raise CutrecError(f"bias must be [N]={items.shape[0]}, got shape {tuple(bias.shape)}")
 
 
+def check_target_range(targets: torch.Tensor, num_items: int, ignore_index: int) -> None:
+    """One min/max reduction over the non-ignored targets and one device-to-host copy of its two numbers; raise
+    naming an id outside [0, num_items). Every loss runs it unless called with check_targets=False (the trainer,
+    whose data pipeline guarantees the range, skips the copy: it stalls the CPU's queueing of kernels)."""
+    if targets.numel() == 0:
+        return
+    kept = torch.where(targets == ignore_index, torch.zeros_like(targets), targets)
+    low, high = torch.stack(torch.aminmax(kept)).tolist()  # one device-to-host copy
+    if low < 0 or high >= num_items:
+        bad = low if low < 0 else high
+        raise CutrecError(
+            f"target {bad} is not an item id in [0, {num_items}) nor ignore_index={ignore_index}; "
+            "fix the targets or pass the ignore_index that marks padding"
+        )
+
+
 def reduce_loss(
     per_position: torch.Tensor, valid: torch.Tensor, reduction: Reduction, *, zeroed: bool = False
 ) -> torch.Tensor:
@@ -79,9 +95,12 @@ def cross_entropy(
     bias: torch.Tensor | None = None,
     ignore_index: int = -100,
     reduction: Reduction = "mean",
+    check_targets: bool = True,
 ) -> torch.Tensor:
     """Full softmax CE over the catalog; materialises the [M, N] logits (the baseline the kernels replace)."""
     check_seam(hidden, items, targets, bias)
+    if check_targets:
+        check_target_range(targets, items.shape[0], ignore_index)
     logits = hidden @ items.T  # [M, N]
     if bias is not None:
         logits = logits + bias
@@ -158,6 +177,7 @@ def sampled_cross_entropy(
     seed: int = 0,
     ignore_index: int = -100,
     reduction: Reduction = "mean",
+    check_targets: bool = True,
 ) -> torch.Tensor:
     """CE- of docs/kernels.md: s_0 = z_iy, s_k = z_in_k - log(K q(n_k)), s_k = -inf on accidental hits.
 
@@ -166,6 +186,8 @@ def sampled_cross_entropy(
     Gathers the [M, K, D] negative embeddings: this is the plain PyTorch baseline.
     """
     check_seam(hidden, items, targets)
+    if check_targets:
+        check_target_range(targets, items.shape[0], ignore_index)
     distribution = distribution or NegativeDistribution.uniform(items.shape[0])
     negatives = _resolve_negatives(hidden, items, num_negatives, negatives, distribution, seed)
     safe, valid = _safe_targets(targets, ignore_index)
@@ -194,12 +216,15 @@ def binary_cross_entropy(
     seed: int = 0,
     ignore_index: int = -100,
     reduction: Reduction = "mean",
+    check_targets: bool = True,
 ) -> torch.Tensor:
     """BCE (K=1, original SASRec), BCE+ (K negatives) and, with positive_power=beta, gBCE.
 
     loss_i = -beta * log sigmoid(s_i0) - sum_k log sigmoid(-s_ik), accidental hits (n_ik == y_i) left out.
     """
     check_seam(hidden, items, targets)
+    if check_targets:
+        check_target_range(targets, items.shape[0], ignore_index)
     distribution = distribution or NegativeDistribution.uniform(items.shape[0])
     negatives = _resolve_negatives(hidden, items, num_negatives, negatives, distribution, seed)
     safe, valid = _safe_targets(targets, ignore_index)

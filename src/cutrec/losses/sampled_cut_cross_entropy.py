@@ -27,7 +27,7 @@ from torch import nn
 
 from cutrec.errors import CutrecError
 from cutrec.losses.cut_cross_entropy import resolve_impl
-from cutrec.losses.reference import Reduction, check_seam, reduce_loss
+from cutrec.losses.reference import Reduction, check_seam, check_target_range, reduce_loss
 from cutrec.losses.sampling import (
     NegativeDistribution,
     counter_draws,
@@ -87,7 +87,8 @@ def _chunk_scores(
     compute = torch.promote_types(hidden.dtype, torch.float32)
     h = hidden[rows].to(compute)  # [C, D]
     valid = targets[rows] != options.ignore_index
-    safe = torch.where(valid, targets[rows], torch.zeros_like(targets[rows])).long()  # [C]
+    bad = valid & ((targets[rows] < 0) | (targets[rows] >= items.shape[0]))  # unchecked ids outside the catalog
+    safe = torch.where(valid & ~bad, targets[rows], torch.zeros_like(targets[rows])).long()  # [C]
     w_target = items[safe].to(compute)  # [C, D]
     ids = _negatives(options, rows)  # [C, K]
     w_neg = items[ids].to(compute)  # [C, K, D]
@@ -96,7 +97,7 @@ def _chunk_scores(
         log_q = uniform_log_q(options.num_items) if options.log_q is None else options.log_q[ids].to(compute)
         negative = negative - (math.log(ids.shape[1]) + log_q)
     negative = negative.masked_fill(ids == safe.unsqueeze(1), -math.inf)  # accidental hits removed exactly
-    positive = (h * w_target).sum(-1, keepdim=True)  # [C, 1]
+    positive = (h * w_target).sum(-1, keepdim=True).masked_fill(bad.unsqueeze(1), math.nan)  # [C, 1]: NaN loss
     return h, w_target, ids, w_neg, torch.cat([positive, negative], dim=1)  # scores [C, K + 1]
 
 
@@ -180,8 +181,11 @@ def _forward_impl(
     ignore_index: int,
     impl: str,
     grad_buffer_bytes: int | None,
+    check_targets: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss [M], lse [M]) in fp32 (fp64 for fp64 inputs)."""
+    if check_targets:
+        check_target_range(targets, items.shape[0], ignore_index)
     options = _options(items, negatives, keep, alias, log_q, num_negatives, logq_correction, share, seed,
                        ignore_index, impl, grad_buffer_bytes)
     if impl == "triton":
@@ -195,7 +199,7 @@ _forward_op = torch.library.custom_op("cutrec::sampled_cut_cross_entropy_forward
 
 @_forward_op.register_fake
 def _forward_fake(hidden, items, targets, negatives, keep, alias, log_q, num_negatives, logq_correction, share, seed,
-                  ignore_index, impl, grad_buffer_bytes):
+                  ignore_index, impl, grad_buffer_bytes, check_targets):
     compute = torch.promote_types(hidden.dtype, torch.float32)
     return hidden.new_empty(hidden.shape[0], dtype=compute), hidden.new_empty(hidden.shape[0], dtype=compute)
 
@@ -240,9 +244,9 @@ def _backward_fake(hidden, items, targets, loss, lse, grad_loss, negatives, keep
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    hidden, items, targets, negatives, keep, alias, log_q, *scalars = inputs
+    hidden, items, targets, negatives, keep, alias, log_q, *scalars, _check_targets = inputs
     ctx.save_for_backward(hidden, items, targets, *output, negatives, keep, alias, log_q)  # output: loss, lse
-    ctx.scalars = scalars
+    ctx.scalars = scalars  # the backward op's scalars: the forward's but check_targets
     ctx.backward_op = _backward_op  # the eager Function replaces it by _backward_impl
     ctx.mark_non_differentiable(output[1])
 
@@ -253,7 +257,7 @@ def _backward(ctx, grad_loss, grad_lse):
         hidden, items, targets, loss, lse, grad_loss, negatives, keep, alias, log_q, *ctx.scalars
     )
     needs = ctx.needs_input_grad
-    return (grad_hidden if needs[0] else None, grad_items if needs[1] else None, *[None] * 12)
+    return (grad_hidden if needs[0] else None, grad_items if needs[1] else None, *[None] * 13)
 
 
 _forward_op.register_autograd(_backward, setup_context=_setup_context)
@@ -343,6 +347,7 @@ def sampled_cut_cross_entropy(
     reduction: Reduction = "mean",
     impl: Literal["auto", "torch", "triton"] = "auto",
     grad_buffer_bytes: int | None = None,
+    check_targets: bool = True,
 ) -> torch.Tensor:
     """CE- of hidden [M, D] against K negatives per position drawn from (seed, share), or explicit `negatives`.
 
@@ -355,6 +360,8 @@ def sampled_cut_cross_entropy(
     a cap bounds it at the cost of one more backward pass over the positions per chunk of catalog rows it holds
     (docs/sampled_cut_cross_entropy.md measures the cost). An fp32 table accumulates in its own gradient, and
     share="offsets" writes each row once, so neither needs the buffer; impl="torch" ignores the cap.
+    `check_targets` as for `cut_cross_entropy`: False skips the range check's device-to-host copy, and a target
+    outside [0, N) then gives a NaN loss instead of an error.
     """
     check_seam(hidden, items, targets)
     if num_negatives < 1:
@@ -388,7 +395,7 @@ def sampled_cut_cross_entropy(
     with torch.autocast(hidden.device.type, enabled=False):
         per_position, _ = run(
             hidden, items, targets, negatives, keep, alias, log_q, num_negatives, logq_correction, share, seed,
-            ignore_index, resolved, grad_buffer_bytes,
+            ignore_index, resolved, grad_buffer_bytes, check_targets,
         )
     return reduce_loss(per_position, targets != ignore_index, reduction, zeroed=True)
 
