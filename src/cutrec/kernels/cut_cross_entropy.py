@@ -110,6 +110,34 @@ def _dot(a, b, FP32_DOT: tl.constexpr):
 
 
 @triton.jit
+def _forward_tile(h, items_ptr, bias_ptr, start, num_items, dims, dim_mask, max2, sum_exp, acc,
+                  HAS_BIAS: tl.constexpr, COMPUTE_GRAD_FACTOR: tl.constexpr, FP32_DOT: tl.constexpr,
+                  MASKED: tl.constexpr, BLOCK_N: tl.constexpr, DIM: tl.constexpr):
+    """Fold the item tile [start, start + BLOCK_N) into the online log-sum-exp (max2, sum_exp [BM]) and the
+    softmax-weighted item sum acc [BM, BD]; MASKED: the last tile, whose columns past num_items score -inf (the
+    full tiles skip that select, one instruction per logit)."""
+    cols = start + tl.arange(0, BLOCK_N)  # [BN]
+    col_mask = cols < num_items
+    if MASKED:
+        w_mask = col_mask[:, None] & dim_mask[None, :]
+    else:
+        w_mask = dim_mask[None, :]
+    w = tl.load(items_ptr + cols.to(tl.int64)[:, None] * DIM + dims[None, :], mask=w_mask, other=0.0)  # [BN, BD]
+    z = _dot(h, tl.trans(w), FP32_DOT)  # [BM, BN] fp32
+    if HAS_BIAS:
+        z += tl.load(bias_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
+    if MASKED:
+        z = tl.where(col_mask[None, :], z, float("-inf"))
+    new_max2 = tl.maximum(max2, tl.max(z, axis=1) * LOG2E)
+    rescale = tl.exp2(max2 - new_max2)
+    p = tl.exp2(z * LOG2E - new_max2[:, None])  # [BM, BN]
+    sum_exp = sum_exp * rescale + tl.sum(p, axis=1)
+    if COMPUTE_GRAD_FACTOR:
+        acc = acc * rescale[:, None] + _dot(p, w, FP32_DOT)
+    return new_max2, sum_exp, acc
+
+
+@triton.jit
 def _forward_kernel(
     hidden_ptr,  # [M, D] contiguous
     items_ptr,  # [N, D] contiguous, hidden's dtype
@@ -157,25 +185,14 @@ def _forward_kernel(
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)  # running sum of exp2(...) * w_j
     split = tl.program_id(1)
     split_start = split * split_size
-    for start in range(split_start, tl.minimum(split_start + split_size, num_items), BLOCK_N):
-        cols = start + tl.arange(0, BLOCK_N)  # [BN]
-        col_mask = cols < num_items
-        w = tl.load(
-            items_ptr + cols.to(tl.int64)[:, None] * DIM + dims[None, :],
-            mask=col_mask[:, None] & dim_mask[None, :],
-            other=0.0,
-        )  # [BN, BD]
-        z = _dot(h, tl.trans(w), FP32_DOT)  # [BM, BN] fp32
-        if HAS_BIAS:
-            z += tl.load(bias_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
-        z = tl.where(col_mask[None, :], z, float("-inf"))
-        new_max2 = tl.maximum(max2, tl.max(z, axis=1) * LOG2E)
-        rescale = tl.exp2(max2 - new_max2)
-        p = tl.exp2(z * LOG2E - new_max2[:, None])  # [BM, BN]
-        sum_exp = sum_exp * rescale + tl.sum(p, axis=1)
-        if COMPUTE_GRAD_FACTOR:
-            acc = acc * rescale[:, None] + _dot(p, w, FP32_DOT)
-        max2 = new_max2
+    split_end = tl.minimum(split_start + split_size, num_items)
+    full_end = split_start + (split_end - split_start) // BLOCK_N * BLOCK_N  # tiles before it need no column mask
+    for start in range(split_start, full_end, BLOCK_N):
+        max2, sum_exp, acc = _forward_tile(h, items_ptr, bias_ptr, start, num_items, dims, dim_mask, max2, sum_exp,
+                                           acc, HAS_BIAS, COMPUTE_GRAD_FACTOR, FP32_DOT, False, BLOCK_N, DIM)
+    if full_end < split_end:
+        max2, sum_exp, acc = _forward_tile(h, items_ptr, bias_ptr, full_end, num_items, dims, dim_mask, max2,
+                                           sum_exp, acc, HAS_BIAS, COMPUTE_GRAD_FACTOR, FP32_DOT, True, BLOCK_N, DIM)
 
     if SPLIT:  # partial results; the launch helper combines the splits
         partial_rows = split.to(tl.int64) * num_rows + rows  # [BM]
