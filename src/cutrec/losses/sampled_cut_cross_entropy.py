@@ -82,13 +82,15 @@ def _negatives(options: _Options, rows: torch.Tensor) -> torch.Tensor:
 
 def _chunk_scores(
     hidden: torch.Tensor, items: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor, options: _Options
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(h [C, D], w_target [C, D], ids [C, K], w_neg [C, K, D], scores [C, K + 1]) of one chunk, in fp32 or fp64."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(h [C, D], safe targets [C] (0 on ignored rows and on unchecked ids outside the catalog), w_target [C, D],
+    ids [C, K], w_neg [C, K, D], scores [C, K + 1]) of one chunk, in fp32 or fp64."""
     compute = torch.promote_types(hidden.dtype, torch.float32)
     h = hidden[rows].to(compute)  # [C, D]
-    valid = targets[rows] != options.ignore_index
-    bad = valid & ((targets[rows] < 0) | (targets[rows] >= items.shape[0]))  # unchecked ids outside the catalog
-    safe = torch.where(valid & ~bad, targets[rows], torch.zeros_like(targets[rows])).long()  # [C]
+    chunk_targets = targets[rows]  # [C]
+    valid = chunk_targets != options.ignore_index
+    bad = valid & ((chunk_targets < 0) | (chunk_targets >= items.shape[0]))  # unchecked ids outside the catalog
+    safe = torch.where(valid & ~bad, chunk_targets, torch.zeros_like(chunk_targets)).long()  # [C]
     w_target = items[safe].to(compute)  # [C, D]
     ids = _negatives(options, rows)  # [C, K]
     w_neg = items[ids].to(compute)  # [C, K, D]
@@ -98,7 +100,7 @@ def _chunk_scores(
         negative = negative - (math.log(ids.shape[1]) + log_q)
     negative = negative.masked_fill(ids == safe.unsqueeze(1), -math.inf)  # accidental hits removed exactly
     positive = (h * w_target).sum(-1, keepdim=True).masked_fill(bad.unsqueeze(1), math.nan)  # [C, 1]: NaN loss
-    return h, w_target, ids, w_neg, torch.cat([positive, negative], dim=1)  # scores [C, K + 1]
+    return h, safe, w_target, ids, w_neg, torch.cat([positive, negative], dim=1)  # scores [C, K + 1]
 
 
 def _torch_forward(hidden, items, targets, options: _Options) -> tuple[torch.Tensor, torch.Tensor]:
@@ -128,11 +130,10 @@ def _torch_backward(hidden, items, targets, lse, grad_loss, options: _Options) -
     chunk = _chunk_rows(options)
     for start in range(0, num_rows, chunk):
         rows = torch.arange(start, min(start + chunk, num_rows), device=hidden.device)  # [C]
-        h, w_target, ids, w_neg, scores = _chunk_scores(hidden, items, targets, rows, options)
+        h, safe, w_target, ids, w_neg, scores = _chunk_scores(hidden, items, targets, rows, options)
         probs = torch.exp(scores - lse[rows, None]) * grad_loss[rows, None]  # [C, K + 1]: d loss / d score
         probs[:, 0] -= grad_loss[rows]  # the positive: softmax - 1
         grad_hidden[rows] = probs[:, :1] * w_target + torch.bmm(probs[:, None, 1:], w_neg).squeeze(1)
-        safe = torch.where(valid[rows], targets[rows], torch.zeros_like(targets[rows])).long()
         grad_items.index_add_(0, safe, probs[:, :1] * h)
         grad_items.index_add_(0, ids.reshape(-1), (probs[:, 1:, None] * h[:, None, :]).reshape(-1, dim))
     return grad_hidden, grad_items
