@@ -4,16 +4,17 @@ import pytest
 import torch
 
 from cutrec.errors import CutrecError
-from cutrec.models.sasrec import SASRec
+from cutrec.models import BERT4Rec, SASRec
 from cutrec.train.checkpoint import load_checkpoint, save_checkpoint
 
 
-def test_round_trip_restores_outputs(tmp_path):
+@pytest.mark.parametrize("kind", [SASRec, BERT4Rec])
+def test_round_trip_restores_outputs(tmp_path, kind):
     torch.manual_seed(0)
-    model = SASRec(30, max_len=8, dim=16).eval()
+    model = kind(30, max_len=8, dim=16).eval()
     path = tmp_path / "checkpoint.pt"
     save_checkpoint(path, {"model": model.state_dict(), "step": 17})
-    restored = SASRec(30, max_len=8, dim=16).eval()
+    restored = kind(30, max_len=8, dim=16).eval()
     state = load_checkpoint(path)
     restored.load_state_dict(state["model"])
     inputs = torch.randint(0, 30, (4, 8))

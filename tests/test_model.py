@@ -1,10 +1,14 @@
-"""SASRec: causality, padding, shapes, and the tied item table."""
+"""SASRec and BERT4Rec: causality or bidirectionality, padding, user vectors, the mask token, and shapes."""
 
+import numpy as np
 import pytest
 import torch
 
+from cutrec.config import EvalConfig, ModelConfig
+from cutrec.data.splits import EvalSet, Sequences
 from cutrec.errors import CutrecError
-from cutrec.models.sasrec import SASRec
+from cutrec.models import BERT4Rec, SASRec, build_model
+from cutrec.train.evaluate import model_top_items
 
 
 def _model(seed=0, **kwargs):
@@ -34,7 +38,7 @@ def test_right_padding_is_never_attended_and_positions_count_from_the_end():
         other = torch.cat([torch.randint(0, 50, (1, 12)), padded])
         again = model(other)[1:, :5]
     torch.testing.assert_close(short, again, rtol=0, atol=1e-6)
-    last = model.last_hidden(padded, torch.tensor([5]))
+    last = model.user_vectors(padded, torch.tensor([5]))
     torch.testing.assert_close(last, short[:, 4])
 
 
@@ -60,3 +64,64 @@ def test_bad_shapes_are_named():
         SASRec(10, dim=16, num_heads=3)
     with pytest.raises(CutrecError, match="max_len=12"):
         _model()(torch.zeros(2, 13, dtype=torch.long))
+
+
+def _bert(seed=0, **kwargs):
+    torch.manual_seed(seed)
+    options = {"max_len": 12, "dim": 16, "num_blocks": 2, "num_heads": 2, "dropout": 0.3} | kwargs
+    return BERT4Rec(50, **options).eval()
+
+
+def test_bert4rec_is_bidirectional_and_ignores_padding():
+    model = _bert()
+    length = int(torch.randint(4, 10, ()))
+    sequence = torch.randint(0, 50, (1, length))
+    padded = torch.cat([sequence, torch.full((1, 12 - length), model.padding_id)], dim=1)  # [1, 12]
+    with torch.no_grad():
+        before = model(padded)
+        for position in range(length):
+            changed = padded.clone()
+            changed[0, position] = (changed[0, position] + 1 + int(torch.randint(0, 48, ()))) % 50
+            after = model(changed)
+            others = [p for p in range(length) if p != position]
+            change = (before[0, others] - after[0, others]).abs().amax(dim=1)  # [length - 1]
+            assert (change > 1e-4).all(), (position, change)
+        # the same items with less padding (a shorter batch) or beside another user: same hidden states
+        short = model(sequence)
+        beside = model(torch.cat([torch.randint(0, 50, (1, 12)), padded]))[1:]
+    torch.testing.assert_close(before[:, :length], short, rtol=0, atol=1e-5)
+    torch.testing.assert_close(before[:, :length], beside[:, :length], rtol=0, atol=1e-5)
+
+
+def test_bert4rec_user_vector_is_the_appended_mask_token():
+    model = _bert(seed=2)
+    histories = torch.tensor([[3, 4, 5] + [model.padding_id] * 9, list(range(10, 22))])  # lengths 3 and 12
+    users = model.user_vectors(histories, torch.tensor([3, 12]))
+    with torch.no_grad():
+        first = model(torch.tensor([[3, 4, 5, model.mask_id]]))[0, 3]
+        second = model(torch.tensor([list(range(11, 22)) + [model.mask_id]]))[0, 11]  # oldest item dropped
+    torch.testing.assert_close(users, torch.stack([first, second]), rtol=0, atol=1e-5)
+
+
+def test_special_rows_are_never_scored_or_recommended():
+    """Give the mask and padding rows the embedding that every user vector points to most: still never ranked."""
+    model = _bert(seed=3)
+    assert model.item_table.shape == (50, 16) and model.mask_id == 51
+    histories = Sequences(offsets=np.array([0, 3, 4, 8]), items=np.array([1, 2, 3, 7, 9, 8, 7, 6], dtype=np.int32),
+                          users=np.arange(3))
+    evalset = EvalSet(inputs=histories, targets=np.array([4, 5, 6], dtype=np.int32))
+    with torch.no_grad():
+        users = model.user_vectors(torch.tensor([[1, 2, 3, 50]]), torch.tensor([3]))
+        model.item_embedding.weight[50:] = 100 * users / users.norm()
+    top = model_top_items(model, evalset, EvalConfig(ks=[50 - 4]), torch.device("cpu"))
+    assert top.max() < 50 and top.min() >= 0
+
+
+def test_build_model_dispatches_on_the_name():
+    assert isinstance(build_model(ModelConfig(name="sasrec"), 10), SASRec)
+    bert = build_model(ModelConfig(name="bert4rec", mask_prob=0.3, num_heads=2), 10)
+    assert isinstance(bert, BERT4Rec) and bert.mask_prob == 0.3
+    with pytest.raises(CutrecError, match="model.name='gru4rec' is unknown; choose one of sasrec, bert4rec"):
+        build_model(ModelConfig(name="gru4rec"), 10)
+    with pytest.raises(CutrecError, match="mask_prob=0"):
+        BERT4Rec(10, mask_prob=0.0)

@@ -14,6 +14,7 @@ from pathlib import Path
 from cutrec.errors import CutrecError
 
 SHORT_OPTIONS = {
+    "--model": "model.name",
     "--dataset": "data.dataset",
     "--data": "data.path",
     "--loss": "loss.name",
@@ -35,8 +36,10 @@ def _parser() -> argparse.ArgumentParser:
     train = commands.add_parser(
         "train",
         help="train a model and report full-catalog test metrics",
-        description="Train, validate each epoch, keep the best checkpoint and test it. Any config key can be set "
-        "with --section.key=value (see cutrec/config.py).",
+        description="Train, validate each epoch, keep the best checkpoint and test it. Pick the encoder with "
+        "--model sasrec (causal, next-item targets; the default) or --model bert4rec (bidirectional, masked-item "
+        "targets, --model.mask_prob=0.2), and the loss with --loss auto|CE|CCE|CE-|CCE-|BCE|BCE+|gBCE|SCE. Any "
+        "config key can be set with --section.key=value (see cutrec/config.py).",
     )
     train.add_argument("--config", help="a .toml or .yaml file of config sections")
     for option, key in SHORT_OPTIONS.items():

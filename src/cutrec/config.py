@@ -56,12 +56,13 @@ class DataConfig:
 class ModelConfig:
     """The sequence encoder."""
 
-    name: Literal["sasrec"] = "sasrec"
+    name: Literal["sasrec", "bert4rec"] = "sasrec"  # causal next-item (SASRec) or bidirectional masked-item
     max_len: int = 50
     dim: int = 64
     num_blocks: int = 2
     num_heads: int = 1
     dropout: float = 0.2
+    mask_prob: float = 0.2  # bert4rec: chance that a training position is masked (at least one per sequence)
 
 
 @dataclass
@@ -69,13 +70,17 @@ class LossConfig:
     """The training loss; every loss sees only (hidden [M, D], items [N, D], targets [M])."""
 
     # "auto": CE up to losses.LARGE_CATALOG_ITEMS items, the sampled cut CE (CCE-) above (resolved by the trainer)
-    name: Literal["auto", "CE", "CCE", "CE-", "CCE-", "BCE", "BCE+", "gBCE"] = "auto"
+    name: Literal["auto", "CE", "CCE", "CE-", "CCE-", "BCE", "BCE+", "gBCE", "SCE"] = "auto"
     num_negatives: int = 256  # CE-, CCE-, BCE+, gBCE (BCE always uses 1)
     share: Literal["none", "block", "batch", "offsets"] = "none"  # CCE-: who shares negatives (or their offsets)
     distribution: Literal["uniform", "popularity"] = "uniform"
     alpha: float = 1.0  # popularity sampling: q proportional to count ** alpha
     logq_correction: bool = True  # CE-: subtract log(K q(n)) from negative logits
     gbce_t: float = 0.75  # gBCE calibration parameter t in [0, 1]
+    sce_buckets: int = 256  # SCE: buckets (random directions) per step
+    sce_bucket_size_x: int = 256  # SCE: positions per bucket (the best-aligned with its direction)
+    sce_bucket_size_y: int = 256  # SCE: items per bucket (the hard negatives of its positions)
+    sce_mix: bool = True  # SCE: bucket directions are random mixes of the step's hidden states (else Gaussian)
 
 
 @dataclass
@@ -285,10 +290,16 @@ def validate(config: RunConfig) -> None:
         (config.model.num_heads >= 1 and config.model.dim % max(config.model.num_heads, 1) == 0,
          "model.num_heads", config.model.num_heads, "use 1 or more heads that divide model.dim"),
         (0.0 <= config.model.dropout < 1.0, "model.dropout", config.model.dropout, "use a value in [0, 1)"),
+        (0.0 < config.model.mask_prob <= 1.0, "model.mask_prob", config.model.mask_prob, "use a value in (0, 1]"),
         (config.loss.num_negatives >= 1, "loss.num_negatives", config.loss.num_negatives,
          "use 1 or more negatives"),
         (config.loss.alpha >= 0.0, "loss.alpha", config.loss.alpha, "use a power of 0 or more"),
         (0.0 <= config.loss.gbce_t <= 1.0, "loss.gbce_t", config.loss.gbce_t, "use a value in [0, 1]"),
+        (config.loss.sce_buckets >= 1, "loss.sce_buckets", config.loss.sce_buckets, "use 1 or more buckets"),
+        (config.loss.sce_bucket_size_x >= 1, "loss.sce_bucket_size_x", config.loss.sce_bucket_size_x,
+         "use 1 or more positions per bucket"),
+        (config.loss.sce_bucket_size_y >= 1, "loss.sce_bucket_size_y", config.loss.sce_bucket_size_y,
+         "use 1 or more items per bucket"),
         (config.train.epochs >= 1, "train.epochs", config.train.epochs, "train for 1 or more epochs"),
         (config.train.batch_size >= 1, "train.batch_size", config.train.batch_size, "use a batch of 1 or more"),
         (config.train.lr > 0.0, "train.lr", config.train.lr, "use a positive learning rate"),

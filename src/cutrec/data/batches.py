@@ -1,4 +1,5 @@
-"""Fixed-width [B, L] batches of item sequences for training (next-item targets) and evaluation.
+"""Fixed-width [B, L] batches of item sequences: an epoch's order, next-item (SASRec) and masked-item (BERT4Rec)
+training batches, and evaluation batches.
 
 Batches are right-padded: real items first, padding after, so causal attention never attends to padding. Each
 batch is gathered from the flat arrays with one vectorised index, not a loop over items.
@@ -17,28 +18,67 @@ from cutrec.errors import CutrecError
 IGNORE_INDEX = -100  # target at padded positions (the value torch's cross-entropy ignores)
 
 
-def train_batches(
-    train: Sequences, *, max_len: int, batch_size: int, padding_id: int, rng: np.random.Generator
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """One epoch of (inputs [B, L] int64, targets [B, L] int64) with L = max_len, in an order drawn from `rng`.
+def epoch_batches(
+    train: Sequences, *, batch_size: int, min_length: int, rng: np.random.Generator
+) -> list[np.ndarray]:
+    """One epoch's batches as arrays of sequence rows [B], in an order drawn from `rng`.
+
+    Sequences with fewer than `min_length` items are skipped; the last batch may be smaller.
+    """
+    if batch_size < 1:
+        raise CutrecError(f"train.batch_size={batch_size} is out of range; use a batch of 1 or more")
+    rows = np.flatnonzero(np.diff(train.offsets) >= max(min_length, 1))  # [S'] usable sequences
+    rows = rows[rng.permutation(len(rows))]
+    return [rows[begin : begin + batch_size] for begin in range(0, len(rows), batch_size)]
+
+
+def next_item_batch(
+    train: Sequences, rows: np.ndarray, *, max_len: int, padding_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next-item targets (SASRec): (inputs [B, L] int64, targets [B, L] int64) with L = max_len.
 
     For a sequence s of 2 or more items: inputs = s[:-1][-max_len:] padded with `padding_id`, targets =
-    s[1:][-max_len:] padded with -100. Sequences with fewer than 2 items are skipped; the last batch may be smaller.
+    s[1:][-max_len:] padded with -100.
     """
-    _check(max_len, batch_size)
-    lengths = np.diff(train.offsets)  # [S]
-    rows = np.flatnonzero(lengths >= 2)  # [S'] sequences with at least one (input, target) pair
-    rows = rows[rng.permutation(len(rows))]
+    _check(max_len, len(rows))
+    lengths = np.diff(train.offsets)[rows]  # [B]
+    if lengths.min() < 2:
+        raise CutrecError("next-item batches need sequences of 2 or more items; skip shorter ones (min_length=2)")
     positions = np.arange(max_len)  # [L]
-    for begin in range(0, len(rows), batch_size):
-        batch = rows[begin : begin + batch_size]  # [B]
-        pairs = np.minimum(lengths[batch] - 1, max_len)  # [B] (input, target) pairs kept
-        first = train.offsets[batch + 1] - pairs - 1  # [B] flat index of the first kept input
-        real = positions < pairs[:, None]  # [B, L]
-        index = np.where(real, first[:, None] + positions, 0)  # [B, L] flat index of each input
-        inputs = np.where(real, train.items[index], padding_id).astype(np.int64)  # [B, L]
-        targets = np.where(real, train.items[index + 1], IGNORE_INDEX).astype(np.int64)  # [B, L]
-        yield torch.from_numpy(inputs), torch.from_numpy(targets)
+    pairs = np.minimum(lengths - 1, max_len)  # [B] (input, target) pairs kept
+    first = train.offsets[rows + 1] - pairs - 1  # [B] flat index of the first kept input
+    real = positions < pairs[:, None]  # [B, L]
+    index = np.where(real, first[:, None] + positions, 0)  # [B, L] flat index of each input
+    inputs = np.where(real, train.items[index], padding_id).astype(np.int64)  # [B, L]
+    targets = np.where(real, train.items[index + 1], IGNORE_INDEX).astype(np.int64)  # [B, L]
+    return torch.from_numpy(inputs), torch.from_numpy(targets)
+
+
+def masked_item_batch(
+    train: Sequences, rows: np.ndarray, *, max_len: int, padding_id: int, mask_id: int, mask_prob: float,
+    rng: np.random.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Masked-item targets (BERT4Rec): (inputs [B, L] int64, targets [B, L] int64) with L = max_len.
+
+    The last max_len items of each sequence, right-padded. Each real position is replaced by `mask_id` with
+    probability `mask_prob`, independently; a sequence that drew no mask gets one at a uniformly chosen position.
+    targets hold the original item at masked positions and -100 elsewhere. One draw of [B, L] uniforms from `rng`.
+    """
+    _check(max_len, len(rows))
+    lengths = np.minimum(np.diff(train.offsets)[rows], max_len)  # [B] items kept
+    if lengths.min() < 1:
+        raise CutrecError("masked-item batches need sequences of 1 or more items; skip empty ones (min_length=1)")
+    positions = np.arange(max_len)  # [L]
+    first = train.offsets[rows + 1] - lengths  # [B] flat index of the first kept item
+    real = positions < lengths[:, None]  # [B, L]
+    items = np.where(real, train.items[np.where(real, first[:, None] + positions, 0)], padding_id)  # [B, L]
+    draws = np.where(real, rng.random((len(rows), max_len)), np.inf)  # [B, L]; padding never masked
+    masked = draws < mask_prob  # [B, L]
+    # a row without a mask masks its smallest draw: a uniformly chosen real position
+    masked[np.arange(len(rows)), draws.argmin(1)] |= ~masked.any(1)
+    inputs = np.where(masked, mask_id, items).astype(np.int64)  # [B, L]
+    targets = np.where(masked, items, IGNORE_INDEX).astype(np.int64)  # [B, L]
+    return torch.from_numpy(inputs), torch.from_numpy(targets)
 
 
 def eval_batches(
@@ -61,14 +101,6 @@ def eval_batches(
         index = np.where(real, first[:, None] + positions, 0)  # [B, L]
         inputs = np.where(real, sequences.items[index], padding_id).astype(np.int64)  # [B, L]
         yield torch.from_numpy(inputs), torch.from_numpy(kept.astype(np.int64)), torch.from_numpy(rows)
-
-
-def num_train_batches(train: Sequences, *, batch_size: int) -> int:
-    """How many batches train_batches yields per epoch (sequences with 2 or more items, batch_size at a time)."""
-    if batch_size < 1:
-        raise CutrecError(f"train.batch_size={batch_size} is out of range; use a batch of 1 or more")
-    usable = int((np.diff(train.offsets) >= 2).sum())
-    return -(-usable // batch_size)
 
 
 def _check(max_len: int, batch_size: int) -> None:

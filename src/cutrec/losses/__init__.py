@@ -23,6 +23,7 @@ from cutrec.losses.reference import (
 )
 from cutrec.losses.sampled_cut_cross_entropy import SampledCutCrossEntropy, sampled_cut_cross_entropy
 from cutrec.losses.sampling import NegativeDistribution
+from cutrec.losses.scalable_cross_entropy import scalable_cross_entropy
 
 __all__ = [
     "LARGE_CATALOG_ITEMS",
@@ -36,6 +37,7 @@ __all__ = [
     "cut_cross_entropy",
     "sampled_cross_entropy",
     "sampled_cut_cross_entropy",
+    "scalable_cross_entropy",
 ]
 
 LossFn = Callable[..., torch.Tensor]
@@ -101,4 +103,15 @@ def build_loss(config: LossConfig, num_items: int, item_counts: torch.Tensor | N
             binary_cross_entropy, num_negatives=config.num_negatives, distribution=distribution, positive_power=beta,
             check_targets=False,
         )
-    raise CutrecError(f"loss.name={config.name!r} is unknown; choose auto, CE, CCE, CE-, CCE-, BCE, BCE+ or gBCE")
+    if name == "SCE":
+        return partial(
+            scalable_cross_entropy,
+            check_targets=False,
+            num_buckets=config.sce_buckets,
+            bucket_size_x=config.sce_bucket_size_x,
+            bucket_size_y=config.sce_bucket_size_y,
+            mix=config.sce_mix,
+        )
+    raise CutrecError(
+        f"loss.name={config.name!r} is unknown; choose auto, CE, CCE, CE-, CCE-, BCE, BCE+, gBCE or SCE"
+    )

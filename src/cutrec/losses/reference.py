@@ -77,7 +77,7 @@ def reduce_loss(
     raise CutrecError(f"reduction={reduction!r} is unknown; use 'mean', 'sum' or 'none'")
 
 
-def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
+def at_least_float32(x: torch.Tensor) -> torch.Tensor:
     """bf16/fp16 scores are upcast to float32; float32 and float64 stay as they are."""
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
@@ -192,14 +192,14 @@ def sampled_cross_entropy(
     negatives = _resolve_negatives(hidden, items, num_negatives, negatives, distribution, seed)
     safe, valid = _safe_targets(targets, ignore_index)
     positive, negative = _negatives_and_scores(hidden, items, safe, negatives)
-    negative = _at_least_float32(negative)
+    negative = at_least_float32(negative)
     if logq_correction:
         num_k = negatives.shape[-1]
         log_kq = math.log(num_k) + distribution.log_q(negatives).to(negative.dtype)  # [M, K] or [K]
         negative = negative - log_kq
     hits = negatives.unsqueeze(0) if negatives.ndim == 1 else negatives  # [1 or M, K]
     negative = negative.masked_fill(hits == safe.unsqueeze(1), -math.inf)  # [M, K]
-    scores = torch.cat([_at_least_float32(positive).unsqueeze(1), negative], dim=1)  # [M, K + 1]
+    scores = torch.cat([at_least_float32(positive).unsqueeze(1), negative], dim=1)  # [M, K + 1]
     per_position = torch.logsumexp(scores, dim=1) - scores[:, 0]  # [M]
     return reduce_loss(per_position, valid, reduction)
 
@@ -230,8 +230,8 @@ def binary_cross_entropy(
     safe, valid = _safe_targets(targets, ignore_index)
     positive, negative = _negatives_and_scores(hidden, items, safe, negatives)
     hits = negatives.unsqueeze(0) if negatives.ndim == 1 else negatives
-    negative_terms = F.logsigmoid(-_at_least_float32(negative)).masked_fill(hits == safe.unsqueeze(1), 0.0)  # [M, K]
-    per_position = -positive_power * F.logsigmoid(_at_least_float32(positive)) - negative_terms.sum(1)  # [M]
+    negative_terms = F.logsigmoid(-at_least_float32(negative)).masked_fill(hits == safe.unsqueeze(1), 0.0)  # [M, K]
+    per_position = -positive_power * F.logsigmoid(at_least_float32(positive)) - negative_terms.sum(1)  # [M]
     return reduce_loss(per_position, valid, reduction)
 
 

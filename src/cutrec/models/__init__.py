@@ -1,18 +1,27 @@
-"""Sequence encoders. Each returns hidden states and exposes its output item table; none knows about losses."""
+"""Sequence encoders (SASRec, BERT4Rec) on one interface (`SequenceModel`); none knows about losses."""
 
 from cutrec.config import ModelConfig
+from cutrec.errors import CutrecError
+from cutrec.models.base import SequenceModel
+from cutrec.models.bert4rec import BERT4Rec
 from cutrec.models.sasrec import SASRec
 
-__all__ = ["SASRec", "build_model"]
+__all__ = ["BERT4Rec", "MODEL_NAMES", "SASRec", "SequenceModel", "build_model"]
+
+MODEL_NAMES = ("sasrec", "bert4rec")
 
 
-def build_model(config: ModelConfig, num_items: int) -> SASRec:
+def build_model(config: ModelConfig, num_items: int) -> SequenceModel:
     """The encoder named by config.name."""
-    return SASRec(
-        num_items,
-        max_len=config.max_len,
-        dim=config.dim,
-        num_blocks=config.num_blocks,
-        num_heads=config.num_heads,
-        dropout=config.dropout,
-    )
+    common = {
+        "max_len": config.max_len,
+        "dim": config.dim,
+        "num_blocks": config.num_blocks,
+        "num_heads": config.num_heads,
+        "dropout": config.dropout,
+    }
+    if config.name == "sasrec":
+        return SASRec(num_items, **common)
+    if config.name == "bert4rec":
+        return BERT4Rec(num_items, mask_prob=config.mask_prob, **common)
+    raise CutrecError(f"model.name={config.name!r} is unknown; choose one of {', '.join(MODEL_NAMES)}")

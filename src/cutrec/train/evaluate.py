@@ -16,7 +16,7 @@ from cutrec.data.batches import eval_batches
 from cutrec.data.splits import EvalSet
 from cutrec.eval.metrics import ranking_metrics
 from cutrec.eval.ranking import most_popular_top_k, top_k_items
-from cutrec.models.sasrec import SASRec
+from cutrec.models import SequenceModel
 
 
 def _batch_exclusion(evalset: EvalSet, rows: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -40,7 +40,7 @@ def autocast_context(device: torch.device, enabled: bool) -> contextlib.Abstract
 
 @torch.no_grad()
 def model_top_items(
-    model: SASRec, evalset: EvalSet, config: EvalConfig, device: torch.device, *, amp: bool = True
+    model: SequenceModel, evalset: EvalSet, config: EvalConfig, device: torch.device, *, amp: bool = True
 ) -> torch.Tensor:
     """[U, max(ks)] top items of every user of the eval set, best first."""
     model.eval()
@@ -51,7 +51,7 @@ def model_top_items(
         evalset, max_len=model.max_len, batch_size=config.batch_size, padding_id=model.padding_id
     ):
         with autocast_context(device, amp):
-            users = model.last_hidden(inputs.to(device), lengths.to(device))  # [B, D]
+            users = model.user_vectors(inputs.to(device), lengths.to(device))  # [B, D]
         exclude = _batch_exclusion(evalset, rows.numpy(), device) if config.exclude_seen else None
         tops.append(top_k_items(users.float(), items, k, exclude=exclude, item_chunk=config.item_chunk).cpu())
     return torch.cat(tops)  # [U, k]

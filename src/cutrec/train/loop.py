@@ -22,15 +22,14 @@ import torch
 from tqdm import tqdm
 
 from cutrec.config import RunConfig, to_dict
-from cutrec.data.batches import IGNORE_INDEX, num_train_batches, train_batches
+from cutrec.data.batches import IGNORE_INDEX, epoch_batches
 from cutrec.data.load import load_sequences
 from cutrec.data.splits import Split, global_temporal, leave_one_out
 from cutrec.errors import CutrecError
 from cutrec.eval.metrics import format_table, item_user_counts
 from cutrec.eval.ranking import popularity_scores
 from cutrec.losses import build_loss, resolve_loss_name
-from cutrec.models import build_model
-from cutrec.models.sasrec import SASRec
+from cutrec.models import SequenceModel, build_model
 from cutrec.train.checkpoint import (
     CHECKPOINT_NAME,
     CONFIG_NAME,
@@ -141,7 +140,7 @@ def train(config: RunConfig) -> Path:
     folder = run_folder(config)
     write_json(folder / CONFIG_NAME, to_dict(config))
 
-    model: SASRec = build_model(config.model, split.num_items).to(device)
+    model: SequenceModel = build_model(config.model, split.num_items).to(device)
     forward = torch.compile(model) if config.train.compile else model
     optimizer = _optimizer(config, model)
     loss_fn = build_loss(config.loss, split.num_items, data.item_counts.to(device))
@@ -160,20 +159,16 @@ def train(config: RunConfig) -> Path:
         model.train()
         total_loss, batches = torch.zeros((), device=device), 0  # summed on the device: no sync per step
         bar = tqdm(
-            train_batches(
-                split.train,
-                max_len=config.model.max_len,
-                batch_size=config.train.batch_size,
-                padding_id=model.padding_id,
-                rng=batch_order,
+            epoch_batches(
+                split.train, batch_size=config.train.batch_size, min_length=model.min_train_length, rng=batch_order
             ),
-            total=num_train_batches(split.train, batch_size=config.train.batch_size),
             desc=f"epoch {epoch}",
             leave=False,
             disable=None if config.train.progress else True,  # None: only on a terminal
             file=sys.stderr,
         )
-        for inputs, targets in bar:
+        for rows in bar:
+            inputs, targets = model.training_batch(split.train, rows, batch_order)  # [B, L], [B, L]
             inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
             with autocast_context(device, config.train.amp):
                 hidden = forward(inputs)  # [B, L, D]
@@ -250,7 +245,7 @@ def train(config: RunConfig) -> Path:
     return folder
 
 
-def load_run_model(folder: Path, device: torch.device) -> tuple[RunConfig, SASRec, dict[str, Any]]:
+def load_run_model(folder: Path, device: torch.device) -> tuple[RunConfig, SequenceModel, dict[str, Any]]:
     """The config, the best model and the checkpoint of a run folder."""
     from cutrec.config import build_config
     from cutrec.train.checkpoint import load_checkpoint

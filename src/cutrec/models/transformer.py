@@ -1,0 +1,116 @@
+"""The transformer layers SASRec and BERT4Rec share: self-attention (causal or bidirectional), the pre-norm block,
+and the encoder body (item and position embeddings, blocks, final norm) that turns item ids into hidden states.
+
+Batches are right-padded (real items first, then the padding id). Position ids count back from the most recent real
+item (the last real item, or BERT4Rec's trailing mask token, always has position max_len - 1), the convention of
+left-padded SASRec. Causal attention never attends to right padding, so it needs no mask and
+`scaled_dot_product_attention(is_causal=True)` can use flash attention; bidirectional attention passes a key-padding
+mask instead.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cutrec.errors import CutrecError
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention through torch's fused scaled_dot_product_attention; causal or bidirectional."""
+
+    def __init__(self, dim: int, num_heads: int, dropout: float, *, causal: bool) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.causal = causal
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+        self.dropout = dropout
+
+    def forward(self, x: torch.Tensor, is_item: torch.Tensor) -> torch.Tensor:
+        """x [B, L, D], is_item [B, L] bool (False at padding) -> [B, L, D]."""
+        batch, length, dim = x.shape
+        qkv = self.qkv(x).view(batch, length, 3, self.num_heads, dim // self.num_heads)  # [B, L, 3, H, D/H]
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x [B, H, L, D/H]
+        # causal: right padding comes after every real item, so no query attends to it; otherwise mask padded keys
+        key_mask = None if self.causal else is_item[:, None, None, :]  # [B, 1, 1, L]
+        attended = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=key_mask, is_causal=self.causal, dropout_p=self.dropout if self.training else 0.0
+        )  # [B, H, L, D/H]
+        return self.out(attended.transpose(1, 2).reshape(batch, length, dim))  # [B, L, D]
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm block: x + attention(norm(x)), then x + feed-forward(norm(x))."""
+
+    def __init__(self, dim: int, num_heads: int, dropout: float, *, causal: bool) -> None:
+        super().__init__()
+        self.attention_norm = nn.LayerNorm(dim)
+        self.attention = SelfAttention(dim, num_heads, dropout, causal=causal)
+        self.feed_forward_norm = nn.LayerNorm(dim)
+        self.feed_forward = nn.Sequential(
+            nn.Linear(dim, dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(dim, dim)
+        )
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, is_item: torch.Tensor) -> torch.Tensor:
+        x = x + self.dropout(self.attention(self.attention_norm(x), is_item))
+        return x + self.dropout(self.feed_forward(self.feed_forward_norm(x)))
+
+
+class TransformerEncoder(nn.Module):
+    """Item ids [B, L] (right-padded with `padding_id` = num_items) -> hidden states [B, L, D].
+
+    The embedding table has num_items + num_special rows: the catalog, then the padding row (kept at zero), then
+    any special tokens of the subclass (BERT4Rec's mask). Only the catalog rows form the output `item_table`, so a
+    special token is never scored, recommended or drawn as a negative.
+    """
+
+    def __init__(
+        self, num_items: int, *, num_special: int, causal: bool, max_len: int, dim: int, num_blocks: int,
+        num_heads: int, dropout: float,
+    ) -> None:
+        super().__init__()
+        if num_items < 1:
+            raise CutrecError(f"num_items={num_items}: the catalog must hold at least one item")
+        if max_len < 1:
+            raise CutrecError(f"max_len={max_len}: use a sequence length of 1 or more")
+        if dim % num_heads != 0:
+            raise CutrecError(f"dim={dim} is not divisible by num_heads={num_heads}; pick heads that divide dim")
+        self.num_items = num_items
+        self.max_len = max_len
+        self.item_embedding = nn.Embedding(num_items + num_special, dim, padding_idx=num_items)
+        self.position_embedding = nn.Embedding(max_len, dim)
+        self.embedding_dropout = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(
+            TransformerBlock(dim, num_heads, dropout, causal=causal) for _ in range(num_blocks)
+        )
+        self.final_norm = nn.LayerNorm(dim)
+        nn.init.normal_(self.item_embedding.weight, std=dim**-0.5)
+        nn.init.normal_(self.position_embedding.weight, std=dim**-0.5)
+        with torch.no_grad():
+            self.item_embedding.weight[num_items].zero_()
+
+    @property
+    def padding_id(self) -> int:
+        return self.num_items
+
+    @property
+    def item_table(self) -> torch.Tensor:
+        """The output item table [N, D], tied to the input embeddings (padding and special rows excluded)."""
+        return self.item_embedding.weight[: self.num_items]
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        if inputs.ndim != 2 or inputs.shape[1] > self.max_len:
+            raise CutrecError(f"inputs must be [B, L] with L <= max_len={self.max_len}, got {tuple(inputs.shape)}")
+        is_item = inputs != self.padding_id  # [B, L]
+        lengths = is_item.sum(1, keepdim=True)  # [B, 1]
+        steps = torch.arange(inputs.shape[1], device=inputs.device).unsqueeze(0)  # [1, L]
+        positions = (self.max_len - lengths + steps).clamp(0, self.max_len - 1)  # [B, L]; last item -> max_len - 1
+        x = self.item_embedding(inputs) + self.position_embedding(positions)  # [B, L, D]
+        keep = is_item.unsqueeze(-1).to(x.dtype)  # [B, L, 1]
+        x = self.embedding_dropout(x) * keep
+        for block in self.blocks:
+            x = block(x, is_item) * keep
+        return self.final_norm(x)  # [B, L, D]
