@@ -1,16 +1,19 @@
-"""Quality benchmark: train SASRec with several losses on real datasets and tabulate full-ranking test metrics.
+"""Quality benchmark: train SASRec or BERT4Rec with several losses on real datasets and tabulate full-ranking test
+metrics.
 
-Each (dataset, loss, seed) is one `cutrec train` run in its own process (several at once on one GPU, each with
-cores / parallel CPU threads, or one at a time with --parallel 1 for epoch times); dataset "synthetic" is the
-built-in generator (set its size with --data.synthetic.num_items=...). A loss is a name with optional loss settings,
-`NAME:key=value,key=value` (for example `CCE-:share=block,distribution=popularity`); the run is tagged with them.
-The script collects every run's metrics.json and log.csv into one json and one markdown table naming the machine
-and the date.
+Each (dataset, model and loss, seed) is one `cutrec train` run in its own process (several at once on one GPU, each
+with cores / parallel CPU threads, or one at a time with --parallel 1 for epoch times); dataset "synthetic" is the
+built-in generator (set its size with --data.synthetic.num_items=...). A run spec is `[MODEL/]LOSS[:settings]`:
+MODEL is sasrec (the default; 1 block, 1 head) or bert4rec (2 blocks, 2 heads), LOSS a loss name and settings
+`key=value,key=value` of the loss section (for example `bert4rec/CCE-:share=block,distribution=popularity`); the run
+is tagged with them. The script collects every run's metrics.json and log.csv into one json and one markdown table
+naming the machine and the date.
 
     python benchmarks/quality.py --data-root ../shared/data --datasets amazon-beauty amazon-toys \
-        --losses CE CE- BCE "CCE-:share=block" --seeds 0 1 2 --parallel 6 --out benchmarks/results/quality
+        --run-specs CE CE- BCE "CCE-:share=block" bert4rec/CE --seeds 0 1 2 --parallel 6 \
+        --out benchmarks/results/quality
 
-Settings follow ../shared/data/README.md (emb 64, 1 block, 1 head, dropout 0.2, max_len 50, lr 1e-3).
+Settings follow the published runs on these files (emb 64, dropout 0.2, max_len 50, lr 1e-3, batch 128).
 """
 
 from __future__ import annotations
@@ -28,10 +31,12 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from datetime import date
 from pathlib import Path
 
+MODEL_SETTINGS = {
+    "sasrec": ["--model.name=sasrec", "--model.num_blocks=1", "--model.num_heads=1"],
+    "bert4rec": ["--model.name=bert4rec", "--model.num_blocks=2", "--model.num_heads=2"],
+}
 SETTINGS = [
     "--model.dim=64",
-    "--model.num_blocks=1",
-    "--model.num_heads=1",
     "--model.dropout=0.2",
     "--model.max_len=50",
     "--train.lr=0.001",
@@ -48,17 +53,21 @@ def machine_name() -> str:
     return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
 
 
-def parse_loss(spec: str) -> tuple[str, str, list[str]]:
-    """"CCE-:share=block,distribution=popularity" -> ("CCE-", "CCE- share=block distribution=popularity", args)."""
-    name, _, settings = spec.partition(":")
+def parse_spec(spec: str) -> tuple[str, str, str, list[str]]:
+    """"bert4rec/CCE-:share=block" -> ("bert4rec", "CCE-", "CCE- share=block", loss and model args)."""
+    model, _, loss_spec = spec.rpartition("/")
+    model = model or "sasrec"
+    if model not in MODEL_SETTINGS:
+        raise SystemExit(f"run spec {spec!r}: model {model!r} is unknown; use one of {', '.join(MODEL_SETTINGS)}")
+    name, _, settings = loss_spec.partition(":")
     pairs = [pair.split("=", 1) for pair in settings.split(",") if pair]
     label = " ".join([name, *(f"{key}={value}" for key, value in pairs)])
-    return name, label, [f"--loss.{key}={value}" for key, value in pairs]
+    return model, name, label, [f"--loss.{key}={value}" for key, value in pairs] + MODEL_SETTINGS[model]
 
 
 def run_one(args: argparse.Namespace, index: int, dataset: str, spec: str, seed: int) -> dict:
-    loss, label, loss_settings = parse_loss(spec)
-    name = f"{dataset}-{label.replace(' ', '-').replace('=', '_')}-seed{seed}"
+    model, loss, label, loss_settings = parse_spec(spec)
+    name = f"{dataset}-{model}-{label.replace(' ', '-').replace('=', '_')}-seed{seed}"
     folder = Path(args.runs) / name
     data = [] if dataset == "synthetic" else [
         f"--data={Path(args.data_root) / dataset / 'sequences.txt'}", "--data.format=sequences"
@@ -77,15 +86,18 @@ def run_one(args: argparse.Namespace, index: int, dataset: str, spec: str, seed:
     wall = time.perf_counter() - started
     (Path(args.runs) / f"{name}.stderr.txt").write_text(result.stderr[-20000:])
     if result.returncode != 0:
-        return {"dataset": dataset, "loss": label, "seed": seed, "error": result.stderr.strip().splitlines()[-1:]}
+        return {"dataset": dataset, "model": model, "loss": label, "seed": seed,
+                "error": result.stderr.strip().splitlines()[-1:]}
     metrics = json.loads((folder / "metrics.json").read_text())
     with (folder / "log.csv").open() as file:
         log = list(csv.DictReader(file))
     return {
         "dataset": dataset,
+        "model": model,
         "loss": label,
         "seed": seed,
         "test": metrics["test"],
+        "model_scores": next(v for k, v in metrics["test"].items() if k != "MostPopular"),
         "best_epoch": metrics["best_epoch"],
         "epochs_run": len(log),
         "median_epoch_seconds": statistics.median(float(r["epoch_seconds"]) for r in log),
@@ -99,17 +111,19 @@ def markdown(results: list[dict], header: str) -> str:
     lines = [
         header,
         "",
-        "| dataset | loss | seed | NDCG@10 | HR@10 | MostPop NDCG@10 | best epoch | epochs run | median epoch s "
-        "| median train s | peak train GPU MB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| dataset | model | loss | seed | NDCG@10 | HR@10 | MostPop NDCG@10 | best epoch | epochs run "
+        "| median epoch s | median train s | peak train GPU MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         if "error" in r:
-            lines.append(f"| {r['dataset']} | {r['loss']} | {r['seed']} | failed: {r['error']} ||||||||")
+            lines.append(f"| {r['dataset']} | {r['model']} | {r['loss']} | {r['seed']} | failed: {r['error']} "
+                         "||||||||")
             continue
-        model = r["test"]["SASRec"]
+        model = r["model_scores"]
         lines.append(
-            f"| {r['dataset']} | {r['loss']} | {r['seed']} | {model['NDCG@10']:.4f} | {model['HR@10']:.4f} | "
+            f"| {r['dataset']} | {r['model']} | {r['loss']} | {r['seed']} | {model['NDCG@10']:.4f} | "
+            f"{model['HR@10']:.4f} | "
             f"{r['test']['MostPopular']['NDCG@10']:.4f} | {r['best_epoch']} | {r['epochs_run']} | "
             f"{r['median_epoch_seconds']:.2f} | {r['median_train_seconds']:.2f} | {r['peak_train_gpu_mb']:.0f} |"
         )
@@ -119,22 +133,23 @@ def markdown(results: list[dict], header: str) -> str:
 def summary(results: list[dict]) -> str:
     """Mean and range over seeds of each (dataset, loss): the table the issues ask for."""
     lines = [
-        "| dataset | loss | seeds | NDCG@10 mean (min..max) | HR@10 mean (min..max) | median epoch s | "
+        "| dataset | model | loss | seeds | NDCG@10 mean (min..max) | HR@10 mean (min..max) | median epoch s | "
         "peak train GPU MB |",
-        "|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    groups: dict[tuple[str, str], list[dict]] = {}
+    groups: dict[tuple[str, str, str], list[dict]] = {}
     for r in results:
         if "error" not in r:
-            groups.setdefault((r["dataset"], r["loss"]), []).append(r)
-    for (dataset, loss), runs in groups.items():
+            groups.setdefault((r["dataset"], r["model"], r["loss"]), []).append(r)
+    for (dataset, model, loss), runs in groups.items():
         cells = []
         for metric in ("NDCG@10", "HR@10"):
-            values = [r["test"]["SASRec"][metric] for r in runs]
+            values = [r["model_scores"][metric] for r in runs]
             cells.append(f"{statistics.mean(values):.4f} ({min(values):.4f}..{max(values):.4f})")
         epoch = statistics.median(r["median_epoch_seconds"] for r in runs)
         memory = max(r["peak_train_gpu_mb"] for r in runs)
-        lines.append(f"| {dataset} | {loss} | {len(runs)} | {' | '.join(cells)} | {epoch:.2f} | {memory:.0f} |")
+        lines.append(f"| {dataset} | {model} | {loss} | {len(runs)} | {' | '.join(cells)} | {epoch:.2f} | "
+                     f"{memory:.0f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -142,7 +157,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-root", default="../shared/data")
     parser.add_argument("--datasets", nargs="+", default=["amazon-beauty", "amazon-toys"])
-    parser.add_argument("--losses", nargs="+", default=["CE", "CE-", "BCE"])
+    parser.add_argument("--run-specs", nargs="+", default=["CE", "CE-", "BCE"], help="[MODEL/]LOSS[:settings]")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--epochs", type=int, default=200)
     parser.add_argument("--patience", type=int, default=50)
@@ -154,14 +169,15 @@ def main() -> None:
     args, args.extra = parser.parse_known_args()  # unknown words: more --section.key=value settings for every run
     # Seed-major: with --parallel 1 the losses alternate (CE, CCE, CE, CCE, ...), so a slow drift of the machine does
     # not favour the loss that runs first; the tables list the runs grouped by dataset and loss.
-    jobs = [(d, loss, s) for s in args.seeds for d in args.datasets for loss in args.losses]
-    table_order = {(d, loss, s): i for i, (d, loss, s) in enumerate(
-        (d, loss, s) for d in args.datasets for loss in args.losses for s in args.seeds)}
+    jobs = [(d, spec, s) for s in args.seeds for d in args.datasets for spec in args.run_specs]
+    table_order = {(d, spec, s): i for i, (d, spec, s) in enumerate(
+        (d, spec, s) for d in args.datasets for spec in args.run_specs for s in args.seeds)}
     header = (
-        f"# SASRec test metrics, full-catalog ranking, leave-one-out\n\nMachine: {machine_name()}; date: "
+        f"# Test metrics, full-catalog ranking, leave-one-out\n\nMachine: {machine_name()}; date: "
         f"{date.today()}; {args.parallel} runs at a time on {args.gpus} GPU(s) (epoch times include that sharing); "
         f"epochs <= {args.epochs}, patience {args.patience}, negatives {args.negatives}; settings: "
-        f"{' '.join(SETTINGS)} {' '.join(args.extra)}"
+        f"{' '.join(SETTINGS)} {' '.join(args.extra)}; sasrec: {' '.join(MODEL_SETTINGS['sasrec'][1:])}; "
+        f"bert4rec: {' '.join(MODEL_SETTINGS['bert4rec'][1:])}"
     )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
