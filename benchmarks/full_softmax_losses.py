@@ -5,10 +5,10 @@ default, which skips gradient tiles below a threshold, and exact with filter_eps
 cross-entropy (0.8.5), and
 `torch.nn.functional.linear_cross_entropy` where the installed torch has it. Every method runs on the same fresh
 random bf16 inputs in one process, one shape after another. Time: CUDA events around forward+backward, median of
-`reps` runs after a warm-up. Extra memory (docs/kernels.md): peak allocated during one forward+backward minus what
+`reps` runs after a warm-up. Extra memory (docs/losses.md): peak allocated during one forward+backward minus what
 was allocated before, minus the bytes of the returned gradients (hidden's and items').
 Floors beside each row: 4 GEMMs of 2*M*N*D flops at the measured bf16 GEMM rate, and 2 exponential passes over
-the M x N logits at the measured exp rate (3.6e12/s on an H200, docs/kernels.md).
+the M x N logits at the measured exp rate (3.6e12/s on an H200, docs/losses.md).
 
     python benchmarks/full_softmax_losses.py --out benchmarks/results/full_softmax_losses
 """
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-EXP_RATE = 3.6e12  # tl.exp per second, measured on an H200 (docs/kernels.md)
+EXP_RATE = 3.6e12  # tl.exp per second, measured on an H200 (docs/losses.md)
 
 
 def gemm_rate(device: torch.device) -> float:

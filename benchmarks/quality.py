@@ -53,6 +53,15 @@ def machine_name() -> str:
     return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
 
 
+def commit() -> str:
+    """The measured code's commit: --commit, else `git rev-parse` here (the device's copy of the tree has no .git)."""
+    try:
+        result = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    except FileNotFoundError:  # no git installed
+        return "unknown (pass --commit)"
+    return result.stdout.strip() if result.returncode == 0 else "unknown (pass --commit)"
+
+
 def parse_spec(spec: str) -> tuple[str, str, str, list[str]]:
     """"bert4rec/CCE-:share=block" -> ("bert4rec", "CCE-", "CCE- share=block", loss and model args)."""
     model, _, loss_spec = spec.rpartition("/")
@@ -165,6 +174,7 @@ def main() -> None:
     parser.add_argument("--parallel", type=int, default=1)
     parser.add_argument("--gpus", type=int, default=1, help="spread the runs round-robin over this many GPUs")
     parser.add_argument("--runs", default="runs/quality")
+    parser.add_argument("--commit", default=None, help="the commit measured, where the tree has no .git")
     parser.add_argument("--out", default="benchmarks/results/quality")
     args, args.extra = parser.parse_known_args()  # unknown words: more --section.key=value settings for every run
     # Seed-major: with --parallel 1 the losses alternate (CE, CCE, CE, CCE, ...), so a slow drift of the machine does
@@ -174,7 +184,8 @@ def main() -> None:
         (d, spec, s) for d in args.datasets for spec in args.run_specs for s in args.seeds)}
     header = (
         f"# Test metrics, full-catalog ranking, leave-one-out\n\nMachine: {machine_name()}; date: "
-        f"{date.today()}; {args.parallel} runs at a time on {args.gpus} GPU(s) (epoch times include that sharing); "
+        f"{date.today()}; commit: {args.commit or commit()}; {args.parallel} runs at a time on {args.gpus} GPU(s) "
+        "(epoch times include that sharing); "
         f"epochs <= {args.epochs}, patience {args.patience}, negatives {args.negatives}; settings: "
         f"{' '.join(SETTINGS)} {' '.join(args.extra)}; sasrec: {' '.join(MODEL_SETTINGS['sasrec'][1:])}; "
         f"bert4rec: {' '.join(MODEL_SETTINGS['bert4rec'][1:])}"

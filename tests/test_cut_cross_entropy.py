@@ -1,6 +1,6 @@
 """Cut cross-entropy (impl="torch" and impl="triton") against the float64 reference CE, on CPU and on a GPU.
 
-Acceptance (docs/kernels.md, the pattern of Apple's CCE tests): for the loss and the gradients of hidden, items and
+Acceptance (docs/losses.md, the pattern of Apple's CCE tests): for the loss and the gradients of hidden, items and
 bias, max|impl - truth| <= max|plain PyTorch in the input dtype - truth| + tolerance * max|truth|, where truth is
 `reference.cross_entropy` on float64 copies of the same inputs. NaN never passes. On a CPU the Triton kernels run
 through the interpreter (tests/conftest.py sets TRITON_INTERPRET=1), so the interpreted shapes stay small.

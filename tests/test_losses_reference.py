@@ -1,4 +1,4 @@
-"""The plain-PyTorch losses against the formulas of docs/kernels.md, written out in float64 NumPy."""
+"""The plain-PyTorch losses against the formulas of docs/losses.md, written out in float64 NumPy."""
 
 import math
 
@@ -56,7 +56,7 @@ def test_cross_entropy_matches_formula(seed, with_bias):
 
 
 def _sampled_formula(hidden, items, targets, negatives, log_q, logq_correction):
-    """loss_i = logsumexp(s_i0, s_i1..s_iK) - s_i0 with logQ and accidental hits -> -inf (kernels.md)."""
+    """loss_i = logsumexp(s_i0, s_i1..s_iK) - s_i0 with logQ and accidental hits -> -inf (docs/losses.md)."""
     losses = []
     k = negatives.shape[-1]
     for i, y in enumerate(targets):

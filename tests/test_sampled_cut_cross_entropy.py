@@ -93,7 +93,7 @@ def test_explicit_negatives(explicit_shape):
 
 
 def test_bf16_no_worse_than_plain_bf16():
-    """Acceptance rule of kernels.md on bf16 inputs (max-abs error, tolerance one bf16 ulp of max|truth|)."""
+    """Acceptance rule of docs/losses.md on bf16 inputs (max-abs error, tolerance one bf16 ulp of max|truth|)."""
     hidden, items, targets = make_inputs((64, 500, 32), torch.bfloat16, seed=8)
     negatives = drawn(NegativeDistribution.uniform(500), 2, 64, 31, "none")
     ours = loss_and_grads(sampled_cut_cross_entropy, hidden, items, targets, num_negatives=31, seed=2)
@@ -433,7 +433,7 @@ def _gpu_distribution(popularity: bool, num_items: int):
     ],
 )
 def test_gpu_kernels_match_float64_reference(share, popularity, dim, dtype):
-    """Realistic shapes: the acceptance rule of kernels.md against float64 CE- on the very negatives drawn."""
+    """Realistic shapes: the acceptance rule of docs/losses.md against float64 CE- on the very negatives drawn."""
     num_rows, num_items, num_negatives = 4099, 100_003, 255
     hidden, items, targets = (t.cuda() for t in make_inputs((num_rows, num_items, dim), dtype, seed=dim))
     distribution = _gpu_distribution(popularity, num_items)

@@ -27,7 +27,7 @@ more only when hidden is a leaf tensor, as in the benchmark). With few positions
 forward splits the catalog and keeps S x M x (D + 2) fp32 partial sums until they are combined (S x M <= about
 2 x 132 x BLOCK_M rows). Nothing of size M x N is ever stored.
 
-Work floor (docs/kernels.md): 4 GEMMs of 2 M N D flops (forward logits, forward softmax @ W, backward logits,
+Work floor (docs/losses.md): 4 GEMMs of 2 M N D flops (forward logits, forward softmax @ W, backward logits,
 backward g^T @ H) and 2 exponential passes over the M x N logits (one per launch). At M=32768, N=1M, D=64 that is
 1.7e13 flop (~22 ms at ~790 TFLOP/s bf16) and 6.6e10 exponentials (~18 ms at ~3.6e12/s): the exponentials set the
 pace at small D.

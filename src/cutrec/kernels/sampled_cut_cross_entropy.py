@@ -1,7 +1,7 @@
 """Triton kernels of the sampled cut cross-entropy (CCE-): negatives drawn inside the kernels, never stored.
 
 Per position i with target y_i: s_0 = z_iy, s_k = z_in_k - log(K q(n_k)) (logQ, optional), s_k = -inf when
-n_k == y_i, loss_i = logsumexp_k s_ik - s_i0 (docs/kernels.md). The ids n_k are the same pure function of
+n_k == y_i, loss_i = logsumexp_k s_ik - s_i0 (docs/losses.md). The ids n_k are the same pure function of
 (seed, stream, k) as `cutrec.losses.sampling.counter_draws` (lowbias32 hash; alias table for popularity) and
 `sampling.shifted_draws` (share="offsets"), so the kernels and the PyTorch implementation draw identical negatives,
 and the backward regenerates them.

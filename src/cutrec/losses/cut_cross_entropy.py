@@ -1,6 +1,6 @@
 """Cut cross-entropy: the exact full-softmax CE over the catalog, computed without storing the [M, N] logits.
 
-`cut_cross_entropy(hidden, items, targets)` has the semantics of `reference.cross_entropy` (docs/kernels.md):
+`cut_cross_entropy(hidden, items, targets)` has the semantics of `reference.cross_entropy` (docs/losses.md):
 loss_i = logsumexp_j z_ij - z_iy_i with z_ij = h_i . w_j (+ b_j); rows whose target equals `ignore_index`
 contribute 0 and "mean" divides by the number of the other rows. Two implementations with identical semantics:
 "triton" (kernels/cut_cross_entropy.py: two launches, deterministic) and "torch" (the CPU fallback: fp32, chunked

@@ -3,7 +3,7 @@
 Every loss takes the seam of docs/architecture.md: `hidden [M, D]`, `items [N, D]`, `targets [M]` (int64; positions
 equal to `ignore_index` are padding and contribute nothing). Logit for position i and item j: z_ij = h_i . w_j (+ b_j).
 `reduction="mean"` divides by the number of positions that have a target (0 when there are none).
-The objectives are exactly those of docs/kernels.md: CE, CE- (sampled softmax with logQ correction and accidental
+The objectives are exactly those of docs/losses.md: CE, CE- (sampled softmax with logQ correction and accidental
 hits removed), BCE / BCE+ (sigmoid with 1 or K negatives) and gBCE (gSASRec, Petrov and Macdonald, RecSys 2023).
 """
 
@@ -179,7 +179,7 @@ def sampled_cross_entropy(
     reduction: Reduction = "mean",
     check_targets: bool = True,
 ) -> torch.Tensor:
-    """CE- of docs/kernels.md: s_0 = z_iy, s_k = z_in_k - log(K q(n_k)), s_k = -inf on accidental hits.
+    """CE- of docs/losses.md: s_0 = z_iy, s_k = z_in_k - log(K q(n_k)), s_k = -inf on accidental hits.
 
     Negatives are drawn from `distribution` (uniform by default) with a generator seeded by `seed`, or passed
     explicitly as `negatives` ([M, K] per position or [K] shared by all positions).

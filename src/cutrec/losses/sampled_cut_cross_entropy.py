@@ -1,6 +1,6 @@
 """Sampled cut cross-entropy (CCE-): the CE- objective with negatives regenerated, never stored.
 
-The objective is exactly docs/kernels.md's CE- (and `reference.sampled_cross_entropy` given the same negatives):
+The objective is exactly docs/losses.md's CE- (and `reference.sampled_cross_entropy` given the same negatives):
 s_0 = z_iy, s_k = z_in_k - log(K q(n_k)) (logQ, optional), s_k = -inf where n_k == y (accidental hits), loss_i =
 logsumexp_k s_ik - s_i0. Negatives are a pure function of (seed, stream, k) (`sampling.counter_draws`), where the
 stream is the position (share="none": every position its own K negatives), the block of BLOCK_ROWS consecutive
