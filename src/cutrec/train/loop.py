@@ -1,8 +1,9 @@
 """The training loop, top to bottom: data, model, loss, epochs with validation and early stopping, then test.
 
-The trainer owns every random generator (torch's for initialisation and dropout, a numpy generator for batch order)
-and the step counter; the loss gets a fresh seed each step, derived from (run seed, step), so sampled losses are
-reproducible. The run folder holds config.json, log.csv (one row per epoch, appended as epochs finish),
+The trainer owns every random generator (torch's for initialisation and dropout, a numpy generator for the batch
+order and the model's batch randomness, such as BERT4Rec's masks) and the step counter, and it uses the model only
+through cutrec.models.SequenceModel. The loss gets a fresh seed each step, derived from (run seed, step), so sampled
+losses are reproducible. The run folder holds config.json, log.csv (one row per epoch, appended as epochs finish),
 checkpoint.pt (the best model so far, written atomically) and metrics.json (test metrics).
 """
 
