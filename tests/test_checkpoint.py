@@ -1,5 +1,6 @@
 """Checkpoints round-trip, and a failed write leaves the previous file intact."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -43,3 +44,28 @@ def test_unreadable_checkpoint_is_named(tmp_path):
         load_checkpoint(path)
     with pytest.raises(CutrecError, match="no checkpoint"):
         load_checkpoint(tmp_path / "missing.pt")
+
+
+class _RunsCode:
+    """Unpickling this would call `_ran_code`: a checkpoint that executes code when loaded."""
+
+    def __reduce__(self):
+        return (_ran_code, ())
+
+
+RAN = []
+
+
+def _ran_code():
+    RAN.append(True)
+    return "executed"
+
+
+def test_a_checkpoint_holding_code_is_refused_unexecuted(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"model": {"w": torch.ones(2)}, "payload": _RunsCode()}, path)
+    with pytest.raises(CutrecError, match="holds objects other than tensors") as error:
+        load_checkpoint(path)
+    assert RAN == [] and "\n" not in str(error.value)
+    save_checkpoint(path, {"step": 3, "rng": np.random.default_rng(1).bit_generator.state, "t": torch.zeros(1)})
+    assert load_checkpoint(path)["rng"]["bit_generator"] == "PCG64"  # what the trainer saves loads fine

@@ -1,13 +1,15 @@
 """Checkpoints and run-folder files, always written atomically (a temporary file in the same folder, then rename).
 
 A crash or a kill mid-write leaves the previous file intact. A checkpoint carries the model weights, the optimiser
-state, the step counter, every random generator's state and the resolved config, so it can be reloaded alone.
+state, the step counter, every random generator's state and the resolved config, so it can be reloaded alone; it
+holds only tensors, numbers, strings and plain containers and is loaded with `weights_only=True`.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -46,10 +48,19 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Load with `weights_only=True`: tensors, numbers, strings and plain containers only, so a checkpoint from
+    elsewhere can never run code; one holding anything else is refused, unexecuted."""
     if not path.is_file():
         raise CutrecError(f"no checkpoint at {str(path)!r}; pass a run folder that `cutrec train` wrote")
     try:
-        return torch.load(path, map_location=device, weights_only=False)
+        return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "Unsupported global" not in str(err):  # a truncated or foreign file, not a refused object
+            raise CutrecError(f"checkpoint {str(path)!r} cannot be read ({err}); retrain or pass another run") from None
+        raise CutrecError(
+            f"checkpoint {str(path)!r} holds objects other than tensors, numbers, strings and plain containers; "
+            "it was not loaded (nothing in it ran); use a checkpoint that `cutrec train` wrote"
+        ) from None
     except Exception as err:  # a truncated or foreign file
         raise CutrecError(f"checkpoint {str(path)!r} cannot be read ({err}); retrain or pass another run") from None
 
