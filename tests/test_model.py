@@ -11,10 +11,10 @@ from cutrec.models import BERT4Rec, SASRec, build_model
 from cutrec.train.evaluate import model_top_items
 
 
-def _model(seed=0, **kwargs):
+def _model(seed=0, kind=SASRec, **kwargs):
     torch.manual_seed(seed)
     options = {"max_len": 12, "dim": 16, "num_blocks": 2, "num_heads": 2, "dropout": 0.3} | kwargs
-    return SASRec(50, **options).eval()
+    return kind(50, **options).eval()
 
 
 def test_future_items_do_not_change_earlier_hidden_states():
@@ -66,14 +66,8 @@ def test_bad_shapes_are_named():
         _model()(torch.zeros(2, 13, dtype=torch.long))
 
 
-def _bert(seed=0, **kwargs):
-    torch.manual_seed(seed)
-    options = {"max_len": 12, "dim": 16, "num_blocks": 2, "num_heads": 2, "dropout": 0.3} | kwargs
-    return BERT4Rec(50, **options).eval()
-
-
 def test_bert4rec_is_bidirectional_and_ignores_padding():
-    model = _bert()
+    model = _model(kind=BERT4Rec)
     length = int(torch.randint(4, 10, ()))
     sequence = torch.randint(0, 50, (1, length))
     padded = torch.cat([sequence, torch.full((1, 12 - length), model.padding_id)], dim=1)  # [1, 12]
@@ -94,7 +88,7 @@ def test_bert4rec_is_bidirectional_and_ignores_padding():
 
 
 def test_bert4rec_user_vector_is_the_appended_mask_token():
-    model = _bert(seed=2)
+    model = _model(kind=BERT4Rec, seed=2)
     histories = torch.tensor([[3, 4, 5] + [model.padding_id] * 9, list(range(10, 22))])  # lengths 3 and 12
     users = model.user_vectors(histories, torch.tensor([3, 12]))
     with torch.no_grad():
@@ -105,7 +99,7 @@ def test_bert4rec_user_vector_is_the_appended_mask_token():
 
 def test_special_rows_are_never_scored_or_recommended():
     """Give the mask and padding rows the embedding that every user vector points to most: still never ranked."""
-    model = _bert(seed=3)
+    model = _model(kind=BERT4Rec, seed=3)
     assert model.item_table.shape == (50, 16) and model.mask_id == 51
     histories = Sequences(offsets=np.array([0, 3, 4, 8]), items=np.array([1, 2, 3, 7, 9, 8, 7, 6], dtype=np.int32),
                           users=np.arange(3))

@@ -82,7 +82,8 @@ def at_least_float32(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
-def _safe_targets(targets: torch.Tensor, ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+def safe_targets(targets: torch.Tensor, ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(int64 targets [M] with 0 at ignored positions, so they index items safely; valid [M] bool)."""
     valid = targets != ignore_index  # [M] bool
     return torch.where(valid, targets, torch.zeros_like(targets)).long(), valid
 
@@ -104,7 +105,7 @@ def cross_entropy(
     logits = hidden @ items.T  # [M, N]
     if bias is not None:
         logits = logits + bias
-    safe, valid = _safe_targets(targets, ignore_index)
+    safe, valid = safe_targets(targets, ignore_index)
     per_position = F.cross_entropy(logits, safe, reduction="none")  # [M]
     return reduce_loss(per_position, valid, reduction)
 
@@ -112,12 +113,12 @@ def cross_entropy(
 def _negatives_and_scores(
     hidden: torch.Tensor,
     items: torch.Tensor,
-    safe_targets: torch.Tensor,
+    safe: torch.Tensor,
     negatives: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Positive scores [M] and negative scores [M, K] for per-position [M, K] or shared [K] negatives."""
     # a batched product like the negatives', so both get the same precision under autocast
-    positive = torch.bmm(items[safe_targets].unsqueeze(1), hidden.unsqueeze(-1)).view(-1)  # [M, 1, D] x [M, D, 1]
+    positive = torch.bmm(items[safe].unsqueeze(1), hidden.unsqueeze(-1)).view(-1)  # [M, 1, D] x [M, D, 1]
     if negatives.ndim == 1:
         negative = hidden @ items[negatives].T  # [M, K]
     else:
@@ -190,7 +191,7 @@ def sampled_cross_entropy(
         check_target_range(targets, items.shape[0], ignore_index)
     distribution = distribution or NegativeDistribution.uniform(items.shape[0])
     negatives = _resolve_negatives(hidden, items, num_negatives, negatives, distribution, seed)
-    safe, valid = _safe_targets(targets, ignore_index)
+    safe, valid = safe_targets(targets, ignore_index)
     positive, negative = _negatives_and_scores(hidden, items, safe, negatives)
     negative = at_least_float32(negative)
     if logq_correction:
@@ -227,7 +228,7 @@ def binary_cross_entropy(
         check_target_range(targets, items.shape[0], ignore_index)
     distribution = distribution or NegativeDistribution.uniform(items.shape[0])
     negatives = _resolve_negatives(hidden, items, num_negatives, negatives, distribution, seed)
-    safe, valid = _safe_targets(targets, ignore_index)
+    safe, valid = safe_targets(targets, ignore_index)
     positive, negative = _negatives_and_scores(hidden, items, safe, negatives)
     hits = negatives.unsqueeze(0) if negatives.ndim == 1 else negatives
     negative_terms = F.logsigmoid(-at_least_float32(negative)).masked_fill(hits == safe.unsqueeze(1), 0.0)  # [M, K]

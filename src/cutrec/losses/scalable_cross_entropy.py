@@ -22,7 +22,14 @@ from __future__ import annotations
 import torch
 
 from cutrec.errors import CutrecError
-from cutrec.losses.reference import Reduction, at_least_float32, check_seam, check_target_range, reduce_loss
+from cutrec.losses.reference import (
+    Reduction,
+    at_least_float32,
+    check_seam,
+    check_target_range,
+    reduce_loss,
+    safe_targets,
+)
 from cutrec.losses.sampling import seeded_generator
 
 
@@ -83,8 +90,7 @@ def scalable_cross_entropy(
             raise CutrecError(f"{name}={value} is out of range; use 1 or more")
     if check_targets:
         check_target_range(targets, items.shape[0], ignore_index)
-    valid = targets != ignore_index  # [M]
-    safe = torch.where(valid, targets, torch.zeros_like(targets)).long()  # [M]
+    safe, valid = safe_targets(targets, ignore_index)  # [M] ids (0 where ignored), [M] bool
     if centers is None:
         centers = bucket_centers(hidden, valid, num_buckets, mix=mix, seed=seed)
     elif centers.ndim != 2 or centers.shape[1] != hidden.shape[1]:
