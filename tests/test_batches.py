@@ -5,7 +5,7 @@ import pytest
 import torch
 from scipy import stats
 
-from cutrec.data import EvalSet, Sequences, epoch_batches, eval_batches, masked_item_batch, next_item_batch
+from cutrec.data import EvalSet, Sequences, epoch_order, eval_batches, masked_item_batch, next_item_batch, num_batches
 from cutrec.errors import CutrecError
 
 
@@ -27,7 +27,9 @@ def _expected_train_row(seq: list[int], max_len: int, padding_id: int) -> tuple[
 
 def train_batches(train, *, max_len, batch_size, padding_id, rng):
     """One epoch of next-item batches, as the trainer makes them for SASRec."""
-    for rows in epoch_batches(train, batch_size=batch_size, min_length=2, rng=rng):
+    order = epoch_order(train, min_length=2, rng=rng)
+    for b in range(num_batches(order, batch_size)):
+        rows = order[b * batch_size : (b + 1) * batch_size]
         yield next_item_batch(train, rows, max_len=max_len, padding_id=padding_id)
 
 
@@ -92,7 +94,7 @@ def test_eval_hand_checked_and_errors():
     with pytest.raises(CutrecError, match="model.max_len=0 is out of range"):
         next(eval_batches(evalset, max_len=0, batch_size=8, padding_id=9))
     with pytest.raises(CutrecError, match="train.batch_size=0 is out of range"):
-        epoch_batches(evalset.inputs, batch_size=0, min_length=2, rng=np.random.default_rng())
+        num_batches(epoch_order(evalset.inputs, min_length=2, rng=np.random.default_rng()), 0)
     with pytest.raises(CutrecError, match="need sequences of 2 or more items"):
         next_item_batch(evalset.inputs, np.array([0, 1]), max_len=2, padding_id=9)
 

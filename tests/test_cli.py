@@ -1,6 +1,7 @@
 """The `cutrec` command: one-line errors with exit status 2 for user mistakes, and a short end-to-end run."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -140,3 +141,73 @@ def test_real_log_with_global_temporal_split_runs(tmp_path):
     assert main(args) == 0
     metrics = json.loads((tmp_path / "ml" / "metrics.json").read_text())
     assert metrics["test_users"] > 0 and 0.0 <= metrics["test"]["SASRec"]["HR@10"] <= 1.0
+
+
+SMALL = ["--data.synthetic.num_users=200", "--data.synthetic.num_items=50", "--model.dim=8", "--model.num_blocks=1",
+         "--train.progress=false"]
+
+
+@pytest.mark.parametrize(
+    "case,message",
+    [
+        ("a file", "is a file, not a folder; pass --out a folder"),
+        ("under a file", "(Not a directory); pass --out a folder you can write to"),
+        ("under /proc", "(No such file or directory); pass --out a folder you can write to"),
+        ("under /sys", "(Operation not permitted); pass --out a folder you can write to"),
+        ("read-only", "(Permission denied); pass --out a folder you can write to"),
+        ("an existing run", "already exists; pick another --name or --out, or continue it with `cutrec train --resume"),
+    ],
+)
+def test_out_problems_are_one_line_errors_before_any_data_is_read(tmp_path, capsys, case, message):
+    name = "run"
+    if case == "a file":
+        out = tmp_path / "file"
+        out.write_text("")
+    elif case == "under a file":
+        (tmp_path / "file").write_text("")
+        out = tmp_path / "file" / "runs"
+    elif case in ("under /proc", "under /sys"):
+        if not Path(case.split()[1]).is_dir():
+            pytest.skip(f"no {case.split()[1]} here")
+        out = Path(case.split()[1]) / "cutrec-test-runs"
+    elif case == "read-only":
+        if os.geteuid() == 0:
+            pytest.skip("root ignores permission bits")
+        out = tmp_path / "read-only"
+        out.mkdir(mode=0o555)
+    else:
+        out = tmp_path / "runs"
+        (out / name).mkdir(parents=True)
+    absent = tmp_path / "absent.csv"  # were any data read first, this would be the error
+    code = main(["train", f"--out={out}", f"--name={name}", f"--data={absent}",
+                 f"--data.cache_dir={tmp_path / 'cache'}"])
+    error = capsys.readouterr().err.strip()
+    assert code == 2 and error.startswith("cutrec: error: ") and message in error, error
+    assert "\n" not in error and "absent.csv" not in error
+    assert not (tmp_path / "cache").exists()
+
+
+def test_automatic_names_never_collide_and_a_failed_start_leaves_no_folder(tmp_path, capsys):
+    for _ in range(2):  # the same second, the same settings
+        assert main(["train", f"--out={tmp_path}", "--epochs=1", *SMALL]) == 0
+    names = [p.name for p in tmp_path.iterdir()]
+    assert len(names) == 2 and all(n.startswith("synthetic-sasrec-auto-") for n in names)
+    assert f"run folder: {tmp_path}" in capsys.readouterr().err
+    assert main(["train", f"--out={tmp_path}", "--name=broken", f"--data={tmp_path / 'absent.csv'}"]) == 2
+    assert not (tmp_path / "broken").exists()  # nothing was trained, so no empty run folder stays behind
+
+
+def test_a_non_finite_step_stops_the_run_at_that_step(tmp_path, capsys):
+    args = ["train", f"--out={tmp_path}", "--name=nan", "--lr=1e30", "--epochs=3", *SMALL]
+    assert main(args) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("cutrec: error: step 2 (epoch 1, batch 2 of ")
+    assert "has loss nan" in error or "has loss inf" in error
+    assert "Last good checkpoint: none yet" in error and "Lower train.lr (now 1e+30) or set train.grad_clip" in error
+    assert not (tmp_path / "nan" / "log.csv").read_text().splitlines()[1:]  # no epoch finished
+
+
+def test_gradient_clipping_bounds_the_update(tmp_path):
+    args = ["train", f"--out={tmp_path}", "--name=clip", "--lr=0.01", "--train.grad_clip=0.5", "--epochs=2", *SMALL]
+    assert main(args) == 0
+    assert (tmp_path / "clip" / "metrics.json").exists()

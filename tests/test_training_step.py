@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from cutrec.config import LossConfig, ModelConfig
-from cutrec.data.batches import IGNORE_INDEX, epoch_batches
+from cutrec.data.batches import IGNORE_INDEX, epoch_order
 from cutrec.data.splits import Sequences
 from cutrec.losses import build_loss
 from cutrec.models import MODEL_NAMES, build_model
@@ -40,7 +40,7 @@ def _step(model_name: str, loss_config: LossConfig, seed: int):
     train = _train_sequences(rng)
     counts = torch.bincount(torch.from_numpy(train.items).long(), minlength=NUM_ITEMS).float()
     loss_fn = build_loss(loss_config, NUM_ITEMS, counts)
-    rows = epoch_batches(train, batch_size=16, min_length=model.min_train_length, rng=rng)[0]
+    rows = epoch_order(train, min_length=model.min_train_length, rng=rng)[:16]
     inputs, targets = model.training_batch(train, rows, rng)  # [B, L], [B, L]
     hidden = model(inputs)  # [B, L, D]
     keep = targets.view(-1) != IGNORE_INDEX

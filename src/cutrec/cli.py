@@ -1,8 +1,9 @@
-"""The `cutrec` command: train | evaluate | datasets.
+"""The `cutrec` command: train | estimate | evaluate | datasets.
 
 Options are config keys: `--train.lr=0.001` (or `train.lr=0.001`) sets any key of cutrec.config; a few common ones
 have short names (`--loss CE`, `--data PATH`, ...). A user mistake prints one line `cutrec: error: ...` and exits
-with status 2, never a traceback.
+with status 2, never a traceback. A run stopped by SIGTERM or Ctrl-C exits with 143 or 130 after saving last.pt
+and printing the command that resumes it.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import sys
 from pathlib import Path
 
 from cutrec.errors import CutrecError
+from cutrec.train.interrupt import RunStopped
 
 SHORT_OPTIONS = {
     "--model": "model.name",
@@ -41,14 +43,28 @@ def _parser() -> argparse.ArgumentParser:
         "targets, --model.mask_prob=0.2), and the loss with --loss auto|CE|CCE|CE-|CCE-|BCE|BCE+|gBCE|SCE. Any "
         "config key can be set with --section.key=value (see cutrec/config.py).",
     )
-    train.add_argument("--config", help="a .toml or .yaml file of config sections")
-    for option, key in SHORT_OPTIONS.items():
-        train.add_argument(option, dest=key, metavar=key.split(".")[-1].upper(), help=f"sets {key}")
+    _add_run_options(train)
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt")
+    estimate = commands.add_parser(
+        "estimate",
+        help="print the predicted peak GPU memory of training, and the largest batch that fits",
+        description="Read the data and predict the peak GPU memory of a training step for the same options as "
+        "`cutrec train` (parameters, gradients, optimizer state, activations, the loss's buffers), without "
+        "training. With a GPU visible, or --memory-gb, also print the largest batch size that fits.",
+    )
+    _add_run_options(estimate)
+    estimate.add_argument("--memory-gb", type=float, help="memory to fit into (default: the GPU's free memory)")
     evaluate = commands.add_parser("evaluate", help="re-score a saved run on its test set")
     evaluate.add_argument("run_dir", help="a folder written by `cutrec train`")
     evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     commands.add_parser("datasets", help="list the named datasets and their sources")
     return parser
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="a .toml or .yaml file of config sections")
+    for option, key in SHORT_OPTIONS.items():
+        parser.add_argument(option, dest=key, metavar=key.split(".")[-1].upper(), help=f"sets {key}")
 
 
 def _overrides(args: argparse.Namespace, extra: list[str]) -> list[str]:
@@ -67,10 +83,10 @@ def _overrides(args: argparse.Namespace, extra: list[str]) -> list[str]:
     return overrides
 
 
-def _train(args: argparse.Namespace, extra: list[str]) -> None:
-    from cutrec.config import build_config, load_file
+def _run_config(args: argparse.Namespace, extra: list[str]):
+    """The RunConfig of `train` and `estimate`: defaults, a named dataset's presets, the file, the options."""
+    from cutrec.config import build_config, load_file, merged_values
     from cutrec.data import registry
-    from cutrec.train.loop import train
 
     file_values = load_file(args.config) if args.config else {}
     overrides = _overrides(args, extra)
@@ -90,17 +106,51 @@ def _train(args: argparse.Namespace, extra: list[str]) -> None:
                 "or pass a local file with --data PATH"
             )
         presets = {"data": dict(registry.DATASETS[config.data.dataset].preprocessing)}
-        config = build_config(_merged(presets, file_values), overrides)
-    train(config)
+        config = build_config(merged_values(presets, file_values), overrides)
+    return config
 
 
-def _merged(base: dict, top: dict) -> dict:
-    """Nested dict merge: values of `top` win."""
-    merged = dict(base)
-    for key, value in top.items():
-        both_sections = isinstance(value, dict) and isinstance(merged.get(key), dict)
-        merged[key] = _merged(merged[key], value) if both_sections else value
-    return merged
+def _train(args: argparse.Namespace, extra: list[str]) -> None:
+    from cutrec.config import load_file
+    from cutrec.train.loop import resume, train
+
+    if args.resume:
+        resume(Path(args.resume), load_file(args.config) if args.config else {}, _overrides(args, extra))
+    else:
+        train(_run_config(args, extra))
+
+
+def _estimate(args: argparse.Namespace, extra: list[str]) -> None:
+    from dataclasses import replace
+
+    from cutrec.losses import resolve_loss_name
+    from cutrec.train import memory
+    from cutrec.train.loop import resolve_device, training_data
+
+    config = _run_config(args, extra)
+    data = training_data(config)
+    num_items, lengths = data.split.num_items, data.train_lengths
+    config = replace(config, loss=replace(config.loss, name=resolve_loss_name(config.loss.name, num_items)))
+    device = resolve_device(config.train.device)
+    if args.memory_gb is not None:
+        budget, where = int(args.memory_gb * 2**30), f"--memory-gb {args.memory_gb:g}"
+    elif device.type == "cuda":
+        budget, where = memory.free_memory(device), f"the free memory of {device}"
+    else:
+        budget, where = None, ""
+    batch = config.train.batch_size
+    if batch == "auto":
+        if budget is None:
+            raise CutrecError("--batch-size auto needs a GPU or --memory-gb to fit into; or give a number")
+        batch = memory.largest_batch(config, num_items, lengths, int(memory.HEADROOM * budget))
+        if batch == 0:
+            raise CutrecError(f"even batch 1 does not fit {where}; shrink the model or pick a sampled loss (CCE-)")
+    print(f"{config.model.name} with {config.loss.name} on {config.data.dataset}: {num_items:,} items, "
+          f"max_len {config.model.max_len}, dim {config.model.dim}, {config.model.num_blocks} blocks")
+    print(memory.estimate(config, num_items, lengths, int(batch)).describe())
+    if budget is not None:
+        fits = memory.largest_batch(config, num_items, lengths, int(memory.HEADROOM * budget))
+        print(f"largest batch within {memory.HEADROOM:.0%} of {where} ({budget / 2**20:,.0f} MB): {fits}")
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -124,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "train":
             _train(args, extra)
+        elif args.command == "estimate":
+            _estimate(args, extra)
         elif extra:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         elif args.command == "evaluate":
@@ -135,6 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     except CutrecError as err:
         print(f"cutrec: error: {err}", file=sys.stderr)
         return 2
+    except RunStopped as stopped:
+        print(f"cutrec: {stopped}", file=sys.stderr)
+        return stopped.exit_code
     except KeyboardInterrupt:
         print("cutrec: interrupted; the run folder keeps the last good checkpoint and the finished epochs' log",
               file=sys.stderr)

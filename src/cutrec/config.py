@@ -7,6 +7,7 @@ A key is dotted by section (`model.dim`, `train.lr`). Unknown keys and values of
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -88,12 +89,14 @@ class TrainConfig:
     """The optimisation loop."""
 
     epochs: int = 200
-    batch_size: int = 128
+    batch_size: int | Literal["auto"] = 128  # "auto": the largest batch whose estimated peak fits the free GPU memory
     lr: float = 1e-3
     weight_decay: float = 0.0
     optimizer: Literal["adam", "adamw"] = "adam"
     patience: int = 10  # epochs without a better validation NDCG@10 before stopping
     time_limit_minutes: float | None = None  # stop after the epoch that passes this wall time; test the best
+    grad_clip: float | None = None  # clip the global gradient norm to this; none: no clipping
+    checkpoint_every_minutes: float = 10.0  # last.pt also between epoch ends, this often; 0: only at epoch ends
     seed: int = 0
     device: str = "auto"  # "auto" (cuda when present), "cpu", "cuda", "cuda:1", ...
     amp: bool = True  # bf16 autocast on CUDA; ignored on the CPU
@@ -128,6 +131,28 @@ class RunConfig:
 def to_dict(config: Any) -> dict[str, Any]:
     """The config as plain nested dicts and lists (for TOML/JSON)."""
     return dataclasses.asdict(config)
+
+
+def merged_values(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """Nested dict merge of config values: those of `top` win."""
+    merged = dict(base)
+    for key, value in top.items():
+        both_sections = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = merged_values(merged[key], value) if both_sections else value
+    return merged
+
+
+def differing_keys(first: RunConfig, second: RunConfig) -> list[str]:
+    """The dotted keys whose values differ between two configs."""
+
+    def flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in values.items():
+            out.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+        return out
+
+    a, b = flat(to_dict(first)), flat(to_dict(second))
+    return sorted(key for key in a if a[key] != b[key])
 
 
 def load_file(path: str | Path) -> dict[str, Any]:
@@ -301,8 +326,13 @@ def validate(config: RunConfig) -> None:
         (config.loss.sce_bucket_size_y >= 1, "loss.sce_bucket_size_y", config.loss.sce_bucket_size_y,
          "use 1 or more items per bucket"),
         (config.train.epochs >= 1, "train.epochs", config.train.epochs, "train for 1 or more epochs"),
-        (config.train.batch_size >= 1, "train.batch_size", config.train.batch_size, "use a batch of 1 or more"),
-        (config.train.lr > 0.0, "train.lr", config.train.lr, "use a positive learning rate"),
+        (config.train.batch_size == "auto" or config.train.batch_size >= 1, "train.batch_size",
+         config.train.batch_size, "use a batch of 1 or more, or auto"),
+        (0.0 < config.train.lr < math.inf, "train.lr", config.train.lr, "use a positive, finite learning rate"),
+        (config.train.grad_clip is None or 0.0 < config.train.grad_clip < math.inf, "train.grad_clip",
+         config.train.grad_clip, "use a positive, finite norm, or none"),
+        (0.0 <= config.train.checkpoint_every_minutes < math.inf, "train.checkpoint_every_minutes",
+         config.train.checkpoint_every_minutes, "use 0 (only at epoch ends) or a positive number of minutes"),
         (config.train.patience >= 1, "train.patience", config.train.patience, "use a patience of 1 or more"),
         (config.train.time_limit_minutes is None or config.train.time_limit_minutes > 0, "train.time_limit_minutes",
          config.train.time_limit_minutes, "use a positive number of minutes, or none"),

@@ -3,7 +3,7 @@
 `load_sequences(config.data)` is the usual entry point; pyarrow (for Parquet) is imported only when needed.
 """
 
-from cutrec.data.batches import epoch_batches, eval_batches, masked_item_batch, next_item_batch
+from cutrec.data.batches import epoch_order, eval_batches, masked_item_batch, next_item_batch, num_batches
 from cutrec.data.cache import cached_sequences
 from cutrec.data.load import load_sequences
 from cutrec.data.preprocess import SequenceData, preprocess
@@ -18,13 +18,14 @@ __all__ = [
     "Sequences",
     "Split",
     "cached_sequences",
-    "epoch_batches",
+    "epoch_order",
     "eval_batches",
     "global_temporal",
     "leave_one_out",
     "load_sequences",
     "masked_item_batch",
     "next_item_batch",
+    "num_batches",
     "preprocess",
     "read_interactions",
     "read_sequences",

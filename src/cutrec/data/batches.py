@@ -18,18 +18,20 @@ from cutrec.errors import CutrecError
 IGNORE_INDEX = -100  # target at padded positions (the value torch's cross-entropy ignores)
 
 
-def epoch_batches(
-    train: Sequences, *, batch_size: int, min_length: int, rng: np.random.Generator
-) -> list[np.ndarray]:
-    """One epoch's batches as arrays of sequence rows [B], in an order drawn from `rng`.
+def epoch_order(train: Sequences, *, min_length: int, rng: np.random.Generator) -> np.ndarray:
+    """One epoch's sequence rows [S'] in an order drawn from `rng`; sequences shorter than `min_length` are left out.
 
-    Sequences with fewer than `min_length` items are skipped; the last batch may be smaller.
+    Batch b of the epoch is `epoch_order[b * B : (b + 1) * B]` (see `num_batches`); the last batch may be smaller.
     """
+    rows = np.flatnonzero(np.diff(train.offsets) >= max(min_length, 1))  # [S'] usable sequences
+    return rows[rng.permutation(len(rows))]
+
+
+def num_batches(order: np.ndarray, batch_size: int) -> int:
+    """How many batches of `batch_size` rows (the last one possibly smaller) an epoch order makes."""
     if batch_size < 1:
         raise CutrecError(f"train.batch_size={batch_size} is out of range; use a batch of 1 or more")
-    rows = np.flatnonzero(np.diff(train.offsets) >= max(min_length, 1))  # [S'] usable sequences
-    rows = rows[rng.permutation(len(rows))]
-    return [rows[begin : begin + batch_size] for begin in range(0, len(rows), batch_size)]
+    return -(-len(order) // batch_size)
 
 
 def next_item_batch(

@@ -1,8 +1,10 @@
-"""Checkpoints and run-folder files, always written atomically (a temporary file in the same folder, then rename).
+"""Run-folder files, always written atomically and durably, and checkpoints that can never run code.
 
-A crash or a kill mid-write leaves the previous file intact. A checkpoint carries the model weights, the optimiser
-state, the step counter, every random generator's state and the resolved config, so it can be reloaded alone; it
-holds only tensors, numbers, strings and plain containers and is loaded with `weights_only=True`.
+A write goes to a temporary file in the run folder, is flushed and fsynced, renamed onto its name, and then the
+folder itself is fsynced, so a crash, a kill or a power cut leaves either the previous file or the new one, never a
+torn one. A kill in the middle of a write can leave a `.NAME.*.tmp` file behind; `remove_leftovers` deletes them
+when a run or its resume starts. Checkpoints hold only tensors, numbers, strings and plain containers and are
+loaded with `weights_only=True`; a file holding anything else is refused before any of it runs.
 """
 
 from __future__ import annotations
@@ -18,25 +20,49 @@ import torch
 
 from cutrec.errors import CutrecError
 
-CHECKPOINT_NAME = "checkpoint.pt"
+LAST_NAME = "last.pt"  # the whole training state, at every epoch end and every train.checkpoint_every_minutes
+BEST_NAME = "best.pt"  # the model of the best validation epoch: the one tested, recommended and exported
 CONFIG_NAME = "config.json"
 LOG_NAME = "log.csv"
 METRICS_NAME = "metrics.json"
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read the process umask (os.umask can only read it by setting it)
 
 
 def atomic_write_bytes(path: Path, write: Any) -> None:
-    """Call write(file) on a temporary file beside `path`, fsync, then rename it onto `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """Call write(file) on a temporary file beside `path`, fsync it, rename it onto `path`, fsync the folder."""
     try:
+        fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise CutrecError(f"cannot write {str(path)!r} ({err.strerror}); make its folder writable") from None
+    try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # the permissions of a plain open(), not mkstemp's owner-only 0o600
         with os.fdopen(fd, "wb") as file:
             write(file)
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, path)
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)  # the rename itself survives a power cut
+        finally:
+            os.close(folder)
+    except OSError as err:
+        Path(temporary).unlink(missing_ok=True)
+        raise CutrecError(
+            f"cannot write {str(path)!r} ({err.strerror}); free space or fix the folder, the previous file is intact"
+        ) from None
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def remove_leftovers(folder: Path) -> list[Path]:
+    """Delete the temporary files that a killed write left in `folder`; returns what was removed."""
+    leftovers = sorted(folder.glob(".*.tmp"))
+    for path in leftovers:
+        path.unlink(missing_ok=True)
+    return leftovers
 
 
 def write_json(path: Path, value: Any) -> None:
@@ -62,12 +88,5 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str,
             "it was not loaded (nothing in it ran); use a checkpoint that `cutrec train` wrote"
         ) from None
     except Exception as err:  # a truncated or foreign file
-        raise CutrecError(f"checkpoint {str(path)!r} cannot be read ({err}); retrain or pass another run") from None
-
-
-def random_states() -> dict[str, Any]:
-    """Torch's CPU and CUDA generator states (the trainer's own numpy generator is saved beside them)."""
-    states: dict[str, Any] = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise CutrecError(f"checkpoint {str(path)!r} cannot be read ({message}); retrain or pass another run") from None

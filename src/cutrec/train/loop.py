@@ -1,16 +1,20 @@
-"""The training loop, top to bottom: data, model, loss, epochs with validation and early stopping, then test.
+"""The training loop, top to bottom: run folder, data, model, epochs with validation, early stopping and
+checkpoints, then test. `train` starts a run and `resume` continues one from its last.pt.
 
-The trainer owns every random generator (torch's for initialisation and dropout, a numpy generator for the batch
-order and the model's batch randomness, such as BERT4Rec's masks) and the step counter, and it uses the model only
-through cutrec.models.SequenceModel. The loss gets a fresh seed each step, derived from (run seed, step), so sampled
-losses are reproducible. The run folder holds config.json, log.csv (one row per epoch, appended as epochs finish),
-checkpoint.pt (the best model so far, written atomically) and metrics.json (test metrics).
+Everything that changes while a run trains lives in one `TrainState` (cutrec.train.state); the loop owns nothing
+else. The model is used only through cutrec.models.SequenceModel. The loss gets a fresh seed each step, derived
+from (run seed, step), so sampled losses are reproducible and need no saved state. The run folder holds config.json,
+log.csv (one row per finished epoch, appended, never rewritten), last.pt (the whole state, at every epoch end and
+every train.checkpoint_every_minutes), best.pt (the model of the best validation epoch, the one tested) and
+metrics.json (test metrics). SIGTERM and SIGINT stop after the current step with last.pt written (see interrupt.py).
 """
 
 from __future__ import annotations
 
 import csv
 import math
+import secrets
+import shutil
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -22,8 +26,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from cutrec.config import RunConfig, to_dict
-from cutrec.data.batches import IGNORE_INDEX, epoch_batches
+from cutrec.config import RunConfig, build_config, differing_keys, merged_values, to_dict
+from cutrec.data.batches import IGNORE_INDEX, epoch_order, num_batches
 from cutrec.data.load import load_sequences
 from cutrec.data.splits import Split, global_temporal, leave_one_out
 from cutrec.errors import CutrecError
@@ -32,15 +36,22 @@ from cutrec.eval.ranking import popularity_scores
 from cutrec.losses import build_loss, resolve_loss_name
 from cutrec.models import SequenceModel, build_model
 from cutrec.train.checkpoint import (
-    CHECKPOINT_NAME,
+    BEST_NAME,
     CONFIG_NAME,
+    LAST_NAME,
     LOG_NAME,
     METRICS_NAME,
-    random_states,
+    load_checkpoint,
+    remove_leftovers,
     save_checkpoint,
     write_json,
 )
 from cutrec.train.evaluate import autocast_context, model_top_items, popular_top_items, score
+from cutrec.train.interrupt import RunStopped, StopSignals
+from cutrec.train.memory import checked_batch_size
+from cutrec.train.state import TrainState
+
+RESUMABLE_KEYS = ("train.epochs", "train.time_limit_minutes", "train.progress")  # what --resume may change
 
 
 def resolve_device(name: str) -> torch.device:
@@ -82,6 +93,10 @@ class TrainingData:
     item_users: torch.Tensor  # [N] distinct training users per item (surprisal)
     num_train_users: int
 
+    @property
+    def train_lengths(self) -> np.ndarray:
+        return np.diff(self.split.train.offsets)  # [S] items per training sequence
+
 
 def training_data(config: RunConfig) -> TrainingData:
     split = make_split(config)
@@ -94,14 +109,32 @@ def training_data(config: RunConfig) -> TrainingData:
     )
 
 
-def run_folder(config: RunConfig) -> Path:
-    name = config.name or f"{config.data.dataset}-{config.loss.name}-{datetime.now():%Y%m%d-%H%M%S}"
-    folder = Path(config.out).expanduser() / name
-    folder.parent.mkdir(parents=True, exist_ok=True)
+def create_run_folder(config: RunConfig) -> Path:
+    """OUT/NAME, created exclusively before any data is read; every --out/--name problem is a one-line error."""
+    out = Path(config.out).expanduser()
+    name = config.name or (
+        f"{config.data.dataset}-{config.model.name}-{config.loss.name}-{datetime.now():%Y%m%d-%H%M%S}-"
+        f"{secrets.token_hex(3)}"  # two runs started in the same second never collide
+    )
+    if Path(name).name != name or name in (".", ".."):
+        raise CutrecError(f"name={name!r} is not a folder name; give --name without '/'")
+    folder = out / name
+    if out.exists() and not out.is_dir():
+        raise CutrecError(f"out={config.out!r} is a file, not a folder; pass --out a folder")
     try:
+        out.mkdir(parents=True, exist_ok=True)
         folder.mkdir()  # exclusive: two runs can never share a folder, and no earlier run is overwritten
     except FileExistsError:
-        raise CutrecError(f"run folder {str(folder)!r} already exists; pick another --name or --out") from None
+        if folder.is_dir():
+            raise CutrecError(
+                f"run folder {str(folder)!r} already exists; pick another --name or --out, or continue it with "
+                f"`cutrec train --resume {folder}`"
+            ) from None
+        raise CutrecError(f"a file {str(folder)!r} is where the run folder would go; pick another --name") from None
+    except OSError as err:
+        raise CutrecError(
+            f"cannot create run folder {str(folder)!r} ({err.strerror}); pass --out a folder you can write to"
+        ) from None
     return folder
 
 
@@ -111,147 +144,290 @@ def _optimizer(config: RunConfig, model: torch.nn.Module) -> torch.optim.Optimiz
 
 
 class EpochLog:
-    """log.csv, one row per finished epoch, flushed at once so a killed run keeps every finished epoch."""
+    """log.csv, one row per finished epoch, appended at once (never rewritten), so no finished epoch is lost."""
 
     def __init__(self, path: Path, columns: list[str]) -> None:
         self.path = path
         self.columns = columns
-        with path.open("w", newline="") as file:
-            csv.writer(file).writerow(columns)
+        if not path.exists():
+            with path.open("w", newline="") as file:
+                csv.writer(file).writerow(columns)
+
+    def epochs(self) -> set[int]:
+        with self.path.open(newline="") as file:
+            return {int(row["epoch"]) for row in csv.DictReader(file) if row.get("epoch", "").isdigit()}
 
     def append(self, row: dict[str, Any]) -> None:
         with self.path.open("a", newline="") as file:
             csv.writer(file).writerow([row.get(c, "") for c in self.columns])
 
 
+class NonFiniteStep(Exception):
+    """The loss or the gradient norm of a step was NaN or infinite; the update was not applied."""
+
+    def __init__(self, loss: float, grad_norm: float) -> None:
+        super().__init__(f"loss {loss}, gradient norm {grad_norm}")
+        self.loss, self.grad_norm = loss, grad_norm
+
+
+def train_step(
+    state: TrainState, forward: Any, loss_fn: Any, inputs: torch.Tensor, targets: torch.Tensor, config: RunConfig
+) -> torch.Tensor:
+    """One optimizer step on a batch (inputs [B, L], targets [B, L]); returns the detached loss.
+
+    Raises NonFiniteStep, before updating anything, when the loss or the gradient norm is not finite.
+    """
+    model = state.model
+    device = inputs.device
+    with autocast_context(device, config.train.amp):
+        hidden = forward(inputs)  # [B, L, D]
+        flat_targets = targets.view(-1)  # [B * L]
+        keep = flat_targets != IGNORE_INDEX
+        loss = loss_fn(
+            hidden.view(-1, hidden.shape[-1])[keep],  # [M, D] positions with a target
+            model.item_table,
+            flat_targets[keep],  # [M]
+            seed=step_seed(config.train.seed, state.step),
+        )
+    state.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    # the global norm, clipped when train.grad_clip is set (with an infinite bound the gradients are unchanged)
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.train.grad_clip or math.inf)
+    if not bool(torch.isfinite(loss.detach()) & torch.isfinite(grad_norm)):
+        raise NonFiniteStep(float(loss.detach()), float(grad_norm))
+    state.optimizer.step()
+    return loss.detach()
+
+
+def stop_reason(config: RunConfig, state: TrainState) -> str | None:
+    """Why training ends before the next epoch, or None to go on; a function of the state alone."""
+    if state.epoch >= config.train.epochs:
+        return f"train.epochs={config.train.epochs} reached"
+    if state.epochs_without_improvement >= config.train.patience:
+        return f"early stop: {config.eval.valid_metric} has not improved for {config.train.patience} epochs"
+    limit = config.train.time_limit_minutes
+    if limit is not None and state.train_seconds > 60 * limit:
+        return f"train.time_limit_minutes={limit} reached after epoch {state.epoch}"
+    return None
+
+
 def train(config: RunConfig) -> Path:
-    """Train, validate every epoch, keep the best checkpoint, test it; returns the run folder."""
+    """Start a run: create its folder, read the data, train, test the best epoch; returns the run folder."""
     device = resolve_device(config.train.device)
+    folder = create_run_folder(config)
+    try:
+        write_json(folder / CONFIG_NAME, to_dict(config))
+        data = training_data(config)
+        loss_name = resolve_loss_name(config.loss.name, data.split.num_items)
+        config = replace(config, loss=replace(config.loss, name=loss_name))
+        batch_size = checked_batch_size(config, data.split.num_items, data.train_lengths, device)
+        config = replace(config, train=replace(config.train, batch_size=batch_size))
+        write_json(folder / CONFIG_NAME, to_dict(config))
+        print(f"run folder: {folder}", file=sys.stderr)
+    except BaseException:
+        if {p.name for p in folder.iterdir()} <= {CONFIG_NAME}:
+            shutil.rmtree(folder, ignore_errors=True)  # nothing was trained: leave no empty run behind
+        raise
     torch.manual_seed(config.train.seed)
-    batch_order = np.random.default_rng(config.train.seed)
+    state = new_state(config, data.split.num_items, device)
+    return fit(config, folder, data, state, device)
 
+
+def resume(folder: Path, file_values: dict[str, Any], overrides: list[str]) -> Path:
+    """Continue the run in `folder` from its last.pt, with its own config (only RESUMABLE_KEYS may change)."""
+    if not folder.is_dir():
+        raise CutrecError(f"--resume {str(folder)!r} is not a folder; pass a run folder that `cutrec train` wrote")
+    saved = load_checkpoint(folder / LAST_NAME)
+    run_config = build_config(saved["config"])
+    config = build_config(merged_values(saved["config"], file_values), overrides)
+    refused = [key for key in differing_keys(run_config, config) if key not in RESUMABLE_KEYS]
+    if refused:
+        raise CutrecError(
+            f"--resume keeps the run's own config, but {', '.join(refused)} differ from it; drop those options "
+            f"(only {', '.join(RESUMABLE_KEYS)} may change)"
+        )
+    removed = remove_leftovers(folder)
+    if removed:
+        print(f"removed {len(removed)} temporary file(s) left by an interrupted save", file=sys.stderr)
+    device = resolve_device(config.train.device)
+    print(f"run folder: {folder} (resuming at step {saved['step']}, epoch {saved['epoch'] + 1})", file=sys.stderr)
     data = training_data(config)
-    split = data.split
-    print(
-        f"data: {config.data.dataset}  items {split.num_items:,}  train sequences {len(split.train.users):,}  "
-        f"valid users {len(split.valid.targets):,}  test users {len(split.test.targets):,}",
-        file=sys.stderr,
-    )
-    config = replace(config, loss=replace(config.loss, name=resolve_loss_name(config.loss.name, split.num_items)))
-    folder = run_folder(config)
+    if data.split.num_items != saved["num_items"]:
+        raise CutrecError(
+            f"the data now has {data.split.num_items} items but run {str(folder)!r} was trained on "
+            f"{saved['num_items']}; the data changed since training, so the run cannot continue"
+        )
+    state = new_state(config, data.split.num_items, device)
+    state.load_state_dict(saved)
     write_json(folder / CONFIG_NAME, to_dict(config))
+    return fit(config, folder, data, state, device)
 
-    model: SequenceModel = build_model(config.model, split.num_items).to(device)
+
+def new_state(config: RunConfig, num_items: int, device: torch.device) -> TrainState:
+    """A fresh state: the model initialised from torch's generator, the batch generator from the run seed."""
+    model = build_model(config.model, num_items).to(device)
+    return TrainState(
+        model=model,
+        optimizer=_optimizer(config, model),
+        batch_rng=np.random.default_rng(config.train.seed),
+        epoch_loss=torch.zeros((), device=device),
+    )
+
+
+def save_last(folder: Path, state: TrainState, config: RunConfig) -> None:
+    save_checkpoint(folder / LAST_NAME, {**state.state_dict(), "config": to_dict(config),
+                                         "num_items": state.model.num_items})
+
+
+def fit(config: RunConfig, folder: Path, data: TrainingData, state: TrainState, device: torch.device) -> Path:
+    """Train from `state` until a stop reason, checkpointing as it goes; then test the best epoch."""
+    split, model, batch_size = data.split, state.model, int(config.train.batch_size)
     forward = torch.compile(model) if config.train.compile else model
-    optimizer = _optimizer(config, model)
     loss_fn = build_loss(config.loss, split.num_items, data.item_counts.to(device))
     metric_names = [f"{m}@{k}" for m in ("NDCG", "HR") for k in config.eval.ks]
     log = EpochLog(
         folder / LOG_NAME,
         ["epoch", "step", "train_loss", *metric_names, "epoch_seconds", "train_seconds", "peak_train_gpu_mb"],
     )
+    if state.last_row is not None and int(state.last_row["epoch"]) not in log.epochs():
+        log.append(state.last_row)  # stopped between saving last.pt and appending its row
+    session_start, seconds_before = time.perf_counter(), state.train_seconds
+    every = 60 * config.train.checkpoint_every_minutes
+    last_saved = time.monotonic()
 
-    best_metric, best_epoch, step = -math.inf, 0, 0
-    training_started = time.perf_counter()
-    for epoch in range(1, config.train.epochs + 1):
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        started = time.perf_counter()
-        model.train()
-        total_loss, batches = torch.zeros((), device=device), 0  # summed on the device: no sync per step
-        bar = tqdm(
-            epoch_batches(
-                split.train, batch_size=config.train.batch_size, min_length=model.min_train_length, rng=batch_order
-            ),
-            desc=f"epoch {epoch}",
-            leave=False,
-            disable=None if config.train.progress else True,  # None: only on a terminal
-            file=sys.stderr,
-        )
-        for rows in bar:
-            inputs, targets = model.training_batch(split.train, rows, batch_order)  # [B, L], [B, L]
-            inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-            with autocast_context(device, config.train.amp):
-                hidden = forward(inputs)  # [B, L, D]
-                flat_targets = targets.view(-1)  # [B * L]
-                keep = flat_targets != IGNORE_INDEX
-                loss = loss_fn(
-                    hidden.view(-1, hidden.shape[-1])[keep],  # [M, D] positions with a target
-                    model.item_table,
-                    flat_targets[keep],  # [M]
-                    seed=step_seed(config.train.seed, step),
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
-            total_loss += loss.detach()
-            batches += 1
-            if batches % 50 == 0:
-                bar.set_postfix(loss=f"{total_loss.item() / batches:.4f}")
-        train_loss = total_loss.item() / max(batches, 1)
-        train_seconds = time.perf_counter() - started
-        peak_mb = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0  # training only
-        if not math.isfinite(train_loss):
-            raise CutrecError(
-                f"training loss became {train_loss} in epoch {epoch}; lower train.lr (now {config.train.lr})"
-            )
-        valid = score(
-            model_top_items(model, split.valid, config.eval, device, amp=config.train.amp),
-            split.valid,
-            config.eval,
-            popularity=data.item_users,
-            num_train_users=data.num_train_users,
-        )
-        seconds = time.perf_counter() - started
-        current = valid[config.eval.valid_metric]
-        improved = current > best_metric
-        if improved:
-            best_metric, best_epoch = current, epoch
-            save_checkpoint(
-                folder / CHECKPOINT_NAME,
-                {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "epoch": epoch,
-                    "step": step,
-                    "num_items": split.num_items,
-                    "config": to_dict(config),
-                    "valid_metric": current,
-                    "random_states": random_states(),
-                    "batch_order_state": batch_order.bit_generator.state,
-                },
-            )
-        log.append(
-            {"epoch": epoch, "step": step, "train_loss": f"{train_loss:.6f}", "epoch_seconds": f"{seconds:.3f}",
-             "train_seconds": f"{train_seconds:.3f}", "peak_train_gpu_mb": f"{peak_mb:.1f}",
-             **{k: f"{valid[k]:.6f}" for k in metric_names}}
-        )
-        print(
-            f"epoch {epoch:3d}  loss {train_loss:.4f}  valid {config.eval.valid_metric} {current:.4f}"
-            f"{' *' if improved else '  '}  {seconds:.1f}s" + (f"  peak {peak_mb:.0f} MB" if peak_mb else ""),
-            file=sys.stderr,
-        )
-        if epoch - best_epoch >= config.train.patience:
-            print(f"early stop: {config.eval.valid_metric} has not improved for {config.train.patience} epochs",
-                  file=sys.stderr)
-            break
-        limit = config.train.time_limit_minutes
-        if limit is not None and time.perf_counter() - training_started > 60 * limit:
-            print(f"stop: train.time_limit_minutes={limit} reached after epoch {epoch}", file=sys.stderr)
-            break
+    def checkpoint() -> None:
+        nonlocal last_saved
+        state.train_seconds = seconds_before + time.perf_counter() - session_start
+        save_last(folder, state, config)
+        last_saved = time.monotonic()
 
+    with StopSignals() as signals:
+        while True:
+            if state.epoch_order is None:  # between epochs: stop, or draw the next epoch's order
+                reason = stop_reason(config, state)
+                if reason is not None:
+                    break
+                state.epoch_order = epoch_order(split.train, min_length=model.min_train_length, rng=state.batch_rng)
+                state.batches_done = 0
+                state.epoch_loss = torch.zeros((), device=device)  # summed on the device: no sync per step
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            epoch_started = time.perf_counter()
+            total = num_batches(state.epoch_order, batch_size)
+            model.train()
+            bar = tqdm(
+                range(state.batches_done, total),
+                desc=f"epoch {state.epoch + 1}",
+                initial=state.batches_done,
+                total=total,
+                leave=False,
+                disable=None if config.train.progress else True,  # None: only on a terminal
+                file=sys.stderr,
+            )
+            for batch in bar:
+                rows = state.epoch_order[batch * batch_size : (batch + 1) * batch_size]  # [B]
+                inputs, targets = model.training_batch(split.train, rows, state.batch_rng)  # [B, L], [B, L]
+                inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+                try:
+                    loss = train_step(state, forward, loss_fn, inputs, targets, config)
+                except NonFiniteStep as bad:
+                    raise CutrecError(_non_finite_message(bad, folder, state, batch, total, config)) from None
+                state.step += 1
+                state.batches_done += 1
+                state.epoch_loss += loss
+                if state.batches_done % 50 == 0:
+                    bar.set_postfix(loss=f"{state.epoch_loss.item() / state.batches_done:.4f}")
+                if signals.received:
+                    break
+                if every and time.monotonic() - last_saved >= every:
+                    checkpoint()
+            bar.close()
+            if signals.received and state.batches_done < total:
+                checkpoint()
+                raise RunStopped(_stopped_message(signals.name, folder, state, total), 128 + signals.received)
+            train_seconds = time.perf_counter() - epoch_started
+            peak_mb = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0
+            end_epoch(config, folder, data, state, device, log, train_seconds, peak_mb)
+            checkpoint()
+            log.append(state.last_row)
+            if signals.received:
+                raise RunStopped(_stopped_message(signals.name, folder, state, total), 128 + signals.received)
+    print(reason, file=sys.stderr)
     results = test_run(folder, device)
     print(format_table(results["test"], config.eval.ks))
+    print(f"run folder: {folder}", file=sys.stderr)
     return folder
+
+
+def end_epoch(
+    config: RunConfig, folder: Path, data: TrainingData, state: TrainState, device: torch.device, log: EpochLog,
+    train_seconds: float, peak_mb: float,
+) -> None:
+    """Validate the finished epoch, keep best.pt, and record the epoch's log row in the state."""
+    valid_started = time.perf_counter()
+    train_loss = state.epoch_loss.item() / max(state.batches_done, 1)
+    valid = score(
+        model_top_items(state.model, data.split.valid, config.eval, device, amp=config.train.amp),
+        data.split.valid,
+        config.eval,
+        popularity=data.item_users,
+        num_train_users=data.num_train_users,
+    )
+    state.epoch += 1
+    state.epoch_order, state.batches_done = None, 0
+    current = valid[config.eval.valid_metric]
+    improved = current > state.best_metric
+    if improved:
+        state.best_metric, state.best_epoch = current, state.epoch
+        save_checkpoint(
+            folder / BEST_NAME,
+            {"model": state.model.state_dict(), "epoch": state.epoch, "step": state.step, "valid_metric": current,
+             "num_items": data.split.num_items, "config": to_dict(config)},
+        )
+    seconds = train_seconds + time.perf_counter() - valid_started  # this session's part of the epoch
+    state.last_row = {
+        "epoch": str(state.epoch), "step": str(state.step), "train_loss": f"{train_loss:.6f}",
+        **{k: f"{valid[k]:.6f}" for k in log.columns if k in valid},
+        "epoch_seconds": f"{seconds:.3f}", "train_seconds": f"{train_seconds:.3f}",
+        "peak_train_gpu_mb": f"{peak_mb:.1f}",
+    }
+    print(
+        f"epoch {state.epoch:3d}  loss {train_loss:.4f}  valid {config.eval.valid_metric} {current:.4f}"
+        f"{' *' if improved else '  '}  {seconds:.1f}s" + (f"  peak {peak_mb:.0f} MB" if peak_mb else ""),
+        file=sys.stderr,
+    )
+
+
+def _last_good(folder: Path) -> str:
+    path = folder / LAST_NAME
+    if not path.exists():
+        return "none yet (no epoch finished and no timed checkpoint written)"
+    saved = load_checkpoint(path)
+    return f"{path} (step {saved['step']})"
+
+
+def _non_finite_message(
+    bad: NonFiniteStep, folder: Path, state: TrainState, batch: int, total: int, config: RunConfig
+) -> str:
+    return (
+        f"step {state.step + 1} (epoch {state.epoch + 1}, batch {batch + 1} of {total}) has loss {bad.loss} and "
+        f"gradient norm {bad.grad_norm}; stopped before that update. Last good checkpoint: {_last_good(folder)}. "
+        f"Lower train.lr (now {config.train.lr}) or set train.grad_clip"
+    )
+
+
+def _stopped_message(signal_name: str, folder: Path, state: TrainState, total: int) -> str:
+    where = f"epoch {state.epoch + 1}, batch {state.batches_done} of {total}" if state.epoch_order is not None else (
+        f"end of epoch {state.epoch}")
+    return (
+        f"stopped by {signal_name} at step {state.step} ({where}); last.pt saved in {folder}; "
+        f"resume with: cutrec train --resume {folder}"
+    )
 
 
 def load_run_model(folder: Path, device: torch.device) -> tuple[RunConfig, SequenceModel, dict[str, Any]]:
     """The config, the best model and the checkpoint of a run folder."""
-    from cutrec.config import build_config
-    from cutrec.train.checkpoint import load_checkpoint
-
-    checkpoint = load_checkpoint(folder / CHECKPOINT_NAME, device)
+    checkpoint = load_checkpoint(folder / BEST_NAME, device)
     config = build_config(checkpoint["config"])
     model = build_model(config.model, checkpoint["num_items"]).to(device)
     model.load_state_dict(checkpoint["model"])

@@ -1,0 +1,180 @@
+"""Preemption: a run stopped by SIGTERM, Ctrl-C or SIGKILL (after a timed checkpoint, or in the middle of a save)
+resumes with `cutrec train --resume` and ends bit for bit like an uninterrupted run, on the CPU with a fixed seed.
+
+Each interrupted run is a real `cutrec` process. A hook wraps the trainer's `train_step` so that the process signals
+itself (or kills itself) at a chosen step, in the middle of an epoch; the signal then takes the trainer's real path.
+"""
+
+import csv
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from cutrec.cli import main
+from cutrec.train.checkpoint import load_checkpoint
+
+RUNS = {
+    # 3 epochs of 25 batches; the sampled loss draws seeded negatives, BERT4Rec draws masks from the batch generator
+    "sasrec-CCE-": ["--loss=CCE-", "--negatives=16"],
+    "bert4rec-CE": ["--model=bert4rec", "--loss=CE"],
+}
+COMMON = [
+    "--epochs=3", "--train.patience=3", "--batch-size=16", "--seed=5", "--data.synthetic.num_users=400",
+    "--data.synthetic.num_items=60", "--model.dim=16", "--model.num_blocks=1", "--model.num_heads=2",
+    "--train.progress=false",
+]
+STOP_STEP = 37  # epoch 2, batch 12 of 25
+
+DRIVER = textwrap.dedent(
+    """
+    import os, signal, sys
+    import cutrec.train.checkpoint as checkpoint
+    import cutrec.train.loop as loop
+    from cutrec.cli import main
+
+    action, at_step = sys.argv[1], int(sys.argv[2])
+    original = loop.train_step
+
+    def train_step(state, *args, **kwargs):
+        if state.step == at_step:
+            if action == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            elif action == "kill-during-save":
+                def torn(file):
+                    file.write(b"half a checkpoint")
+                    file.flush()
+                    os.kill(os.getpid(), signal.SIGKILL)
+                loop.save_checkpoint = lambda path, state: checkpoint.atomic_write_bytes(path, torn)
+            elif action == "twice":
+                os.kill(os.getpid(), signal.SIGTERM)
+                os.kill(os.getpid(), signal.SIGTERM)
+            else:
+                os.kill(os.getpid(), getattr(signal, action))
+        return original(state, *args, **kwargs)
+
+    loop.train_step = train_step
+    sys.exit(main(sys.argv[3:]))
+    """
+)
+
+
+def _train_args(tmp_path, run, name, *extra):
+    return ["train", f"--out={tmp_path}", f"--name={name}", f"--data.cache_dir={tmp_path / 'cache'}",
+            *COMMON, *RUNS[run], *extra]
+
+
+def _interrupted(tmp_path, run, name, action, *extra):
+    return subprocess.run(
+        [sys.executable, "-c", DRIVER, action, str(STOP_STEP), *_train_args(tmp_path, run, name, *extra)],
+        capture_output=True, text=True, timeout=300,
+    )
+
+
+def _log_rows(folder):
+    with (folder / "log.csv").open(newline="") as file:
+        rows = list(csv.DictReader(file))
+    timing = ("epoch_seconds", "train_seconds", "peak_train_gpu_mb")
+    return [{k: v for k, v in row.items() if k not in timing} for row in rows]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The reference run of each configuration: its metrics.json and log rows."""
+    out = tmp_path_factory.mktemp("reference")
+    references = {}
+    for run in RUNS:
+        assert main(_train_args(out, run, run)) == 0
+        references[run] = (json.loads((out / run / "metrics.json").read_text()), _log_rows(out / run))
+    return references
+
+
+def _resume_matches(tmp_path, name, run, uninterrupted):
+    assert main(["train", "--resume", str(tmp_path / name)]) == 0
+    metrics, rows = uninterrupted[run]
+    assert json.loads((tmp_path / name / "metrics.json").read_text()) == metrics  # bit for bit
+    assert _log_rows(tmp_path / name) == rows  # every epoch once, with the same losses and metrics
+
+
+@pytest.mark.parametrize(
+    "run,action,code",
+    [("sasrec-CCE-", "SIGTERM", 143), ("bert4rec-CE", "SIGTERM", 143), ("bert4rec-CE", "SIGINT", 130)],
+)
+def test_signal_saves_last_and_resume_is_exact(tmp_path, uninterrupted, capsys, run, action, code):
+    result = _interrupted(tmp_path, run, "stopped", action)
+    folder = tmp_path / "stopped"
+    assert result.returncode == code, result.stderr
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line == (
+        f"cutrec: stopped by {action} at step {STOP_STEP + 1} (epoch 2, batch 13 of 25); last.pt saved in {folder}; "
+        f"resume with: cutrec train --resume {folder}"
+    )
+    assert "Traceback" not in result.stderr
+    saved = load_checkpoint(folder / "last.pt")
+    assert (saved["step"], saved["epoch"], saved["batches_done"]) == (STOP_STEP + 1, 1, 13)  # mid-epoch
+    _resume_matches(tmp_path, "stopped", run, uninterrupted)
+
+
+def test_sigkill_after_a_timed_checkpoint_resumes_exactly(tmp_path, uninterrupted):
+    # a timed checkpoint after every step (the interval is 60 microseconds), then SIGKILL: no handler runs
+    result = _interrupted(tmp_path, "bert4rec-CE", "killed", "kill", "--train.checkpoint_every_minutes=0.000001")
+    assert result.returncode == -signal.SIGKILL
+    saved = load_checkpoint(tmp_path / "killed" / "last.pt")
+    assert (saved["step"], saved["batches_done"]) == (STOP_STEP, 12)
+    assert len(_log_rows(tmp_path / "killed")) == 1
+    _resume_matches(tmp_path, "killed", "bert4rec-CE", uninterrupted)
+
+
+def test_kill_during_a_save_keeps_the_previous_checkpoint(tmp_path, uninterrupted, capsys):
+    result = _interrupted(tmp_path, "sasrec-CCE-", "torn", "kill-during-save",
+                          "--train.checkpoint_every_minutes=0.000001")
+    folder = tmp_path / "torn"
+    assert result.returncode == -signal.SIGKILL
+    leftovers = list(folder.glob(".last.pt.*.tmp"))
+    assert len(leftovers) == 1 and leftovers[0].read_bytes() == b"half a checkpoint"
+    assert load_checkpoint(folder / "last.pt")["step"] == STOP_STEP  # the one before the torn save
+    _resume_matches(tmp_path, "torn", "sasrec-CCE-", uninterrupted)
+    assert not list(folder.glob(".*.tmp"))
+    assert "removed 1 temporary file(s)" in capsys.readouterr().err
+
+
+def test_a_second_signal_exits_at_once(tmp_path):
+    result = _interrupted(tmp_path, "sasrec-CCE-", "twice", "twice")
+    assert result.returncode == 143
+    assert "second SIGTERM: exiting now without saving" in result.stderr
+    assert load_checkpoint(tmp_path / "twice" / "last.pt")["step"] == 25  # the end of epoch 1, nothing newer
+
+
+def test_external_sigterm_to_the_command(tmp_path):
+    """A SIGTERM from outside (as a scheduler sends it) while the command trains."""
+    args = _train_args(tmp_path, "sasrec-CCE-", "external", "--epochs=200", "--train.patience=200")
+    process = subprocess.Popen([sys.executable, "-m", "cutrec.cli", *args], stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "external" / "log.csv"
+    deadline = time.monotonic() + 120
+    while not (log.exists() and len(log.read_text().splitlines()) >= 2):  # wait for the first finished epoch
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.1)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 143, err
+    assert err.strip().splitlines()[-1].endswith(f"resume with: cutrec train --resume {tmp_path / 'external'}")
+    assert load_checkpoint(tmp_path / "external" / "last.pt")["step"] >= 25
+
+
+def test_resume_refuses_other_settings(tmp_path, uninterrupted, capsys):
+    assert main(_train_args(tmp_path, "sasrec-CCE-", "done")) == 0
+    capsys.readouterr()
+    assert main(["train", "--resume", str(tmp_path / "done"), "--lr=0.1", "--model.dim=8"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "model.dim, train.lr differ from it" in error and "\n" not in error
+    # a finished run resumed with more epochs trains on, appending to its log
+    assert main(["train", "--resume", str(tmp_path / "done"), "--epochs=4", "--train.patience=9"]) == 2
+    assert "train.patience differ" in capsys.readouterr().err
+    assert main(["train", "--resume", str(tmp_path / "done"), "--epochs=4"]) == 0
+    assert [row["epoch"] for row in _log_rows(tmp_path / "done")] == ["1", "2", "3", "4"]
+    assert main(["train", "--resume", str(tmp_path / "nothing")]) == 2
+    assert "is not a folder" in capsys.readouterr().err
