@@ -145,7 +145,8 @@ def _estimate(args: argparse.Namespace, extra: list[str]) -> None:
         batch = memory.largest_batch(config, num_items, lengths, int(memory.HEADROOM * budget))
         if batch == 0:
             raise CutrecError(f"even batch 1 does not fit {where}; shrink the model or pick a sampled loss (CCE-)")
-    print(f"{config.model.name} with {config.loss.name} on {config.data.dataset}: {num_items:,} items, "
+    source = config.data.path or config.data.dataset
+    print(f"{config.model.name} with {config.loss.name} on {source}: {num_items:,} items, "
           f"max_len {config.model.max_len}, dim {config.model.dim}, {config.model.num_blocks} blocks")
     print(memory.estimate(config, num_items, lengths, int(batch)).describe())
     if budget is not None:

@@ -1,25 +1,32 @@
 """Predict the peak GPU memory of training before the first step, and the largest batch that fits.
 
-The estimate adds what a training step holds at its peak (the backward pass, or the optimizer step when that is
-larger), in bytes:
+The peak of a training step is what stays between steps plus the largest transient of the step, in bytes:
 
-- parameters P (counted on the meta device), their fp32 gradients, and Adam's two fp32 moments: 4P + 4P + 8P;
-- activations kept for the backward: per token (B * L of them, the batch is padded to max_len) and per unit of
-  width D, `EMBEDDING_BYTES` for the embedding stage and `BLOCK_BYTES` per transformer block;
-- the item table's transient gradients (the loss's and the embedding's [N, D] gradients before they are summed,
-  and the bf16 copy autocast keeps for the backward): `ITEM_TABLE_BYTES` * N * D;
-- the loss's own buffers at M target positions:
-  CE holds the [M, N] logits (`CE_BYTES_PER_LOGIT`: the bf16 product, the fp32 log-softmax it keeps, and its
-  gradient); CE- gathers [M, K, D] negative rows (`SAMPLED_BYTES_PER_ROW_VALUE`: the bf16 copy kept for the backward,
-  its gradient in bf16 and fp32) and [M, K] scores; CCE and CCE- keep O(M) state and the [M, D] hidden gradient;
-- the optimizer step instead peaks at parameters, gradients, moments and one parameter-sized temporary (20P).
+- staying: parameters P (counted on the meta device), their fp32 gradients and Adam's two fp32 moments (4P + 4P +
+  8P), and the workspaces that cuBLAS and cuBLASLt allocate through PyTorch on the first matmuls
+  (`LIBRARY_WORKSPACES`);
+- transient, in the backward pass: the activations kept for it, per token (B * L of them, the batch is padded to
+  max_len) and per unit of width D (`EMBEDDING_BYTES` for the embedding stage and the final norm, `BLOCK_BYTES`
+  per transformer block), the gathered [M, D] hidden states and their gradient, and the larger of two buffers that
+  are not alive at once: the item table's [N, D] fp32 gradient before it is summed into the parameter's, or the
+  loss's own buffers at M target positions:
+  CE: the [M, N] logits (`CE_BYTES_PER_LOGIT`: under bf16 autocast the bf16 product, its fp32 copy and the fp32
+  log-softmax, or the log-softmax and its gradient); CE- and the BCE family: the gathered [M, K, D] negative rows
+  (`SAMPLED_BYTES_PER_ROW_VALUE`: the bf16 copy kept for the backward and its gradient in bf16 and fp32) and
+  the [M, K] scores; CCE and CCE-: O(M) statistics and the [M, D] hidden gradient;
+- the optimizer step's own transient, one parameter-sized temporary (4P), when it is larger.
 
 M, the target positions of a batch, depends on the data: each training sequence of n items gives min(n - 1, L)
-next-item targets (SASRec) or about max(1, p * min(n, L)) masked ones (BERT4Rec). A batch's M is a sum of B such
-counts drawn without replacement, so the estimate takes its mean plus four standard deviations (a bound that the
-batches of a few hundred epochs rarely pass), capped by the B largest counts. The constants were read off the
-operations each layer saves for its backward and checked against torch.cuda.max_memory_allocated on an H200 in
-benchmarks/memory_estimate.py, whose table gives estimate and measurement side by side.
+next-item targets (SASRec), or on average n'p + (1 - p)^n' masked ones with n' = min(n, L) (BERT4Rec: each
+position masked with probability p, at least one). A batch's M is a sum of B such counts drawn without
+replacement, so the estimate takes its mean plus four standard deviations (a bound that the batches of a few
+hundred epochs rarely pass), capped by the B largest counts.
+
+The constants were read off the tensors each operation keeps and then measured on an NVIDIA H200 (torch 2.11,
+bf16 autocast) with torch.cuda.max_memory_allocated: benchmarks/memory_estimate.py varies the catalog (12,101 and
+1,000,000 items), the batch, the blocks, the model and the loss, and its table gives estimate and measurement side
+by side. The fp32 constants (train.amp=false) rest on fewer measurements. The CUDA context (about 500 MB, outside
+PyTorch's allocator) is not part of the estimate; the free memory it is compared with already excludes it.
 """
 
 from __future__ import annotations
@@ -34,13 +41,14 @@ from cutrec.config import RunConfig
 from cutrec.errors import CutrecError
 from cutrec.losses import resolve_loss_name
 
-# bytes per token per unit of width, kept for the backward (bf16 autocast; fp32 runs keep about twice as much)
-EMBEDDING_BYTES = {True: 20, False: 28}
-BLOCK_BYTES = {True: 46, False: 80}
-ITEM_TABLE_BYTES = {True: 10, False: 12}  # bytes per item-table value of transient gradients
-CE_BYTES_PER_LOGIT = {True: 12, False: 12}
-SAMPLED_BYTES_PER_ROW_VALUE = {True: 8, False: 12}  # CE-: per value of the gathered [M, K, D] rows
-SCORE_BYTES = 16  # CE-: per [M, K] score (scores, their gradient, ids, the hit mask)
+LIBRARY_WORKSPACES = 65 * 2**20  # cuBLAS + cuBLASLt workspaces, allocated through PyTorch (H200, torch 2.11)
+# bytes per token per unit of width kept for the backward, keyed by train.amp (bf16 autocast or fp32)
+EMBEDDING_BYTES = {True: 18, False: 20}
+BLOCK_BYTES = {True: 26, False: 28}
+ITEM_GRADIENT_BYTES = 4  # per item-table value: the fp32 [N, D] gradient before it is summed
+CE_BYTES_PER_LOGIT = {True: 10, False: 12}
+SAMPLED_BYTES_PER_ROW_VALUE = {True: 6, False: 8}  # CE-, BCE, BCE+, gBCE: per value of the [M, K, D] rows
+SCORE_BYTES = 16  # CE-, BCE, BCE+, gBCE: per [M, K] score (scores, their gradient, ids, the hit mask)
 
 
 @dataclass
@@ -64,26 +72,30 @@ class MemoryEstimate:
         )
 
 
-def target_counts(lengths: np.ndarray, config: RunConfig) -> np.ndarray:
-    """Target positions each training sequence gives one batch row: [S'] floats (BERT4Rec: the expectation)."""
+def target_counts(lengths: np.ndarray, config: RunConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and variance [S'] of the target positions that each usable training sequence gives a batch row."""
     max_len = config.model.max_len
     if config.model.name == "sasrec":
-        usable = lengths[lengths >= 2]
-        return np.minimum(usable - 1, max_len).astype(np.float64)
-    usable = lengths[lengths >= 1]
-    return np.maximum(1.0, config.model.mask_prob * np.minimum(usable, max_len))
+        counts = np.minimum(lengths[lengths >= 2] - 1, max_len).astype(np.float64)
+        return counts, np.zeros_like(counts)
+    kept = np.minimum(lengths[lengths >= 1], max_len).astype(np.float64)
+    p = config.model.mask_prob
+    return kept * p + (1 - p) ** kept, kept * p * (1 - p)  # E[max(1, X)] for X ~ Binomial(n', p); Var(X)
 
 
-def batch_positions(counts: np.ndarray, batch_size: int) -> int:
-    """M of a large batch: the mean plus four standard deviations of a sum of `batch_size` counts drawn without
-    replacement, at most the `batch_size` largest counts."""
-    total = len(counts)
+def batch_positions(config: RunConfig, lengths: np.ndarray, batch_size: int) -> int:
+    """M of a large batch: the mean plus four standard deviations of the target positions of `batch_size`
+    sequences drawn without replacement, at most those of the `batch_size` longest."""
+    mean, variance = target_counts(lengths, config)
+    total = len(mean)
     if batch_size >= total:
-        return int(math.ceil(counts.sum()))
+        return int(math.ceil(mean.sum() + 4.0 * math.sqrt(variance.sum())))
     finite_population = (total - batch_size) / max(total - 1, 1)
-    spread = counts.std() * math.sqrt(batch_size * finite_population)
-    bound = batch_size * counts.mean() + 4.0 * spread
-    largest = np.partition(counts, total - batch_size)[total - batch_size :].sum()
+    spread = math.sqrt(batch_size * (mean.var() * finite_population + variance.mean()))
+    bound = batch_size * mean.mean() + 4.0 * spread
+    largest = np.partition(mean, total - batch_size)[total - batch_size :].sum() + 4.0 * math.sqrt(
+        batch_size * variance.mean()
+    )
     return int(math.ceil(min(bound, largest)))
 
 
@@ -102,37 +114,38 @@ def estimate(config: RunConfig, num_items: int, lengths: np.ndarray, batch_size:
     dim, max_len = config.model.dim, config.model.max_len
     params = parameter_count(config, num_items)
     tokens = batch_size * max_len
-    positions = batch_positions(target_counts(lengths, config), batch_size)
+    positions = batch_positions(config, lengths, batch_size)
     loss = resolve_loss_name(config.loss.name, num_items)
     negatives = 1 if loss == "BCE" else config.loss.num_negatives
     if loss == "CE":
         loss_bytes = CE_BYTES_PER_LOGIT[amp] * positions * num_items
     elif loss in ("CE-", "BCE", "BCE+", "gBCE"):
         loss_bytes = positions * negatives * (SAMPLED_BYTES_PER_ROW_VALUE[amp] * dim + SCORE_BYTES)
-    elif loss == "SCE":
-        buckets = config.loss.sce_buckets
-        loss_bytes = buckets * config.loss.sce_bucket_size_x * config.loss.sce_bucket_size_y * CE_BYTES_PER_LOGIT[amp]
+    elif loss == "SCE":  # the logits of every bucket: positions x items per bucket
+        buckets = config.loss.sce_buckets * config.loss.sce_bucket_size_x * config.loss.sce_bucket_size_y
+        loss_bytes = CE_BYTES_PER_LOGIT[amp] * buckets
     else:  # CCE, CCE-: O(M) statistics and the hidden gradient
         loss_bytes = positions * (8 * dim + 16)
-    backward = {
-        "activations": (EMBEDDING_BYTES[amp] + BLOCK_BYTES[amp] * config.model.num_blocks) * tokens * dim
-        + 8 * positions * dim,  # the gathered [M, D] hidden states and their gradient
-        "item table gradients": ITEM_TABLE_BYTES[amp] * num_items * dim,
-        "loss": loss_bytes,
+    parts = {
+        "parameters": 4 * params,
+        "gradients": 4 * params,
+        "optimizer": 8 * params,
+        "library workspaces": LIBRARY_WORKSPACES,
     }
-    persistent = {"parameters": 4 * params, "gradients": 4 * params, "optimizer": 8 * params}
-    optimizer_step = 4 * params  # the one temporary of the optimizer step
-    parts = dict(persistent)
-    if sum(backward.values()) >= optimizer_step:
-        parts.update(backward)
+    activations = (EMBEDDING_BYTES[amp] + BLOCK_BYTES[amp] * config.model.num_blocks) * tokens * dim
+    activations += 8 * positions * dim  # the gathered [M, D] hidden states and their gradient
+    item_gradient = ITEM_GRADIENT_BYTES * num_items * dim
+    if activations + max(item_gradient, loss_bytes) >= 4 * params:
+        parts["activations"] = activations
+        parts["loss buffers" if loss_bytes >= item_gradient else "item-table gradient"] = max(item_gradient, loss_bytes)
     else:
-        parts["optimizer step"] = optimizer_step
+        parts["optimizer step"] = 4 * params
     return MemoryEstimate(batch_size=batch_size, positions=positions, parts={k: int(v) for k, v in parts.items()})
 
 
 def largest_batch(config: RunConfig, num_items: int, lengths: np.ndarray, budget: int) -> int:
     """The largest batch size whose estimate fits `budget` bytes (at most one batch of every sequence); 0 if none."""
-    high = max(len(target_counts(lengths, config)), 1)
+    high = max(len(target_counts(lengths, config)[0]), 1)
     if estimate(config, num_items, lengths, 1).total > budget:
         return 0
     low = 1
