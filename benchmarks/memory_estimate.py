@@ -5,7 +5,8 @@ with the trainer's own functions (`new_state`, `build_loss`, `train_step`), trai
 epoch's batches, and reads torch.cuda.max_memory_allocated (everything the process allocated through PyTorch,
 including the CUDA libraries' workspaces; the CUDA context itself is not in it). The estimate is
 cutrec.train.memory.estimate for the same config and the same sequence lengths, computed before the first step.
-A case that runs out of memory is reported as such, next to its estimate and the card's memory.
+A case that runs out of memory is reported as such, next to its estimate and the card's memory. Cases run with
+PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True, which the `cutrec` command sets unless the user set it.
 
 Sizes: Amazon Beauty and Toys (--beauty/--toys PATH to their sequences files; 12,101 and 11,924 items), and a
 1,000,000-item catalog whose sequence lengths are those of the built-in synthetic generator (20,000 users) and
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from datetime import date
@@ -147,7 +149,8 @@ def main() -> None:
     for case in cases(args):
         command = [sys.executable, __file__, "--case", json.dumps(case), "--max-steps", str(args.max_steps)]
         command += [f"--{name}={path}" for name, path in (("beauty", args.beauty), ("toys", args.toys)) if path]
-        done = subprocess.run(command, capture_output=True, text=True)
+        allocator = {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True", **os.environ}  # as `cutrec` sets it
+        done = subprocess.run(command, capture_output=True, text=True, env=allocator)
         if done.returncode != 0:
             raise SystemExit(f"case {case} failed:\n{done.stderr[-3000:]}")
         results.append(json.loads(done.stdout.strip().splitlines()[-1]))
