@@ -26,7 +26,8 @@ def bad_files(tmp_path):
     "args,message",
     [
         (["--data", "{tmp}/nothing.csv"], "nothing.csv' does not exist"),
-        (["--data", "{tmp}/columns.csv"], "has no column 'user_id' (columns: a, b, c); set data.user_col"),
+        (["--data", "{tmp}/columns.csv"], "has no columns 'user_id', 'item_id', 'timestamp' (columns: a, b, c); "
+         "set data.user_col, data.item_col, data.time_col to columns it has"),
         (["--data", "{tmp}/float_ids.csv"], "holds 2.5 in data row 2, which is no id"),
         (["--data", "{tmp}/missing.csv"], "has a missing value in data row 2"),
         (["--data", "{tmp}/tiny.csv", "--data.min_user_count=5"], "no events are left after the iterative k-core"),

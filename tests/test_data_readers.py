@@ -169,6 +169,30 @@ def test_bad_cells(tmp_path, backend, body, message):
         read_interactions(path, rating_col="rating")
 
 
+def test_problems_are_collected_into_one_message(tmp_path, backend):
+    header = "user_id,item_id,timestamp\n"
+    rows = ["1,2,3", "user_id,item_id,timestamp", "2,3,4", "user_id,item_id,timestamp"]
+    path = _write(tmp_path / "joined.csv", header + "\n".join(rows) + "\n")
+    with pytest.raises(CutrecError) as caught:  # else the user 'user_id' would appear in the data
+        read_interactions(path)
+    assert str(caught.value) == (
+        f"data file '{path}' repeats its header row as data rows 2, 4 (files joined with their headers?); "
+        "drop those rows"
+    )
+    times = ["1,2,3", "1,3,soon", "2,3,2020-01-01", "2,4,later", "3,4,soon", "3,5,never", "4,5,x"]
+    path = _write(tmp_path / "times.csv", header + "\n".join(times) + "\n")
+    with pytest.raises(CutrecError) as caught:
+        read_interactions(path)
+    assert "neither numbers nor ISO-8601 date/times in data rows 2, 4, 5 and 2 more ('later', 'never', 'soon')" in (
+        str(caught.value))
+    path = _write(tmp_path / "twice.csv", "user_id,item_id,user_id,timestamp\n1,2,3,4\n")
+    with pytest.raises(CutrecError, match=r"has 2 columns named 'user_id' \(columns 1, 3\), so data.user_col is ambig"):
+        read_interactions(path)
+    path = _write(tmp_path / "missing.csv", header + "1,,3\n2,3,4\n3,,5\n")
+    with pytest.raises(CutrecError, match=r"column 'item_id' \(data.item_col\) has missing values in data rows 1, 3;"):
+        read_interactions(path)
+
+
 def test_format_inference(tmp_path):
     assert infer_format("a/b.CSV") == "csv" and infer_format("x.tsv.gz") == "tsv" and infer_format("x.pq") == "parquet"
     assert infer_format("seq.txt") == "sequences" and infer_format("x.dat", "tsv") == "tsv"

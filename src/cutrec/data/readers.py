@@ -129,6 +129,7 @@ def read_interactions(
         values = _read_parquet(path, list(columns.values()))
     else:
         values = _read_delimited(path, list(columns.values()), "," if fmt == "csv" else "\t")
+    _refuse_repeated_header(path, values, list(columns.values()))
     user, item = columns["data.user_col"], columns["data.item_col"]
     users = _parse_ids(values[user.name], user, _data_row)
     items = _parse_ids(values[item.name], item, _data_row)
@@ -179,6 +180,21 @@ def read_sequences(path: str | Path) -> Interactions:
     return Interactions(np.repeat(users, lengths), items, positions)
 
 
+def _refuse_repeated_header(path: Path, values: dict[str, np.ndarray], columns: list[_Column]) -> None:
+    """Refuse data rows that repeat the header (files concatenated with their headers): else 'user_id' would
+    silently become a user."""
+    repeats = np.ones(len(next(iter(values.values()))), dtype=bool)  # [E]
+    for column in columns:
+        cells = values[column.name]
+        repeats &= cells == column.name if cells.dtype.kind in "UO" else False
+    rows = np.flatnonzero(repeats)
+    if len(rows):
+        raise CutrecError(
+            f"data file {str(path)!r} repeats its header row as {_data_rows(rows)} (files joined with their "
+            "headers?); drop those rows"
+        )
+
+
 def _refuse_repeated_users(users: np.ndarray, lines: np.ndarray, source: str) -> None:
     """Refuse a user id on two lines (its events would have two position sequences), naming both lines."""
     order = np.argsort(users, kind="stable")  # [U]
@@ -209,6 +225,13 @@ def _file_column(path: Path, name: str, key: str) -> _Column:
 
 def _data_row(index: int) -> str:
     return f"data row {index + 1}"
+
+
+def _data_rows(indices: np.ndarray, shown: int = 3) -> str:
+    """'data row 4' or 'data rows 4, 9, 12 and 30 more' for 0-based row indices."""
+    rows = ", ".join(str(int(i) + 1) for i in indices[:shown])
+    more = f" and {len(indices) - shown} more" if len(indices) > shown else ""
+    return f"data row {rows}" if len(indices) == 1 else f"data rows {rows}{more}"
 
 
 def _existing(path: str | Path) -> Path:
@@ -244,12 +267,26 @@ def _read_header(path: Path, columns: list[_Column], delimiter: str) -> list[str
 
 
 def _check_columns(path: Path, header: list[str], columns: list[_Column]) -> None:
+    """Every wanted column must be in the header exactly once; all missing ones are named in one message."""
     for column in columns:
-        if column.name not in header:
+        places = [i + 1 for i, name in enumerate(header) if name == column.name]
+        if len(places) > 1:
             raise CutrecError(
-                f"data file {str(path)!r} has no column {column.name!r} (columns: {', '.join(header)}); "
-                f"set {column.key} to one of them"
+                f"data file {str(path)!r} has {len(places)} columns named {column.name!r} (columns "
+                f"{', '.join(map(str, places))}), so {column.key} is ambiguous; rename all but one"
             )
+    missing = [column for column in columns if column.name not in header]
+    if len(missing) == 1:
+        raise CutrecError(
+            f"data file {str(path)!r} has no column {missing[0].name!r} (columns: {', '.join(header)}); "
+            f"set {missing[0].key} to one of them"
+        )
+    if missing:
+        names = ", ".join(repr(c.name) for c in missing)
+        raise CutrecError(
+            f"data file {str(path)!r} has no columns {names} (columns: {', '.join(header)}); "
+            f"set {', '.join(c.key for c in missing)} to columns it has"
+        )
 
 
 def _read_delimited(path: Path, columns: list[_Column], delimiter: str) -> dict[str, np.ndarray]:
@@ -271,6 +308,8 @@ def _read_delimited(path: Path, columns: list[_Column], delimiter: str) -> dict[
         table = pacsv.read_csv(path, parse_options=pacsv.ParseOptions(delimiter=delimiter), convert_options=options)
     except (pa.ArrowInvalid, OSError) as err:
         first_line = str(err).splitlines()[0]
+        if "Empty CSV file" in first_line:  # a header without a line end and nothing after it
+            raise CutrecError(f"data file {str(path)!r} has a header but no rows; add events to it") from None
         raise CutrecError(f"data file {str(path)!r} could not be parsed ({first_line}); fix the file") from None
     if table.num_rows == 0:
         raise CutrecError(f"data file {str(path)!r} has a header but no rows; add events to it")
@@ -303,7 +342,7 @@ def _read_delimited_stdlib(
         strings = np.array(column_cells, dtype=str)  # [E] str
         missing = np.flatnonzero(np.isin(strings, _MISSING))
         if len(missing):
-            _raise_missing(by_name[name], int(missing[0]))
+            _raise_missing(by_name[name], missing)
         values[name] = strings
     return values
 
@@ -333,7 +372,7 @@ def _from_arrow(values, column: _Column) -> np.ndarray:
     import pyarrow as pa
 
     if values.null_count:
-        _raise_missing(column, int(np.flatnonzero(values.is_null().to_numpy(zero_copy_only=False))[0]))
+        _raise_missing(column, np.flatnonzero(values.is_null().to_numpy(zero_copy_only=False)))
     kind = values.type
     if pa.types.is_dictionary(kind):
         values = values.cast(kind.value_type)
@@ -350,32 +389,52 @@ def _from_arrow(values, column: _Column) -> np.ndarray:
     raise CutrecError(f"{column} has type {kind}; it must hold integers, numbers, text or dates")
 
 
-def _raise_missing(column: _Column, index: int) -> NoReturn:
-    raise CutrecError(f"{column} has a missing value in data row {index + 1}; fill or drop such rows")
+def _raise_missing(column: _Column, indices: np.ndarray) -> NoReturn:
+    values = "a missing value" if len(indices) == 1 else "missing values"
+    raise CutrecError(f"{column} has {values} in {_data_rows(indices)}; fill or drop such rows")
+
+
+EXACT_INTEGERS = 2.0**53  # floats hold every integer below this exactly
 
 
 def _parse_ids(values: np.ndarray, column: _Column, where: Callable[[int], str]) -> np.ndarray:
-    """[E] int64 when every id is a whole number, else an object array of str; fractions, NaN and bools are refused."""
+    """[E] int64 when every id is a whole number, else an object array of str; fractions, NaN and bools are refused.
+
+    Text ids too large for int64 (or for an exact float) stay text, so two ids never collapse into one.
+    """
+    text = None
     if values.dtype.kind == "U":
         try:
             return values.astype(np.int64)
         except (ValueError, OverflowError):
             pass
+        text = values
         try:
             values = values.astype(np.float64)
         except ValueError:
-            empty = np.flatnonzero(values == "")
+            empty = np.flatnonzero(text == "")
             if len(empty):
                 raise CutrecError(f"{column} has an empty id in {where(int(empty[0]))}; fill or drop it") from None
-            return values.astype(object)
+            return text.astype(object)
+    if values.dtype.kind == "u" and len(values) and values.max() > np.iinfo(np.int64).max:
+        return values.astype(str).astype(object)
     if values.dtype.kind in "iu":
         return values.astype(np.int64)
     if values.dtype.kind == "f":
         bad = np.flatnonzero(~np.isfinite(values) | (values != np.floor(values)))
         if len(bad):
+            also = f" ({len(bad) - 1} more such rows)" if len(bad) > 1 else ""
             raise CutrecError(
-                f"{column} holds {float(values[bad[0]])!r} in {where(int(bad[0]))}, which is no id; "
+                f"{column} holds {float(values[bad[0]])!r} in {where(int(bad[0]))}, which is no id{also}; "
                 "ids must be integers or strings"
+            )
+        large = np.flatnonzero(np.abs(values) >= EXACT_INTEGERS)
+        if len(large):
+            if text is not None:
+                return text.astype(object)  # e.g. 1e30 or 20-digit ids: keep them as written
+            raise CutrecError(
+                f"{column} holds {float(values[large[0]])!r} in {where(int(large[0]))}, too large for an exact "
+                "integer id in a float column; store ids as integers or strings"
             )
         return values.astype(np.int64)
     raise CutrecError(f"{column} has type {values.dtype}; ids must be integers or strings")
@@ -395,7 +454,7 @@ def _parse_times(values: np.ndarray, column: _Column) -> np.ndarray:
     if values.dtype.kind == "M":
         bad = np.flatnonzero(np.isnat(values))
         if len(bad):
-            _raise_missing(column, int(bad[0]))
+            _raise_missing(column, bad)
         return values.astype("datetime64[s]").astype(np.int64)
     raise CutrecError(f"{column} has type {values.dtype}; use unix seconds or ISO-8601 date/times")
 
@@ -410,11 +469,28 @@ def _numbers_or_dates(values: np.ndarray, column: _Column) -> np.ndarray:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # numpy warns that it converts "+02:00" / "Z" offsets to UTC, as wanted
             return values.astype("datetime64[s]")
-    except ValueError as err:
-        raise CutrecError(
-            f"{column} holds times that are neither numbers nor ISO-8601 date/times ({err}); "
-            "use unix seconds or dates like 2020-01-31T12:00:00"
-        ) from None
+    except ValueError:
+        pass
+    unique, inverse = np.unique(values, return_inverse=True)
+    bad_values = np.array([not _is_time(text) for text in unique])  # [unique]
+    rows = np.flatnonzero(bad_values[inverse])  # [bad] rows whose time is unreadable
+    examples = ", ".join(repr(str(v)) for v in unique[bad_values][:3])
+    raise CutrecError(
+        f"{column} holds times that are neither numbers nor ISO-8601 date/times in {_data_rows(rows)} "
+        f"({examples}); use unix seconds or dates like 2020-01-31T12:00:00"
+    )
+
+
+def _is_time(text: str) -> bool:
+    for kind in (np.float64, "datetime64[s]"):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                np.array([text]).astype(kind)
+            return True
+        except (ValueError, OverflowError):
+            continue
+    return False
 
 
 def _parse_ratings(values: np.ndarray, column: _Column) -> np.ndarray:
@@ -429,5 +505,5 @@ def _parse_ratings(values: np.ndarray, column: _Column) -> np.ndarray:
     values = values.astype(np.float64)
     bad = np.flatnonzero(np.isnan(values))
     if len(bad):
-        _raise_missing(column, int(bad[0]))
+        _raise_missing(column, bad)
     return values
