@@ -257,6 +257,7 @@ def resume(folder: Path, file_values: dict[str, Any], overrides: list[str]) -> P
             f"the data now has {data.split.num_items} items but run {str(folder)!r} was trained on "
             f"{saved['num_items']}; the data changed since training, so the run cannot continue"
         )
+    checked_batch_size(config, data.split.num_items, data.train_lengths, device)  # this GPU may have less free
     state = new_state(config, data.split.num_items, device)
     state.load_state_dict(saved)
     write_json(folder / CONFIG_NAME, to_dict(config))
