@@ -8,6 +8,7 @@ table): one event per data row, the ids and times of those rows. 100 examples pe
 import csv
 import io
 import string
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -86,19 +87,27 @@ def _check_ids(values: np.ndarray, cells: list) -> None:
         assert [str(v) for v in values] == [str(c) for c in cells]
 
 
+def _read_or_refuse(read, path: Path):
+    """The reader's result, or None when it refused the file with a one-line CutrecError."""
+    try:
+        result = read(path)
+    except CutrecError as error:
+        assert "\n" not in str(error)
+        event("refused")
+        return None
+    event("read")
+    return result
+
+
 @SETTINGS
 @given(delimited_files())
 def test_csv_and_tsv_end_in_an_error_or_a_correct_result(scratch, file):
     delimiter, text = file
     path = scratch(".csv" if delimiter == "," else ".tsv")
     path.write_text(text, encoding="utf-8")
-    try:
-        result = read_interactions(path)
-    except CutrecError as error:
-        assert "\n" not in str(error)
-        event("refused")
+    result = _read_or_refuse(read_interactions, path)
+    if result is None:
         return
-    event("read")
     rows = _expected_rows(text, delimiter)
     assert len(result.users) == len(result.items) == len(result.timestamps) > 0
     if rows is not None:
@@ -120,13 +129,9 @@ def sequence_files(draw):
 def test_sequences_end_in_an_error_or_a_correct_result(scratch, text):
     path = scratch(".txt")
     path.write_text(text, encoding="utf-8")
-    try:
-        result = read_sequences(path)
-    except CutrecError as error:
-        assert "\n" not in str(error)
-        event("refused")
+    result = _read_or_refuse(read_sequences, path)
+    if result is None:
         return
-    event("read")
     lines = [line.split() for line in text.split("\n") if line.split()]
     _check_ids(result.users, [line[0] for line in lines for _ in line[1:]])
     _check_ids(result.items, [item for line in lines for item in line[1:]])
@@ -160,13 +165,9 @@ def test_parquet_ends_in_an_error_or_a_correct_result(scratch, table):
 
     path = scratch(".parquet")
     pq.write_table(table, path)
-    try:
-        result = read_interactions(path)
-    except CutrecError as error:
-        assert "\n" not in str(error)
-        event("refused")
+    result = _read_or_refuse(read_interactions, path)
+    if result is None:
         return
-    event("read")
     assert len(result.users) == table.num_rows > 0
     _check_ids(result.users, table.column("user_id").to_pylist())
     _check_ids(result.items, table.column("item_id").to_pylist())
@@ -177,9 +178,7 @@ def test_parquet_ends_in_an_error_or_a_correct_result(scratch, table):
 def test_random_bytes_end_in_an_error_or_a_result(scratch, content, suffix):
     path = scratch(suffix)
     path.write_bytes(content)
-    try:
-        result = read_sequences(path) if suffix == ".txt" else read_interactions(path)
-    except CutrecError as error:
-        assert "\n" not in str(error)
+    result = _read_or_refuse(read_sequences if suffix == ".txt" else read_interactions, path)
+    if result is None:
         return
     assert len(result.users) == len(result.items) > 0
