@@ -120,9 +120,26 @@ def test_most_popular_top_k():
     popularity = torch.tensor([2.0, 5.0, 5.0, 0.0, 1.0])
     # order by count, ties by id: 1 (5), 2 (5), 0 (2), 4 (1), 3 (0). User 0 excludes item 1 and 3.
     exclude = (torch.tensor([0, 2, 2]), torch.tensor([1, 3]))
-    result = most_popular_top_k(popularity, 2, 3, exclude=exclude, item_chunk=2)
+    result = most_popular_top_k(popularity, 2, 3, exclude=exclude)
     assert result.tolist() == [[2, 0, 4], [1, 2, 0]]
     assert most_popular_top_k(popularity, 1, 5).tolist() == [[1, 2, 0, 4, 3]]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_most_popular_equals_ranking_the_whole_catalog(seed):
+    generator = torch.Generator().manual_seed(seed)
+    num_users, num_items = int(torch.randint(1, 40, (), generator=generator)), int(torch.randint(8, 60, (),
+                                                                                                generator=generator))
+    popularity = torch.randint(0, 5, (num_items,), generator=generator).float()  # many ties
+    popularity[torch.randint(0, num_items, (2,), generator=generator)] = float("-inf")  # never recommended
+    exclude = random_exclusions(generator, num_users, num_items)
+    k = int(torch.randint(1, num_items - 8, (), generator=generator))
+    expected = brute_top_k(torch.ones(num_users, 1), popularity[:, None], k, exclude=exclude)
+    assert torch.equal(most_popular_top_k(popularity, num_users, k, exclude=exclude), expected)
+    assert torch.equal(most_popular_top_k(popularity, num_users, k), brute_top_k(torch.ones(num_users, 1),
+                                                                                 popularity[:, None], k))
+    with pytest.raises(CutrecError, match="fewer than k="):
+        most_popular_top_k(popularity, num_users, num_items - 1, exclude=exclude)
 
 
 def test_popularity_scores():

@@ -83,24 +83,54 @@ def most_popular_top_k(
     k: int,
     *,
     exclude: tuple[torch.Tensor, torch.Tensor] | None = None,
-    item_chunk: int = 65536,
 ) -> torch.Tensor:
-    """The most-popular baseline: `top_k_items` with every user's vector [1] and each item's vector [popularity].
+    """The most-popular baseline: each user's k most popular items that it has not seen, ties by lower item id.
+
+    The catalog is sorted once; each user then walks the global order, skipping its excluded items, so the work is
+    [U, k + most excluded items of a user], never [U, N]. The result equals `top_k_items` with every user's
+    vector [1] and each item's vector [popularity].
 
     Args:
-        popularity: [N] float item scores, e.g. `popularity_scores` of the training items.
+        popularity: [N] float item scores, e.g. `popularity_scores` of the training items; -inf is never
+            recommended.
         num_users: U, the number of users to rank for (the rows of `exclude`).
-        k, exclude, item_chunk: as in `top_k_items`.
+        k, exclude: as in `top_k_items`.
 
     Returns:
-        [U, k] int64 item ids, most popular first, ties by lower item id.
+        [U, k] int64 item ids, most popular first.
     """
     if popularity.dim() != 1:
         raise CutrecError(f"popularity has shape {tuple(popularity.shape)}; pass one score per item, shape [N]")
     if num_users < 0:
         raise CutrecError(f"num_users={num_users} is negative; pass the number of users to rank for")
-    users = popularity.new_ones(num_users, 1)  # [U, 1]
-    return top_k_items(users, popularity[:, None], k, exclude=exclude, item_chunk=item_chunk)
+    num_items = len(popularity)
+    if not 1 <= k <= num_items:
+        raise CutrecError(f"k={k} is out of range; use 1 <= k <= {num_items} (the catalog size)")
+    device = popularity.device
+    ordered, order = torch.sort(popularity.float(), descending=True, stable=True)  # [N]; ties keep lower ids first
+    counts = torch.zeros(num_users, dtype=torch.int64, device=device)
+    if exclude is not None:
+        offsets, items = (t.to(device=device, dtype=torch.int64) for t in exclude)
+        counts = offsets[1:] - offsets[:-1]  # [U] excluded entries per user (repeats included)
+    width = min(num_items, k + int(counts.max()) if num_users else k)  # no user needs to look further
+    blocked = (ordered[:width] == float("-inf")).expand(num_users, width).clone()  # [U, W]
+    if exclude is not None and num_users:
+        rank = torch.empty_like(order)
+        rank[order] = torch.arange(num_items, device=device)  # [N] position of each item in the order
+        item_ranks = rank[items[offsets[0] : offsets[-1]]]  # [E]
+        users = torch.repeat_interleave(torch.arange(num_users, device=device), counts)  # [E]
+        near = item_ranks < width
+        blocked[users[near], item_ranks[near]] = True
+    positions = torch.arange(width, device=device)
+    keys = torch.where(blocked, width + positions, positions)  # [U, W]: free positions first, in order
+    picked = torch.topk(keys, k, dim=1, largest=False, sorted=True).values  # [U, k]
+    if num_users and bool((picked >= width).any()):
+        user = int((picked >= width).any(dim=1).nonzero()[0])
+        raise CutrecError(
+            f"user {user} has fewer than k={k} items left to recommend after exclusion (or scores of -inf); "
+            "lower k or exclude fewer items"
+        )
+    return order[picked]  # [U, k]
 
 
 def popularity_scores(train_items: np.ndarray | torch.Tensor, num_items: int) -> torch.Tensor:

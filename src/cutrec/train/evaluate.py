@@ -66,7 +66,7 @@ def popular_top_items(popularity: torch.Tensor, evalset: EvalSet, config: EvalCo
     for start in range(0, num_users, config.batch_size):
         rows = np.arange(start, min(start + config.batch_size, num_users))
         exclude = _batch_exclusion(evalset, rows, popularity.device) if config.exclude_seen else None
-        tops.append(most_popular_top_k(popularity, len(rows), k, exclude=exclude, item_chunk=config.item_chunk).cpu())
+        tops.append(most_popular_top_k(popularity, len(rows), k, exclude=exclude).cpu())
     return torch.cat(tops)  # [U, k]
 
 

@@ -354,7 +354,7 @@ def fit(config: RunConfig, folder: Path, data: TrainingData, state: TrainState, 
             if signals.received:
                 raise RunStopped(_stopped_message(signals.name, folder, state, total), 128 + signals.received)
     print(reason, file=sys.stderr)
-    results = test_run(folder, device)
+    results = test_run(folder, device, data)
     print(format_table(results["test"], config.eval.ks))
     print(f"run folder: {folder}", file=sys.stderr)
     return folder
@@ -435,10 +435,13 @@ def load_run_model(folder: Path, device: torch.device) -> tuple[RunConfig, Seque
     return config, model, checkpoint
 
 
-def test_run(folder: Path, device: torch.device) -> dict[str, Any]:
-    """Score the best checkpoint and the most-popular baseline on the test set; write metrics.json."""
+def test_run(folder: Path, device: torch.device, data: TrainingData | None = None) -> dict[str, Any]:
+    """Score the best checkpoint and the most-popular baseline on the test set; write metrics.json.
+
+    `data` is the run's split when the caller has it (the trainer does); without it the split is built once here.
+    """
     config, model, checkpoint = load_run_model(folder, device)
-    data = training_data(config)
+    data = data or training_data(config)
     if data.split.num_items != checkpoint["num_items"]:
         raise CutrecError(
             f"the data now has {data.split.num_items} items but run {str(folder)!r} was trained on "
@@ -451,7 +454,9 @@ def test_run(folder: Path, device: torch.device) -> dict[str, Any]:
             model.__class__.__name__: score(
                 model_top_items(model, test, config.eval, device, amp=config.train.amp), test, config.eval, **common
             ),
-            "MostPopular": score(popular_top_items(data.item_counts, test, config.eval), test, config.eval, **common),
+            "MostPopular": score(
+                popular_top_items(data.item_counts.to(device), test, config.eval), test, config.eval, **common
+            ),
         },
         "best_epoch": checkpoint["epoch"],
         "steps": checkpoint["step"],
