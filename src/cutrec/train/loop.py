@@ -3,15 +3,17 @@ checkpoints, then test. `train` starts a run and `resume` continues one from its
 
 Everything that changes while a run trains lives in one `TrainState` (cutrec.train.state); the loop owns nothing
 else. The model is used only through cutrec.models.SequenceModel. The loss gets a fresh seed each step, derived
-from (run seed, step), so sampled losses are reproducible and need no saved state. The run folder holds config.json,
-log.csv (one row per finished epoch, appended, never rewritten), last.pt (the whole state, at every epoch end and
-every train.checkpoint_every_minutes), best.pt (the model of the best validation epoch, the one tested) and
-metrics.json (test metrics). SIGTERM and SIGINT stop after the current step with last.pt written (see interrupt.py).
+from (run seed, step), so sampled losses are reproducible and need no saved state. The run folder holds
+config.json, log.csv (one row per finished epoch; rows are only added, each time atomically), last.pt (the whole
+state, at every epoch end and every train.checkpoint_every_minutes), best.pt (the model of the best validation
+epoch, the one tested) and metrics.json (test metrics). SIGTERM and SIGINT stop after the current step with last.pt
+written (see interrupt.py).
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import math
 import secrets
 import shutil
@@ -41,6 +43,7 @@ from cutrec.train.checkpoint import (
     LAST_NAME,
     LOG_NAME,
     METRICS_NAME,
+    atomic_write_bytes,
     load_checkpoint,
     remove_leftovers,
     save_checkpoint,
@@ -144,22 +147,26 @@ def _optimizer(config: RunConfig, model: torch.nn.Module) -> torch.optim.Optimiz
 
 
 class EpochLog:
-    """log.csv, one row per finished epoch, appended at once (never rewritten), so no finished epoch is lost."""
+    """log.csv, one row per finished epoch. Rows are only ever added, never changed or dropped, and each addition is
+    an atomic rewrite (earlier rows plus the new one), so a kill mid-write cannot leave a torn row."""
 
     def __init__(self, path: Path, columns: list[str]) -> None:
         self.path = path
         self.columns = columns
         if not path.exists():
-            with path.open("w", newline="") as file:
-                csv.writer(file).writerow(columns)
+            self._write([columns])
 
     def epochs(self) -> set[int]:
         with self.path.open(newline="") as file:
             return {int(row["epoch"]) for row in csv.DictReader(file) if row.get("epoch", "").isdigit()}
 
     def append(self, row: dict[str, Any]) -> None:
-        with self.path.open("a", newline="") as file:
-            csv.writer(file).writerow([row.get(c, "") for c in self.columns])
+        self._write([[row.get(c, "") for c in self.columns]], keep=self.path.read_bytes())
+
+    def _write(self, rows: list[list[Any]], keep: bytes = b"") -> None:
+        text = io.StringIO()
+        csv.writer(text).writerows(rows)
+        atomic_write_bytes(self.path, lambda file: file.write(keep + text.getvalue().encode()))
 
 
 class NonFiniteStep(Exception):
