@@ -33,7 +33,7 @@ def test_interrupted_write_keeps_previous_checkpoint(tmp_path):
         def __reduce__(self):
             raise RuntimeError("killed mid-write")
 
-    with pytest.raises(RuntimeError):
+    with pytest.raises(CutrecError, match="cannot write .*killed mid-write.*the previous file is intact"):
         save_checkpoint(path, {"step": 2, "bad": Unpicklable()})
     assert load_checkpoint(path)["step"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]

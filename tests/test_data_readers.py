@@ -185,6 +185,12 @@ def test_problems_are_collected_into_one_message(tmp_path, backend):
         read_interactions(path)
     assert "neither numbers nor ISO-8601 date/times in data rows 2, 4, 5 and 2 more ('later', 'never', 'soon')" in (
         str(caught.value))
+    path = _write(tmp_path / "mixed.csv", header + "1,2,1600000000\n2,3,2020-01-01\n3,4,1.5\n")
+    mixed = r"mixes numbers \(data rows 1, 3, e.g. '1.5'\) with date/times \(e.g. '2020-01-01'\)"
+    with pytest.raises(CutrecError, match=mixed):
+        read_interactions(path)
+    path = _write(tmp_path / "large.csv", header + "9223372036854775808,2,1\n5,3,2\n")
+    assert read_interactions(path).users.tolist() == ["9223372036854775808", "5"]  # text, with either reader
     path = _write(tmp_path / "twice.csv", "user_id,item_id,user_id,timestamp\n1,2,3,4\n")
     with pytest.raises(CutrecError, match=r"has 2 columns named 'user_id' \(columns 1, 3\), so data.user_col is ambig"):
         read_interactions(path)

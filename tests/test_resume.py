@@ -57,7 +57,14 @@ DRIVER = textwrap.dedent(
                 os.kill(os.getpid(), getattr(signal, action))
         return original(state, *args, **kwargs)
 
+    def training_data(config):
+        os.kill(os.getpid(), signal.SIGTERM)  # the data is still loading
+        return original_data(config)
+
+    original_data = loop.training_data
     loop.train_step = train_step
+    if action == "term-while-loading":
+        loop.training_data = training_data
     sys.exit(main(sys.argv[3:]))
     """
 )
@@ -142,6 +149,14 @@ def test_kill_during_a_save_keeps_the_previous_checkpoint(tmp_path, uninterrupte
     assert "removed 1 temporary file(s)" in capsys.readouterr().err
 
 
+def test_a_signal_while_the_data_loads_leaves_no_folder(tmp_path):
+    result = _interrupted(tmp_path, "sasrec-CCE-", "early", "term-while-loading")
+    assert result.returncode == 143
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line == "cutrec: stopped by SIGTERM before training started; nothing to resume"
+    assert not (tmp_path / "early").exists()
+
+
 def test_a_second_signal_exits_at_once(tmp_path):
     result = _interrupted(tmp_path, "sasrec-CCE-", "twice", "twice")
     assert result.returncode == 143
@@ -174,7 +189,11 @@ def test_resume_refuses_other_settings(tmp_path, uninterrupted, capsys):
     # a finished run resumed with more epochs trains on, appending to its log
     assert main(["train", "--resume", str(tmp_path / "done"), "--epochs=4", "--train.patience=9"]) == 2
     assert "train.patience differ" in capsys.readouterr().err
+    assert main(["train", "--resume", str(tmp_path / "done"), "--loss=auto", "--batch-size=auto"]) == 0  # as given
     assert main(["train", "--resume", str(tmp_path / "done"), "--epochs=4"]) == 0
     assert [row["epoch"] for row in _log_rows(tmp_path / "done")] == ["1", "2", "3", "4"]
     assert main(["train", "--resume", str(tmp_path / "nothing")]) == 2
     assert "is not a folder" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["train", "--resume", str(tmp_path / "empty")]) == 2
+    assert "has no last.pt (it stopped before its first epoch end or timed checkpoint)" in capsys.readouterr().err

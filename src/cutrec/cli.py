@@ -133,6 +133,8 @@ def _estimate(args: argparse.Namespace, extra: list[str]) -> None:
     num_items, lengths = data.split.num_items, data.train_lengths
     config = replace(config, loss=replace(config.loss, name=resolve_loss_name(config.loss.name, num_items)))
     device = resolve_device(config.train.device)
+    if args.memory_gb is not None and not 0 < args.memory_gb < float("inf"):
+        raise CutrecError(f"--memory-gb {args.memory_gb} is out of range; give a positive, finite number of GB")
     if args.memory_gb is not None:
         budget, where = int(args.memory_gb * 2**30), f"--memory-gb {args.memory_gb:g}"
     elif device.type == "cuda":

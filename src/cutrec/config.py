@@ -97,6 +97,7 @@ class TrainConfig:
     time_limit_minutes: float | None = None  # stop after the epoch that passes this wall time; test the best
     grad_clip: float | None = None  # clip the global gradient norm to this; none: no clipping
     checkpoint_every_minutes: float = 10.0  # last.pt also between epoch ends, this often; 0: only at epoch ends
+    check_memory: bool = True  # on a GPU, refuse a batch whose estimated peak exceeds the free memory
     seed: int = 0
     device: str = "auto"  # "auto" (cuda when present), "cpu", "cuda", "cuda:1", ...
     amp: bool = True  # bf16 autocast on CUDA; ignored on the CPU

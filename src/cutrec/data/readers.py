@@ -29,6 +29,7 @@ _SUFFIXES = {
 }
 # Cells that mean "no value" in CSV/TSV files; the same list for the pyarrow and the stdlib reader.
 _MISSING = ["", "NA", "N/A", "NaN", "nan", "NULL", "null", "None"]
+EXACT_INTEGERS = 2.0**53  # floats hold every integer below this exactly
 
 
 @dataclass
@@ -380,9 +381,12 @@ def _from_arrow(values, column: _Column) -> np.ndarray:
     if pa.types.is_string(kind) or pa.types.is_large_string(kind):
         for target in (pa.int64(), pa.float64()):
             try:
-                return values.cast(target).to_numpy()
+                numbers = values.cast(target).to_numpy()
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
                 continue
+            if numbers.dtype.kind != "f" or not (np.abs(numbers) >= EXACT_INTEGERS).any():
+                return numbers
+            break  # integers past int64 (or an exact float) stay text, as the stdlib reader keeps them
         return values.to_numpy(zero_copy_only=False).astype(str)
     if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_timestamp(kind) or pa.types.is_date(kind):
         return values.to_numpy()
@@ -392,9 +396,6 @@ def _from_arrow(values, column: _Column) -> np.ndarray:
 def _raise_missing(column: _Column, indices: np.ndarray) -> NoReturn:
     values = "a missing value" if len(indices) == 1 else "missing values"
     raise CutrecError(f"{column} has {values} in {_data_rows(indices)}; fill or drop such rows")
-
-
-EXACT_INTEGERS = 2.0**53  # floats hold every integer below this exactly
 
 
 def _parse_ids(values: np.ndarray, column: _Column, where: Callable[[int], str]) -> np.ndarray:
@@ -460,37 +461,51 @@ def _parse_times(values: np.ndarray, column: _Column) -> np.ndarray:
 
 
 def _numbers_or_dates(values: np.ndarray, column: _Column) -> np.ndarray:
+    """[E] numbers, or datetime64 when every value is an ISO-8601 date/time; anything else is refused by row."""
     for target in (np.int64, np.float64):
         try:
             return values.astype(target)
         except (ValueError, OverflowError):
             continue
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # numpy warns that it converts "+02:00" / "Z" offsets to UTC, as wanted
-            return values.astype("datetime64[s]")
-    except ValueError:
-        pass
     unique, inverse = np.unique(values, return_inverse=True)
-    bad_values = np.array([not _is_time(text) for text in unique])  # [unique]
-    rows = np.flatnonzero(bad_values[inverse])  # [bad] rows whose time is unreadable
-    examples = ", ".join(repr(str(v)) for v in unique[bad_values][:3])
-    raise CutrecError(
-        f"{column} holds times that are neither numbers nor ISO-8601 date/times in {_data_rows(rows)} "
-        f"({examples}); use unix seconds or dates like 2020-01-31T12:00:00"
-    )
+    numeric = np.array([_is_number(text) for text in unique])  # [unique]
+    dates = np.array([not number and _is_time(text) for text, number in zip(unique, numeric, strict=True)])
+    unreadable = ~(numeric | dates)
+    if unreadable.any():
+        examples = ", ".join(repr(str(v)) for v in unique[unreadable][:3])
+        raise CutrecError(
+            f"{column} holds times that are neither numbers nor ISO-8601 date/times in "
+            f"{_data_rows(np.flatnonzero(unreadable[inverse]))} ({examples}); use unix seconds or dates like "
+            "2020-01-31T12:00:00"
+        )
+    if numeric.any():  # else numpy would read "1600000000" as the year 1600000000
+        raise CutrecError(
+            f"{column} mixes numbers ({_data_rows(np.flatnonzero(numeric[inverse]))}, e.g. "
+            f"{str(unique[numeric][0])!r}) with date/times (e.g. {str(unique[dates][0])!r}); use one kind: unix "
+            "seconds or ISO-8601 date/times"
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # numpy warns that it converts "+02:00" / "Z" offsets to UTC, as wanted
+        return values.astype("datetime64[s]")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except (ValueError, OverflowError):
+        return False
+    return True
 
 
 def _is_time(text: str) -> bool:
-    for kind in (np.float64, "datetime64[s]"):
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                np.array([text]).astype(kind)
-            return True
-        except (ValueError, OverflowError):
-            continue
-    return False
+    """An ISO-8601 date/time numpy can read (numbers never reach here: a column of only numbers is read as such)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            np.array([text]).astype("datetime64[s]")
+    except (ValueError, OverflowError):
+        return False
+    return True
 
 
 def _parse_ratings(values: np.ndarray, column: _Column) -> np.ndarray:

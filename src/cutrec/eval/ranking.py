@@ -106,19 +106,25 @@ def most_popular_top_k(
     num_items = len(popularity)
     if not 1 <= k <= num_items:
         raise CutrecError(f"k={k} is out of range; use 1 <= k <= {num_items} (the catalog size)")
+    if torch.isnan(popularity).any() or (popularity == float("inf")).any():
+        raise CutrecError("popularity holds NaN or +inf; pass finite scores (-inf marks items never recommended)")
     device = popularity.device
     ordered, order = torch.sort(popularity.float(), descending=True, stable=True)  # [N]; ties keep lower ids first
     counts = torch.zeros(num_users, dtype=torch.int64, device=device)
     if exclude is not None:
-        offsets, items = (t.to(device=device, dtype=torch.int64) for t in exclude)
-        counts = offsets[1:] - offsets[:-1]  # [U] excluded entries per user (repeats included)
+        offsets = exclude[0]
+        if offsets.shape != (num_users + 1,):
+            raise CutrecError(
+                f"exclude offsets have shape {tuple(offsets.shape)}; pass num_users + 1 = {num_users + 1} offsets"
+            )
+        users, items = (t.to(device) for t in _csr_pairs(offsets, exclude[1], num_items, "exclude"))  # [E], [E]
+        counts = offsets.long().diff().to(device)  # [U] excluded entries per user (repeats included)
     width = min(num_items, k + int(counts.max()) if num_users else k)  # no user needs to look further
     blocked = (ordered[:width] == float("-inf")).expand(num_users, width).clone()  # [U, W]
     if exclude is not None and num_users:
         rank = torch.empty_like(order)
         rank[order] = torch.arange(num_items, device=device)  # [N] position of each item in the order
-        item_ranks = rank[items[offsets[0] : offsets[-1]]]  # [E]
-        users = torch.repeat_interleave(torch.arange(num_users, device=device), counts)  # [E]
+        item_ranks = rank[items]  # [E]
         near = item_ranks < width
         blocked[users[near], item_ranks[near]] = True
     positions = torch.arange(width, device=device)

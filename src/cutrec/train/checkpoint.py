@@ -70,7 +70,13 @@ def write_json(path: Path, value: Any) -> None:
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    atomic_write_bytes(path, lambda file: torch.save(state, file))
+    try:
+        atomic_write_bytes(path, lambda file: torch.save(state, file))
+    except RuntimeError as err:  # torch.save reports a failed write (a full disk, a file size limit) as RuntimeError
+        raise CutrecError(
+            f"cannot write {str(path)!r} ({str(err).splitlines()[0]}); free space or fix the folder, the previous "
+            "file is intact"
+        ) from None
 
 
 def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:

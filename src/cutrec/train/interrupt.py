@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 import threading
 from types import FrameType
 
@@ -46,12 +45,10 @@ class StopSignals:
         return signal.Signals(self.received).name if self.received else ""
 
     def _handle(self, number: int, frame: FrameType | None) -> None:
+        # os.write, not print: the handler may interrupt a write to stderr (tqdm's), which print would re-enter
         if self.received is not None:
-            print(f"cutrec: second {signal.Signals(number).name}: exiting now without saving", file=sys.stderr)
+            os.write(2, f"cutrec: second {signal.Signals(number).name}: exiting now without saving\n".encode())
             os._exit(128 + number)
         self.received = number
-        print(
-            f"cutrec: {signal.Signals(number).name} received: finishing this step and saving last.pt "
-            "(send it again to exit at once)",
-            file=sys.stderr,
-        )
+        os.write(2, f"cutrec: {signal.Signals(number).name} received: finishing this step and saving last.pt "
+                    "(send it again to exit at once)\n".encode())

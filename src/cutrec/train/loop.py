@@ -54,7 +54,8 @@ from cutrec.train.interrupt import RunStopped, StopSignals
 from cutrec.train.memory import checked_batch_size
 from cutrec.train.state import TrainState
 
-RESUMABLE_KEYS = ("train.epochs", "train.time_limit_minutes", "train.progress")  # what --resume may change
+# what --resume may change: nothing that changes what is computed
+RESUMABLE_KEYS = ("train.epochs", "train.time_limit_minutes", "train.progress", "train.check_memory")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -128,10 +129,15 @@ def create_run_folder(config: RunConfig) -> Path:
         out.mkdir(parents=True, exist_ok=True)
         folder.mkdir()  # exclusive: two runs can never share a folder, and no earlier run is overwritten
     except FileExistsError:
-        if folder.is_dir():
+        if folder.is_dir() and (folder / LAST_NAME).exists():
             raise CutrecError(
                 f"run folder {str(folder)!r} already exists; pick another --name or --out, or continue it with "
                 f"`cutrec train --resume {folder}`"
+            ) from None
+        if folder.is_dir():
+            raise CutrecError(
+                f"run folder {str(folder)!r} already exists and holds no last.pt (it stopped before its first "
+                "checkpoint); delete it or pick another --name or --out"
             ) from None
         raise CutrecError(f"a file {str(folder)!r} is where the run folder would go; pick another --name") from None
     except OSError as err:
@@ -219,34 +225,50 @@ def stop_reason(config: RunConfig, state: TrainState) -> str | None:
 
 
 def train(config: RunConfig) -> Path:
-    """Start a run: create its folder, read the data, train, test the best epoch; returns the run folder."""
+    """Start a run: create its folder, read the data, train, test the best epoch; returns the run folder.
+
+    A failure or a signal before the first last.pt removes the folder again: nothing in it could be resumed.
+    """
     device = resolve_device(config.train.device)
     folder = create_run_folder(config)
     try:
-        write_json(folder / CONFIG_NAME, to_dict(config))
-        data = training_data(config)
-        loss_name = resolve_loss_name(config.loss.name, data.split.num_items)
-        config = replace(config, loss=replace(config.loss, name=loss_name))
-        batch_size = checked_batch_size(config, data.split.num_items, data.train_lengths, device)
-        config = replace(config, train=replace(config.train, batch_size=batch_size))
-        write_json(folder / CONFIG_NAME, to_dict(config))
+        with StopSignals() as signals:  # a signal while the data loads stops before the first step
+            write_json(folder / CONFIG_NAME, to_dict(config))
+            data = training_data(config)
+            loss_name = resolve_loss_name(config.loss.name, data.split.num_items)
+            config = replace(config, loss=replace(config.loss, name=loss_name))
+            batch_size = checked_batch_size(config, data.split.num_items, data.train_lengths, device)
+            config = replace(config, train=replace(config.train, batch_size=batch_size))
+            write_json(folder / CONFIG_NAME, to_dict(config))
+            if signals.received:
+                raise RunStopped(f"stopped by {signals.name} before training started; nothing to resume",
+                                 128 + signals.received)
         print(f"run folder: {folder}", file=sys.stderr)
+        torch.manual_seed(config.train.seed)
+        state = new_state(config, data.split.num_items, device)
+        return fit(config, folder, data, state, device)
     except BaseException:
-        if {p.name for p in folder.iterdir()} <= {CONFIG_NAME}:
-            shutil.rmtree(folder, ignore_errors=True)  # nothing was trained: leave no empty run behind
+        if not (folder / LAST_NAME).exists():
+            shutil.rmtree(folder, ignore_errors=True)
         raise
-    torch.manual_seed(config.train.seed)
-    state = new_state(config, data.split.num_items, device)
-    return fit(config, folder, data, state, device)
 
 
 def resume(folder: Path, file_values: dict[str, Any], overrides: list[str]) -> Path:
     """Continue the run in `folder` from its last.pt, with its own config (only RESUMABLE_KEYS may change)."""
     if not folder.is_dir():
         raise CutrecError(f"--resume {str(folder)!r} is not a folder; pass a run folder that `cutrec train` wrote")
+    if not (folder / LAST_NAME).exists():
+        raise CutrecError(
+            f"run {str(folder)!r} has no last.pt (it stopped before its first epoch end or timed checkpoint); "
+            "start it again with `cutrec train`"
+        )
     saved = load_checkpoint(folder / LAST_NAME)
     run_config = build_config(saved["config"])
     config = build_config(merged_values(saved["config"], file_values), overrides)
+    if config.loss.name == "auto":  # what the run resolved "auto" to
+        config = replace(config, loss=replace(config.loss, name=run_config.loss.name))
+    if config.train.batch_size == "auto":
+        config = replace(config, train=replace(config.train, batch_size=run_config.train.batch_size))
     refused = [key for key in differing_keys(run_config, config) if key not in RESUMABLE_KEYS]
     if refused:
         raise CutrecError(
@@ -259,10 +281,13 @@ def resume(folder: Path, file_values: dict[str, Any], overrides: list[str]) -> P
     device = resolve_device(config.train.device)
     print(f"run folder: {folder} (resuming at step {saved['step']}, epoch {saved['epoch'] + 1})", file=sys.stderr)
     data = training_data(config)
-    if data.split.num_items != saved["num_items"]:
+    now = _data_shape(data)
+    if now != saved["data_shape"]:
         raise CutrecError(
-            f"the data now has {data.split.num_items} items but run {str(folder)!r} was trained on "
-            f"{saved['num_items']}; the data changed since training, so the run cannot continue"
+            f"the data now has {now['items']:,} items, {now['sequences']:,} training sequences and {now['events']:,} "
+            f"training events, but run {str(folder)!r} was trained on {saved['data_shape']['items']:,}, "
+            f"{saved['data_shape']['sequences']:,} and {saved['data_shape']['events']:,}; the data changed since "
+            "training, so the run cannot continue"
         )
     checked_batch_size(config, data.split.num_items, data.train_lengths, device)  # this GPU may have less free
     state = new_state(config, data.split.num_items, device)
@@ -282,9 +307,15 @@ def new_state(config: RunConfig, num_items: int, device: torch.device) -> TrainS
     )
 
 
-def save_last(folder: Path, state: TrainState, config: RunConfig) -> None:
+def _data_shape(data: TrainingData) -> dict[str, int]:
+    """What must not change under a resumed run: catalog size, training sequences and events."""
+    train = data.split.train
+    return {"items": data.split.num_items, "sequences": len(train.users), "events": int(train.offsets[-1])}
+
+
+def save_last(folder: Path, state: TrainState, config: RunConfig, data: TrainingData) -> None:
     save_checkpoint(folder / LAST_NAME, {**state.state_dict(), "config": to_dict(config),
-                                         "num_items": state.model.num_items})
+                                         "num_items": state.model.num_items, "data_shape": _data_shape(data)})
 
 
 def fit(config: RunConfig, folder: Path, data: TrainingData, state: TrainState, device: torch.device) -> Path:
@@ -306,7 +337,7 @@ def fit(config: RunConfig, folder: Path, data: TrainingData, state: TrainState, 
     def checkpoint() -> None:
         nonlocal last_saved
         state.train_seconds = seconds_before + time.perf_counter() - session_start
-        save_last(folder, state, config)
+        save_last(folder, state, config, data)
         last_saved = time.monotonic()
 
     with StopSignals() as signals:
@@ -420,7 +451,8 @@ def _non_finite_message(
     return (
         f"step {state.step + 1} (epoch {state.epoch + 1}, batch {batch + 1} of {total}) has loss {bad.loss} and "
         f"gradient norm {bad.grad_norm}; stopped before that update. Last good checkpoint: {_last_good(folder)}. "
-        f"Lower train.lr (now {config.train.lr}) or set train.grad_clip"
+        f"Start a new run with a lower train.lr (now {config.train.lr}) or with train.grad_clip (a resume keeps the "
+        "run's settings)"
     )
 
 

@@ -4,9 +4,9 @@ It holds the model and the optimizer, the counters (finished epochs, optimizer s
 epoch and that epoch's order of sequences), the best validation metric and its epoch, the training time so far, the
 current epoch's summed loss, the log row of the last finished epoch, and every random generator: Python's, the numpy
 generator that draws epoch orders and the model's batch randomness (BERT4Rec's masks), torch's CPU generator and
-the CUDA generators. Sampled losses need no state: their seed is a function of (run seed, step). Restored from its
-checkpoint, the state continues exactly where it stopped: on the CPU with a fixed seed, a resumed run ends bit for
-bit like an uninterrupted one.
+the training device's CUDA generator (so a run can resume with another number of GPUs visible). Sampled losses need
+no state: their seed is a function of (run seed, step). Restored from its checkpoint, the state continues exactly
+where it stopped: on the CPU with a fixed seed, a resumed run ends bit for bit like an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -19,8 +19,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-
-from cutrec.errors import CutrecError
 
 
 @dataclass
@@ -50,8 +48,9 @@ class TrainState:
             "numpy": self.batch_rng.bit_generator.state,
             "torch": torch.get_rng_state(),
         }
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            generators["cuda"] = torch.cuda.get_rng_state_all()
+        device = next(self.model.parameters()).device
+        if device.type == "cuda":
+            generators["cuda"] = torch.cuda.get_rng_state(device)  # the training device's; others draw nothing
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -82,14 +81,8 @@ class TrainState:
         random.setstate(_as_tuples(generators["python"]))
         self.batch_rng.bit_generator.state = generators["numpy"]
         torch.set_rng_state(generators["torch"])
-        if "cuda" in generators and torch.cuda.is_available():
-            cuda_states = generators["cuda"]
-            if len(cuda_states) != torch.cuda.device_count():
-                raise CutrecError(
-                    f"the checkpoint holds {len(cuda_states)} CUDA generators but {torch.cuda.device_count()} "
-                    "devices are visible; resume with the same CUDA_VISIBLE_DEVICES"
-                )
-            torch.cuda.set_rng_state_all(cuda_states)
+        if "cuda" in generators and device.type == "cuda":
+            torch.cuda.set_rng_state(generators["cuda"], device)
 
 
 def _as_tuples(value: Any) -> Any:
