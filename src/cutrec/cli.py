@@ -141,19 +141,17 @@ def _estimate(args: argparse.Namespace, extra: list[str]) -> None:
         budget, where = memory.free_memory(device), f"the free memory of {device}"
     else:
         budget, where = None, ""
+    fits = None if budget is None else memory.largest_batch(config, num_items, lengths, int(memory.HEADROOM * budget))
     batch = config.train.batch_size
     if batch == "auto":
         if budget is None:
             raise CutrecError("--batch-size auto needs a GPU or --memory-gb to fit into; or give a number")
-        batch = memory.largest_batch(config, num_items, lengths, int(memory.HEADROOM * budget))
-        if batch == 0:
-            raise CutrecError(f"even batch 1 does not fit {where}; shrink the model or pick a sampled loss (CCE-)")
+        batch = memory.auto_batch_size(config, num_items, lengths, budget, where)
     source = config.data.path or config.data.dataset
     print(f"{config.model.name} with {config.loss.name} on {source}: {num_items:,} items, "
           f"max_len {config.model.max_len}, dim {config.model.dim}, {config.model.num_blocks} blocks")
     print(memory.estimate(config, num_items, lengths, int(batch)).describe())
-    if budget is not None:
-        fits = memory.largest_batch(config, num_items, lengths, int(memory.HEADROOM * budget))
+    if fits is not None:
         print(f"largest batch within {memory.HEADROOM:.0%} of {where} ({budget / 2**20:,.0f} MB): {fits}")
 
 

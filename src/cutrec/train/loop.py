@@ -113,6 +113,15 @@ def training_data(config: RunConfig) -> TrainingData:
     )
 
 
+def print_data(config: RunConfig, data: TrainingData) -> None:
+    split = data.split
+    print(
+        f"data: {config.data.dataset}  items {split.num_items:,}  train sequences {len(split.train.users):,}  "
+        f"valid users {len(split.valid.targets):,}  test users {len(split.test.targets):,}",
+        file=sys.stderr,
+    )
+
+
 def create_run_folder(config: RunConfig) -> Path:
     """OUT/NAME, created exclusively before any data is read; every --out/--name problem is a one-line error."""
     out = Path(config.out).expanduser()
@@ -235,6 +244,7 @@ def train(config: RunConfig) -> Path:
         with StopSignals() as signals:  # a signal while the data loads stops before the first step
             write_json(folder / CONFIG_NAME, to_dict(config))
             data = training_data(config)
+            print_data(config, data)
             loss_name = resolve_loss_name(config.loss.name, data.split.num_items)
             config = replace(config, loss=replace(config.loss, name=loss_name))
             batch_size = checked_batch_size(config, data.split.num_items, data.train_lengths, device)
@@ -281,6 +291,7 @@ def resume(folder: Path, file_values: dict[str, Any], overrides: list[str]) -> P
     device = resolve_device(config.train.device)
     print(f"run folder: {folder} (resuming at step {saved['step']}, epoch {saved['epoch'] + 1})", file=sys.stderr)
     data = training_data(config)
+    print_data(config, data)
     now = _data_shape(data)
     if now != saved["data_shape"]:
         raise CutrecError(
@@ -315,7 +326,7 @@ def _data_shape(data: TrainingData) -> dict[str, int]:
 
 def save_last(folder: Path, state: TrainState, config: RunConfig, data: TrainingData) -> None:
     save_checkpoint(folder / LAST_NAME, {**state.state_dict(), "config": to_dict(config),
-                                         "num_items": state.model.num_items, "data_shape": _data_shape(data)})
+                                         "data_shape": _data_shape(data)})
 
 
 def fit(config: RunConfig, folder: Path, data: TrainingData, state: TrainState, device: torch.device) -> Path:
@@ -480,7 +491,8 @@ def test_run(folder: Path, device: torch.device, data: TrainingData | None = Non
     `data` is the run's split when the caller has it (the trainer does); without it the split is built once here.
     """
     config, model, checkpoint = load_run_model(folder, device)
-    data = data or training_data(config)
+    if data is None:
+        data = training_data(config)
     if data.split.num_items != checkpoint["num_items"]:
         raise CutrecError(
             f"the data now has {data.split.num_items} items but run {str(folder)!r} was trained on "

@@ -49,6 +49,7 @@ ITEM_GRADIENT_BYTES = 4  # per item-table value: the fp32 [N, D] gradient before
 CE_BYTES_PER_LOGIT = {True: 10, False: 12}
 SAMPLED_BYTES_PER_ROW_VALUE = {True: 6, False: 8}  # CE-, BCE, BCE+, gBCE: per value of the [M, K, D] rows
 SCORE_BYTES = 16  # CE-, BCE, BCE+, gBCE: per [M, K] score (scores, their gradient, ids, the hit mask)
+HEADROOM = 0.9  # batch_size=auto fills at most this share of the free memory (fragmentation, the CUDA context)
 
 
 @dataclass
@@ -108,11 +109,14 @@ def parameter_count(config: RunConfig, num_items: int) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def estimate(config: RunConfig, num_items: int, lengths: np.ndarray, batch_size: int) -> MemoryEstimate:
-    """Predicted peak GPU memory of a training step of `config` at `batch_size` on sequences of `lengths`."""
+def estimate(
+    config: RunConfig, num_items: int, lengths: np.ndarray, batch_size: int, *, params: int | None = None
+) -> MemoryEstimate:
+    """Predicted peak GPU memory of a training step of `config` at `batch_size` on sequences of `lengths`
+    (`params`: the model's parameter count when the caller has it, else counted here)."""
     amp = config.train.amp
     dim, max_len = config.model.dim, config.model.max_len
-    params = parameter_count(config, num_items)
+    params = parameter_count(config, num_items) if params is None else params
     tokens = batch_size * max_len
     positions = batch_positions(config, lengths, batch_size)
     loss = resolve_loss_name(config.loss.name, num_items)
@@ -145,26 +149,36 @@ def estimate(config: RunConfig, num_items: int, lengths: np.ndarray, batch_size:
 
 def largest_batch(config: RunConfig, num_items: int, lengths: np.ndarray, budget: int) -> int:
     """The largest batch size whose estimate fits `budget` bytes (at most one batch of every sequence); 0 if none."""
+    params = parameter_count(config, num_items)  # once, not once per bisection step
+    fits = lambda batch: estimate(config, num_items, lengths, batch, params=params).total <= budget
     high = max(len(target_counts(lengths, config)[0]), 1)
-    if estimate(config, num_items, lengths, 1).total > budget:
+    if not fits(1):
         return 0
     low = 1
     while low < high:  # estimates grow with the batch: bisect
         middle = (low + high + 1) // 2
-        if estimate(config, num_items, lengths, middle).total <= budget:
+        if fits(middle):
             low = middle
         else:
             high = middle - 1
     return low
 
 
+def auto_batch_size(config: RunConfig, num_items: int, lengths: np.ndarray, memory_bytes: int, where: str) -> int:
+    """batch_size=auto: the largest batch within HEADROOM of `memory_bytes`; an error naming `where` if none fits."""
+    fits = largest_batch(config, num_items, lengths, int(HEADROOM * memory_bytes))
+    if fits == 0:
+        raise CutrecError(
+            f"even batch 1 does not fit {where}: {estimate(config, num_items, lengths, 1).describe()}; shrink the "
+            "model or pick a sampled loss (CCE-)"
+        )
+    return fits
+
+
 def free_memory(device: torch.device) -> int:
     """Bytes the CUDA device has free now."""
     free, _ = torch.cuda.mem_get_info(device)
     return int(free)
-
-
-HEADROOM = 0.9  # batch_size=auto fills at most this share of the free memory (fragmentation, the CUDA context)
 
 
 def checked_batch_size(config: RunConfig, num_items: int, lengths: np.ndarray, device: torch.device) -> int:
@@ -178,19 +192,15 @@ def checked_batch_size(config: RunConfig, num_items: int, lengths: np.ndarray, d
             raise CutrecError("train.batch_size=auto sizes the batch to a GPU's free memory; on the CPU give a number")
         return int(batch)
     free = free_memory(device)
-    fits = largest_batch(config, num_items, lengths, int(HEADROOM * free))
+    where = f"the {free / 2**20:,.0f} MB free on {device}"
     if batch == "auto":
-        if fits == 0:
-            raise CutrecError(
-                f"even batch 1 does not fit the {free / 2**20:,.0f} MB free on {device}: "
-                f"{estimate(config, num_items, lengths, 1).describe()}; shrink the model or pick a sampled loss"
-            )
-        return fits
+        return auto_batch_size(config, num_items, lengths, free, where)
     predicted = estimate(config, num_items, lengths, int(batch))
     if predicted.total > free and config.train.check_memory:
+        fits = largest_batch(config, num_items, lengths, int(HEADROOM * free))
         advice = f"use --batch-size {fits} or auto" if fits else "shrink the model or pick a sampled loss (CCE-)"
         raise CutrecError(
-            f"{predicted.describe()} exceeds the {free / 2**20:,.0f} MB free on {device}; {advice} (or set "
-            "train.check_memory=false to try anyway: the estimate runs up to about 10% high)"
+            f"{predicted.describe()} exceeds {where}; {advice} (or set train.check_memory=false to try anyway: the "
+            "estimate runs up to about 10% high)"
         )
     return int(batch)
