@@ -37,7 +37,7 @@ def sweep(m: int, n: int, d: int, reps: int) -> None:
     targets = torch.randint(0, n, (m,), device=device)
     _, lse, _ = kernels.forward(hidden, items, None, targets, -100, False)
     grad_loss = torch.full((m,), 1.0 / m, device=device)
-    bucket = max(64, kernels._block_d(d))
+    bucket = max(64, kernels.block_d(d))
     launches = {
         "forward": lambda: kernels.forward(hidden, items, None, targets, -100, True),
         "item_backward": lambda: kernels.item_backward(hidden, items, None, targets, lse, grad_loss, -100),

@@ -46,7 +46,7 @@ def sweep(m: int, k: int, n: int, d: int, reps: int) -> None:
     grad_loss = torch.full((m,), 1.0 / m, device=device)
     common = {"ignore_index": -100, "seed_hash": seed_hash(1), "num_negatives": k, "negatives": None, "keep": None,
               "alias": None, "log_q": None, "logq_correction": True, "block_rows": BLOCK_ROWS}
-    width = kernels._block_d(d)
+    width = kernels.block_d(d)
     sweeps = [("none", config) for config in ROWWISE.get(d, [])] + [("block", config) for config in TILED.get(d, [])]
     for share, config in sweeps:
         saved_rowwise = {step: dict(table) for step, table in kernels.ROWWISE_CONFIG.items()}

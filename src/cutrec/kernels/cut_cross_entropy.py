@@ -37,14 +37,11 @@ truncate instead of rounding to nearest, so there every dot runs on fp32 tiles (
 outputs that the launch helpers round with PyTorch, and small blocks keep the interpreted test time low.
 """
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
-LOG2E = tl.constexpr(1.4426950408889634)  # log2(e): exp(x) = exp2(x * LOG2E)
-LN2 = tl.constexpr(0.6931471805599453)  # ln(2): ln(x) = log2(x) * LN2
+from cutrec.kernels.common import LN2, LOG2E, block_d, dot, interpreting
 
 # Launch configurations, (kernel, BLOCK_D at most, bytes per element) -> (BLOCK_M, BLOCK_N, num_warps, num_stages).
 # D=64 and D=256 16-bit rows: the fastest of 24 configurations timed by benchmarks/tune_cut_cross_entropy.py on an
@@ -78,35 +75,16 @@ SPLIT_MIN_LOGITS = 2**26  # with SMALL_CATALOG_ITEMS: M x N below which small M 
 SMALL_CATALOG_ITEMS = 2**17
 
 
-def interpreting() -> bool:
-    """True when Triton kernels run through the CPU interpreter."""
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
-def _block_d(dim: int) -> int:
-    return max(16, triton.next_power_of_2(dim))
-
-
 def _block_config(kernel: str, dim: int, dtype: torch.dtype, interpret: bool) -> tuple[int, int, int, int]:
     """(BLOCK_M, BLOCK_N, num_warps, num_stages) for `kernel` ("forward" or "item_backward") at width `dim`."""
     if interpret:
         return _INTERPRETER_BLOCKS[kernel]
     if dim > MAX_DIM:
         raise ValueError(f"D={dim} is wider than the widest configured D={MAX_DIM}")
-    block_d = _block_d(dim)
+    width = block_d(dim)
     element_bytes = 4 if dtype == torch.float32 else 2
-    bucket = min(b for b in (64, 128, 256, 512) if b >= block_d)
+    bucket = min(b for b in (64, 128, 256, 512) if b >= width)
     return _GPU_BLOCKS[(kernel, bucket, element_bytes)]
-
-
-@triton.jit
-def _dot(a, b, FP32_DOT: tl.constexpr):
-    """a @ b accumulated in fp32. FP32_DOT: fp32 operands, IEEE products (no TF32); else a is rounded to b's dtype."""
-    if FP32_DOT:
-        product = tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
-    else:
-        product = tl.dot(a.to(b.dtype), b)
-    return product
 
 
 @triton.jit
@@ -123,7 +101,7 @@ def _forward_tile(h, items_ptr, bias_ptr, start, num_items, dims, dim_mask, max2
     else:
         w_mask = dim_mask[None, :]
     w = tl.load(items_ptr + cols.to(tl.int64)[:, None] * DIM + dims[None, :], mask=w_mask, other=0.0)  # [BN, BD]
-    z = _dot(h, tl.trans(w), FP32_DOT)  # [BM, BN] fp32
+    z = dot(h, tl.trans(w), FP32_DOT)  # [BM, BN] fp32
     if HAS_BIAS:
         z += tl.load(bias_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
     if MASKED:
@@ -133,7 +111,7 @@ def _forward_tile(h, items_ptr, bias_ptr, start, num_items, dims, dim_mask, max2
     p = tl.exp2(z * LOG2E - new_max2[:, None])  # [BM, BN]
     sum_exp = sum_exp * rescale + tl.sum(p, axis=1)
     if COMPUTE_GRAD_FACTOR:
-        acc = acc * rescale[:, None] + _dot(p, w, FP32_DOT)
+        acc = acc * rescale[:, None] + dot(p, w, FP32_DOT)
     return new_max2, sum_exp, acc
 
 
@@ -262,13 +240,13 @@ def _item_backward_kernel(
         grad_loss = tl.where(target != ignore_index, grad_loss, 0.0)  # ignored and padded rows contribute nothing
         lse2 = tl.load(lse_ptr + rows, mask=row_mask, other=float("inf")) * LOG2E  # padded rows: softmax 0
 
-        z_t = _dot(w, tl.trans(h), FP32_DOT)  # [BN, BM] fp32: logits, transposed
+        z_t = dot(w, tl.trans(h), FP32_DOT)  # [BN, BM] fp32: logits, transposed
         if HAS_BIAS:
             z_t += b[:, None]
         p_t = tl.exp2(z_t * LOG2E - lse2[None, :])  # softmax, transposed
         one_hot_t = (cols[:, None] == target[None, :]).to(tl.float32)
         g_t = (p_t - one_hot_t) * grad_loss[None, :]  # [BN, BM]: d loss / d z, transposed
-        grad_w += _dot(g_t, h, FP32_DOT)
+        grad_w += dot(g_t, h, FP32_DOT)
         grad_b += tl.sum(g_t, axis=1)
 
     tl.store(
@@ -359,20 +337,20 @@ def forward(
         device=hidden.device,
     )
     _forward_kernel[(row_blocks, num_splits)](
-        hidden,
-        items,
-        bias.contiguous() if bias is not None else items,
-        targets,
-        lse,
-        loss,
-        grad_factor if compute_grad_factor else hidden,
-        partial_max,
-        partial_sum,
-        partial_acc,
-        num_rows,
-        num_items,
-        split_size,
-        ignore_index,
+        hidden_ptr=hidden,
+        items_ptr=items,
+        bias_ptr=bias.contiguous() if bias is not None else items,
+        targets_ptr=targets,
+        lse_ptr=lse,
+        loss_ptr=loss,
+        grad_factor_ptr=grad_factor if compute_grad_factor else hidden,
+        partial_max_ptr=partial_max,
+        partial_sum_ptr=partial_sum,
+        partial_acc_ptr=partial_acc,
+        num_rows=num_rows,
+        num_items=num_items,
+        split_size=split_size,
+        ignore_index=ignore_index,
         HAS_BIAS=bias is not None,
         COMPUTE_GRAD_FACTOR=compute_grad_factor,
         SPLIT=split,
@@ -380,7 +358,7 @@ def forward(
         BLOCK_M=block_m,
         BLOCK_N=block_n,
         DIM=dim,
-        BLOCK_D=_block_d(dim),
+        BLOCK_D=block_d(dim),
         num_warps=num_warps,
         num_stages=num_stages,
     )
@@ -421,23 +399,23 @@ def item_backward(
     grad_bias = torch.empty(bias.shape, dtype=grad_dtype, device=bias.device) if bias is not None else None
     block_m, block_n, num_warps, num_stages = _block_config("item_backward", dim, hidden.dtype, interpret)
     _item_backward_kernel[(triton.cdiv(num_items, block_n),)](
-        hidden,
-        items,
-        bias.contiguous() if bias is not None else items,
-        targets,
-        lse,
-        grad_loss,
-        grad_items,
-        grad_bias if grad_bias is not None else grad_items,
-        num_rows,
-        num_items,
-        ignore_index,
+        hidden_ptr=hidden,
+        items_ptr=items,
+        bias_ptr=bias.contiguous() if bias is not None else items,
+        targets_ptr=targets,
+        lse_ptr=lse,
+        grad_loss_ptr=grad_loss,
+        grad_items_ptr=grad_items,
+        grad_bias_ptr=grad_bias if grad_bias is not None else grad_items,
+        num_rows=num_rows,
+        num_items=num_items,
+        ignore_index=ignore_index,
         HAS_BIAS=bias is not None,
         FP32_DOT=interpret or hidden.dtype == torch.float32,
         BLOCK_M=block_m,
         BLOCK_N=block_n,
         DIM=dim,
-        BLOCK_D=_block_d(dim),
+        BLOCK_D=block_d(dim),
         num_warps=num_warps,
         num_stages=num_stages,
     )

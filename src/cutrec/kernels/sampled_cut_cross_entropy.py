@@ -32,10 +32,8 @@ import torch
 import triton
 import triton.language as tl
 
-from cutrec.kernels.cut_cross_entropy import _block_d, _dot, interpreting
+from cutrec.kernels.common import LN2, LOG2E, block_d, dot, interpreting, mix32, online_lse
 
-LOG2E = tl.constexpr(1.4426950408889634)
-LN2 = tl.constexpr(0.6931471805599453)
 # (BLOCK_M, BLOCK_K, num_warps) of the row-wise kernels and (BLOCK_K, num_warps) of the tiled ones, by BLOCK_D <= key.
 # D=64 and D=256: the fastest of benchmarks/tune_sampled_kernels.py's sweeps on an H200 (M=32768, K=1023, N=1M,
 # bf16; results/tune_sampled_kernels.md). Row-wise at D=64: forward 1.26 ms, backward 7.66 ms; at D=256: forward
@@ -55,19 +53,9 @@ TILED_CONFIG = {64: (64, 4), 128: (64, 4), 256: (16, 4), 512: (16, 8)}
 SHIFTED_CONFIG = {64: (32, 4), 128: (32, 4), 256: (16, 2), 512: (16, 2)}
 
 
-def _config(table: dict, block_d: int) -> tuple:
-    """The entry of `table` for the smallest key >= block_d."""
-    return next(config for width, config in sorted(table.items()) if block_d <= width)
-
-
-@triton.jit
-def _mix32(x):
-    """lowbias32 on uint32 values (matches sampling.mix32)."""
-    x = x ^ (x >> 16)
-    x = x * 0x7FEB352D
-    x = x ^ (x >> 15)
-    x = x * 0x846CA68B
-    return x ^ (x >> 16)
+def _config(table: dict, width: int) -> tuple:
+    """The entry of `table` for the smallest key >= width (a BLOCK_D)."""
+    return next(config for key, config in sorted(table.items()) if width <= key)
 
 
 @triton.jit
@@ -76,10 +64,10 @@ def _draw(streams, ks, mask, keep_ptr, alias_ptr, seed_hash, num_items, num_nega
     counters = streams.to(tl.int64) * num_negatives + ks.to(tl.int64)
     low = (counters & 0xFFFFFFFF).to(tl.uint32)
     high = (counters >> 32).to(tl.uint32)
-    hashed = _mix32(_mix32(seed_hash.to(tl.uint32) ^ low) ^ high)  # uint32
+    hashed = mix32(mix32(seed_hash.to(tl.uint32) ^ low) ^ high)  # uint32
     index = ((hashed.to(tl.uint64) * num_items.to(tl.uint64)) >> 32).to(tl.int64)
     if POPULARITY:
-        coin = (_mix32(hashed ^ 0x5BD1E995) >> 8).to(tl.float32) * 5.960464477539063e-08  # 2**-24
+        coin = (mix32(hashed ^ 0x5BD1E995) >> 8).to(tl.float32) * 5.960464477539063e-08  # 2**-24
         keep = tl.load(keep_ptr + index, mask=mask, other=1.0)
         alias = tl.load(alias_ptr + index, mask=mask, other=0)
         index = tl.where(coin < keep, index, alias)
@@ -116,14 +104,6 @@ def _rows(hidden_ptr, items_ptr, targets_ptr, num_rows, num_items, ignore_index,
                        other=0.0)
     positive = tl.where(bad, float("nan"), tl.sum(h.to(tl.float32) * w_target.to(tl.float32), axis=1))
     return rows, row_mask, dims, h, valid, safe, w_target, positive
-
-
-@triton.jit
-def _online_lse(max2, sum_exp, s):
-    """Fold scores s [R, BK] into each row's running max of s * log2(e) and sum of exp2(s * log2(e) - max)."""
-    new_max2 = tl.maximum(max2, tl.max(s, axis=1) * LOG2E)
-    sum_exp = sum_exp * tl.exp2(max2 - new_max2) + tl.sum(tl.exp2(s * LOG2E - new_max2[:, None]), axis=1)
-    return new_max2, sum_exp
 
 
 @triton.jit
@@ -209,7 +189,7 @@ def _rowwise_forward_kernel(
                            shift_a, shift_b, EXPLICIT, POPULARITY, SHIFTED)
         s, w = _rowwise_scores(h, items_ptr, ids, mask, safe, dims, log_q_ptr, log_k, uniform_log_q, DIM, LOGQ,
                                POPULARITY)
-        max2, sum_exp = _online_lse(max2, sum_exp, s)
+        max2, sum_exp = online_lse(max2, sum_exp, s)
     _store_forward(lse_ptr, loss_ptr, rows, row_mask, valid, positive, max2, sum_exp)
 
 
@@ -278,7 +258,7 @@ def _tiled_scores(h, items_ptr, ids, k_mask, safe, dims, log_q_ptr, log_k, unifo
                 other=0.0)  # [BK, BD]
     if not FP32_DOT:
         w = w.to(h.dtype)
-    s = _dot(h, tl.trans(w), FP32_DOT)  # [TR, BK] fp32
+    s = dot(h, tl.trans(w), FP32_DOT)  # [TR, BK] fp32
     s = _correct(s, ids[None, :], k_mask[None, :], log_q_ptr, log_k, uniform_log_q, LOGQ, POPULARITY)
     return tl.where(k_mask[None, :] & (ids[None, :] != safe[:, None]), s, float("-inf")), w
 
@@ -302,7 +282,7 @@ def _tiled_forward_kernel(
                          SHARE_BATCH, EXPLICIT, POPULARITY)
         s, w = _tiled_scores(h, items_ptr, ids, k_mask, safe, dims, log_q_ptr, log_k, uniform_log_q, DIM, LOGQ,
                              POPULARITY, FP32_DOT)
-        max2, sum_exp = _online_lse(max2, sum_exp, s)
+        max2, sum_exp = online_lse(max2, sum_exp, s)
     _store_forward(lse_ptr, loss_ptr, rows, row_mask, valid, positive, max2, sum_exp)
 
 
@@ -334,8 +314,8 @@ def _tiled_backward_kernel(
                              POPULARITY, FP32_DOT)
         g = tl.exp(s - lse[:, None]) * grad_loss[:, None]  # [TR, BK]; 0 on hits, masked k and ignored rows
         if GRAD_HIDDEN:
-            grad_h += _dot(g, w, FP32_DOT)  # [TR, BD]
-        grad_w = _dot(tl.trans(g), h, FP32_DOT)  # [BK, BD]
+            grad_h += dot(g, w, FP32_DOT)  # [TR, BD]
+        grad_w = dot(tl.trans(g), h, FP32_DOT)  # [BK, BD]
         tl.atomic_add(grad_items_ptr + (ids - chunk_start)[:, None] * DIM + dims[None, :], grad_w,
                       mask=in_chunk[:, None] & dim_mask[None, :], sem="relaxed")
     if GRAD_HIDDEN:
@@ -415,44 +395,62 @@ def _shifted_item_backward_kernel(
 
 def _launch(step, hidden, items, targets, negatives, keep, alias, log_q, outputs, scalars, share, logq_correction,
             block_rows):
-    """Pick the row-wise or tiled kernel of `step` ("forward" or "backward") and launch it over the rows."""
+    """Pick the row-wise or tiled kernel of `step` ("forward" or "backward") and launch it over the rows.
+
+    `outputs` names the step's output (and saved) pointers: lse_ptr and loss_ptr forward; lse_ptr, grad_loss_ptr,
+    grad_hidden_ptr and grad_items_ptr backward. `scalars` holds num_negatives, ignore_index, seed_hash and shift,
+    and backward grad_loss_stride, chunk_start and chunk_end.
+    """
     hidden, items, targets = hidden.contiguous(), items.contiguous(), targets.contiguous()
     num_rows, dim = hidden.shape
     popularity = keep is not None
     num_k = negatives.shape[-1] if negatives is not None else scalars["num_negatives"]
     placeholder = targets  # any tensor for the pointers a mode does not read
-    pointers = (
-        negatives if negatives is not None else placeholder,
-        keep if popularity else placeholder,
-        alias if popularity else placeholder,
-        log_q if popularity else placeholder,
-    )
+    arguments = {
+        "hidden_ptr": hidden,
+        "items_ptr": items,
+        "targets_ptr": targets,
+        "negatives_ptr": negatives if negatives is not None else placeholder,
+        "keep_ptr": keep if popularity else placeholder,
+        "alias_ptr": alias if popularity else placeholder,
+        "log_q_ptr": log_q if popularity else placeholder,
+        **outputs,
+        "num_rows": num_rows,
+        "num_items": items.shape[0],
+        "num_negatives": num_k,
+        "ignore_index": scalars["ignore_index"],
+        "seed_hash": scalars["seed_hash"],
+        "log_k": math.log(num_k),
+        "uniform_log_q": -math.log(items.shape[0]),
+        "EXPLICIT": negatives is not None,
+        "POPULARITY": popularity,
+        "LOGQ": logq_correction,
+        "DIM": dim,
+        "BLOCK_D": block_d(dim),
+    }
+    if step == "backward":
+        arguments.update(grad_loss_stride=scalars["grad_loss_stride"], chunk_start=scalars["chunk_start"],
+                         chunk_end=scalars["chunk_end"], GRAD_HIDDEN=scalars["chunk_start"] == 0)
     shifted = scalars["shift"] is not None
     rowwise = (negatives is None and share in ("none", "offsets")) or (negatives is not None and negatives.ndim == 2)
-    options = {"POPULARITY": popularity, "LOGQ": logq_correction, "DIM": dim, "BLOCK_D": _block_d(dim)}
-    arguments = (hidden, items, targets, *pointers, *outputs, num_rows, items.shape[0], num_k,
-                 scalars["ignore_index"], scalars["seed_hash"], math.log(num_k), -math.log(items.shape[0]))
-    if step == "backward":
-        arguments += (scalars["grad_loss_stride"], scalars["chunk_start"], scalars["chunk_end"])
-        options["GRAD_HIDDEN"] = scalars["chunk_start"] == 0
     if rowwise:
         table = "hidden_backward" if shifted and step == "backward" else step
-        block_m, block_k, num_warps = _config(ROWWISE_CONFIG[table], options["BLOCK_D"])
+        block_m, block_k, num_warps = _config(ROWWISE_CONFIG[table], arguments["BLOCK_D"])
         kernel = _rowwise_forward_kernel if step == "forward" else _rowwise_backward_kernel
+        shift_a, shift_b = scalars["shift"] if shifted else (0, 0)
         kernel[(triton.cdiv(num_rows, block_m),)](
-            *arguments, *(scalars["shift"] if shifted else (0, 0)), EXPLICIT=negatives is not None,
-            SHIFTED=shifted, BLOCK_M=block_m, BLOCK_K=block_k, num_warps=num_warps, **options)
+            **arguments, shift_a=shift_a, shift_b=shift_b, SHIFTED=shifted, BLOCK_M=block_m, BLOCK_K=block_k,
+            num_warps=num_warps)
         return
-    block_k, num_warps = _config(TILED_CONFIG, options["BLOCK_D"])
+    block_k, num_warps = _config(TILED_CONFIG, arguments["BLOCK_D"])
     kernel = _tiled_forward_kernel if step == "forward" else _tiled_backward_kernel
     # Tensor cores for bf16 hidden (any table: fp32 rows are rounded to bf16, whose range is fp32's) and for fp16
     # hidden with an fp16 table; otherwise IEEE fp32 dots (fp32 and fp64 hidden, and fp16 hidden with a wider table,
     # whose rows and small gradient terms fp16's range would flush).
     tensor_cores = hidden.dtype == torch.bfloat16 or hidden.dtype == items.dtype == torch.float16
     kernel[(triton.cdiv(num_rows, block_rows),)](
-        *arguments, SHARE_BATCH=share == "batch", EXPLICIT=negatives is not None,
-        FP32_DOT=interpreting() or not tensor_cores,
-        TILE_ROWS=block_rows, BLOCK_K=block_k, num_warps=num_warps, **options)
+        **arguments, SHARE_BATCH=share == "batch", FP32_DOT=interpreting() or not tensor_cores,
+        TILE_ROWS=block_rows, BLOCK_K=block_k, num_warps=num_warps)
 
 
 def forward(hidden, items, targets, ignore_index, seed_hash, num_negatives, share, negatives, keep, alias, log_q,
@@ -462,8 +460,8 @@ def forward(hidden, items, targets, ignore_index, seed_hash, num_negatives, shar
     loss = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
     lse = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
     scalars = {"num_negatives": num_negatives, "ignore_index": ignore_index, "seed_hash": seed_hash, "shift": shift}
-    _launch("forward", hidden, items, targets, negatives, keep, alias, log_q, (lse, loss), scalars, share,
-            logq_correction, block_rows)
+    _launch("forward", hidden, items, targets, negatives, keep, alias, log_q, {"lse_ptr": lse, "loss_ptr": loss},
+            scalars, share, logq_correction, block_rows)
     return loss, lse
 
 
@@ -485,7 +483,7 @@ def _shifted_item_backward(hidden, items, targets, loss, lse, grad_loss, ignore_
     num_rows, dim = hidden.shape
     num_items = items.shape[0]
     device = items.device
-    block_t, num_warps = _config(SHIFTED_CONFIG, _block_d(dim))
+    block_t, num_warps = _config(SHIFTED_CONFIG, block_d(dim))
     num_tiles, num_rounds = triton.cdiv(num_items, block_t), triton.cdiv(num_rows, num_items)
     keys = torch.where(targets != ignore_index, targets, num_items).to(torch.int32)  # [M]; ignored rows sort last
     sorted_keys, order = torch.sort(keys, stable=True)  # positions by target, then by position
@@ -493,8 +491,8 @@ def _shifted_item_backward(hidden, items, targets, loss, lse, grad_loss, ignore_
     first = torch.searchsorted(sorted_keys, ids, out_int32=True)  # [N + 1]; bincount would wait for the GPU
     # Slot shifts r_k = a^-1 o_k mod N of each round, sorted, then again + N so a cyclic range is one slice.
     shifts = torch.empty(num_rounds, num_negatives, dtype=torch.int64, device=device)  # [R, K]
-    _shift_table_kernel[(num_rounds,)](shifts, seed_hash, num_items, num_negatives,
-                                       pow(shift_a, -1, num_items), BLOCK_K=256)
+    _shift_table_kernel[(num_rounds,)](shifts_ptr=shifts, seed_hash=seed_hash, num_items=num_items,
+                                       num_negatives=num_negatives, inverse_a=pow(shift_a, -1, num_items), BLOCK_K=256)
     shifts = torch.sort(shifts, dim=1).values
     shifts = torch.cat([shifts, shifts + num_items], dim=1)  # [R, 2K]
     # Tile j meets the P_q positions of round q for shifts r in the cyclic range [jB - P_q + 1, jB + B - 1].
@@ -505,10 +503,12 @@ def _shifted_item_backward(hidden, items, targets, loss, lse, grad_loss, ignore_
     end = torch.searchsorted(shifts, high, out_int32=True)
     grad_items = torch.empty(items.shape, dtype=torch.float32 if interpreting() else items.dtype, device=device)
     _shifted_item_backward_kernel[(num_tiles,)](
-        hidden.contiguous(), items.contiguous(), targets.contiguous(), loss, lse, grad_loss, order, first, shifts,
-        begin, end, grad_items, num_rows, num_items, num_negatives, num_rounds, num_tiles, ignore_index,
-        math.log(num_negatives), -math.log(num_items), grad_loss.stride(0), shift_a, shift_b,
-        LOGQ=logq_correction, BLOCK_T=block_t, DIM=dim, BLOCK_D=_block_d(dim), num_warps=num_warps)
+        hidden_ptr=hidden.contiguous(), items_ptr=items.contiguous(), targets_ptr=targets.contiguous(), loss_ptr=loss,
+        lse_ptr=lse, grad_loss_ptr=grad_loss, order_ptr=order, first_ptr=first, shifts_ptr=shifts, begin_ptr=begin,
+        end_ptr=end, grad_items_ptr=grad_items, num_rows=num_rows, num_items=num_items, num_negatives=num_negatives,
+        num_rounds=num_rounds, num_tiles=num_tiles, ignore_index=ignore_index, log_k=math.log(num_negatives),
+        uniform_log_q=-math.log(num_items), grad_loss_stride=grad_loss.stride(0), shift_a=shift_a, shift_b=shift_b,
+        LOGQ=logq_correction, BLOCK_T=block_t, DIM=dim, BLOCK_D=block_d(dim), num_warps=num_warps)
     return grad_items
 
 
@@ -531,8 +531,9 @@ def backward(hidden, items, targets, loss, lse, grad_loss, ignore_index, seed_ha
     common = {"num_negatives": num_negatives, "ignore_index": ignore_index, "seed_hash": seed_hash, "shift": shift,
               "grad_loss_stride": grad_loss.stride(0)}
     if shift is not None:
-        _launch("backward", hidden, items, targets, None, keep, alias, log_q,
-                (lse, grad_loss, grad_hidden, grad_hidden),  # the last: d items' pointer, unused when SHIFTED
+        outputs = {"lse_ptr": lse, "grad_loss_ptr": grad_loss, "grad_hidden_ptr": grad_hidden,
+                   "grad_items_ptr": grad_hidden}  # d items' pointer is unused when SHIFTED
+        _launch("backward", hidden, items, targets, None, keep, alias, log_q, outputs,
                 {**common, "chunk_start": 0, "chunk_end": num_items}, share, logq_correction, block_rows)
         return grad_hidden, _shifted_item_backward(hidden, items, targets, loss.contiguous(), lse, grad_loss,
                                                    ignore_index, seed_hash, num_negatives, logq_correction, shift)
@@ -546,9 +547,10 @@ def backward(hidden, items, targets, loss, lse, grad_loss, ignore_index, seed_ha
         chunk_end = min(chunk_start + chunk_rows, num_items)
         if buffer is not grad_items:
             buffer.zero_()
-        _launch("backward", hidden, items, targets, negatives, keep, alias, log_q,
-                (lse, grad_loss, grad_hidden, buffer), {**common, "chunk_start": chunk_start, "chunk_end": chunk_end},
-                share, logq_correction, block_rows)
+        outputs = {"lse_ptr": lse, "grad_loss_ptr": grad_loss, "grad_hidden_ptr": grad_hidden,
+                   "grad_items_ptr": buffer}
+        _launch("backward", hidden, items, targets, negatives, keep, alias, log_q, outputs,
+                {**common, "chunk_start": chunk_start, "chunk_end": chunk_end}, share, logq_correction, block_rows)
         if buffer is not grad_items:
             grad_items[chunk_start:chunk_end].copy_(buffer[: chunk_end - chunk_start])
     return grad_hidden, grad_items
