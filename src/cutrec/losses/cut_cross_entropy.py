@@ -7,7 +7,7 @@ contribute 0 and "mean" divides by the number of the other rows. Two implementat
 over positions so the logits take at most TORCH_CHUNK_BUDGET_BYTES, plus fp32 copies of the item table and of its
 gradient). Both run behind torch.library custom ops with fake implementations and registered autograd, so
 `torch.compile(fullgraph=True)` traces through them; eager calls run the same forward and backward through an
-autograd.Function (`_EagerCutCrossEntropy`), which skips the dispatcher's Python wrappers.
+autograd.Function, which skips the dispatcher's Python wrappers (losses/kernel_op.py builds both).
 
 The forward op also returns G = d loss_i / d h_i ([M, D], hidden's dtype); the backward scales it in place by dloss_i
 into the hidden gradient;
@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from cutrec.errors import CutrecError
+from cutrec.losses.kernel_op import kernel_loss
 from cutrec.losses.reference import Reduction, check_seam, check_target_range, reduce_loss
 
 Impl = Literal["auto", "triton", "torch"]
@@ -172,13 +173,6 @@ def _item_backward_impl(
     return grad_items, grad_bias if grad_bias is not None else items.new_empty(0)
 
 
-_forward_op = torch.library.custom_op("cutrec::cut_cross_entropy_forward", _forward_impl, mutates_args=())
-_item_backward_op = torch.library.custom_op(
-    "cutrec::cut_cross_entropy_item_backward", _item_backward_impl, mutates_args=()
-)
-
-
-@_forward_op.register_fake
 def _forward_fake(hidden, items, bias, targets, ignore_index, compute_grad_factor, check_targets, impl):
     num_rows, dim = hidden.shape
     loss = hidden.new_empty(num_rows, dtype=torch.float32)
@@ -187,7 +181,6 @@ def _forward_fake(hidden, items, bias, targets, ignore_index, compute_grad_facto
     return loss, lse, grad_factor
 
 
-@_item_backward_op.register_fake
 def _item_backward_fake(hidden, items, bias, targets, lse, grad_loss, ignore_index, impl):
     return items.new_empty(items.shape), bias.new_empty(bias.shape) if bias is not None else items.new_empty(0)
 
@@ -198,7 +191,6 @@ def _setup_context(ctx, inputs, output) -> None:
     ctx.save_for_backward(hidden, items, bias, targets, lse, grad_factor)
     ctx.ignore_index = ignore_index
     ctx.impl = impl
-    ctx.item_backward = _item_backward_op  # the eager Function replaces it by _item_backward_impl
     ctx.mark_non_differentiable(lse, grad_factor)
 
 
@@ -210,7 +202,7 @@ def _backward(ctx, grad_loss, grad_lse, grad_grad_factor):
         # backward through the same forward (retain_graph=True) is refused by autograd's saved-tensor version check.
         grad_hidden = grad_factor.mul_(grad_loss[:, None])  # [M, D]
     if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-        grad_items, grad_bias = ctx.item_backward(
+        grad_items, grad_bias = ctx.backward_op(
             hidden, items, bias, targets, lse, grad_loss, ctx.ignore_index, ctx.impl
         )
         grad_items = grad_items if ctx.needs_input_grad[1] else None
@@ -218,24 +210,16 @@ def _backward(ctx, grad_loss, grad_lse, grad_grad_factor):
     return grad_hidden, grad_items, grad_bias, None, None, None, None, None
 
 
-_forward_op.register_autograd(_backward, setup_context=_setup_context)
-
-
-class _EagerCutCrossEntropy(torch.autograd.Function):
-    """The custom ops' forward and backward without the dispatcher's Python wrappers (about 0.3 ms of host time a
-    training step, which decides the step time on small catalogs); torch.compile traces the custom ops instead."""
-
-    @staticmethod
-    def forward(ctx, *inputs):
-        output = _forward_impl(*inputs)
-        _setup_context(ctx, inputs, output)
-        ctx.item_backward = _item_backward_impl
-        ctx.set_materialize_grads(False)  # the backward ignores the gradients of lse and G: no zero tensors for them
-        return output
-
-    @staticmethod
-    def backward(ctx, *grads):
-        return _backward(ctx, *grads)
+_cut_cross_entropy = kernel_loss(
+    "cut_cross_entropy_forward",
+    forward_impl=_forward_impl,
+    forward_fake=_forward_fake,
+    backward_name="cut_cross_entropy_item_backward",
+    backward_impl=_item_backward_impl,
+    backward_fake=_item_backward_fake,
+    setup_context=_setup_context,
+    backward=_backward,
+)
 
 
 def cut_cross_entropy(
@@ -273,10 +257,9 @@ def cut_cross_entropy(
     items = items.to(hidden.dtype)
     bias = bias.to(hidden.dtype) if bias is not None else None
     compute_grad_factor = torch.is_grad_enabled() and hidden.requires_grad
-    run = _forward_op if torch.compiler.is_compiling() else _EagerCutCrossEntropy.apply
     with torch.autocast(hidden.device.type, enabled=False):  # every op inside computes as documented
-        per_position, _, _ = run(hidden, items, bias, targets, ignore_index, compute_grad_factor, check_targets,
-                                 resolved)
+        per_position, _, _ = _cut_cross_entropy(hidden, items, bias, targets, ignore_index, compute_grad_factor,
+                                                check_targets, resolved)
     # The kernels write 0 on ignored rows; with reduction="none" the where() stays, so that a non-finite upstream
     # gradient on an ignored row cannot reach d hidden through the zero row of G (0 * nan).
     return reduce_loss(per_position, targets != ignore_index, reduction, zeroed=reduction != "none")

@@ -27,6 +27,7 @@ from torch import nn
 
 from cutrec.errors import CutrecError
 from cutrec.losses.cut_cross_entropy import resolve_impl
+from cutrec.losses.kernel_op import kernel_loss
 from cutrec.losses.reference import Reduction, check_seam, check_target_range, reduce_loss
 from cutrec.losses.sampling import (
     NegativeDistribution,
@@ -195,10 +196,6 @@ def _forward_impl(
     return _torch_forward(hidden, items, targets, options)
 
 
-_forward_op = torch.library.custom_op("cutrec::sampled_cut_cross_entropy_forward", _forward_impl, mutates_args=())
-
-
-@_forward_op.register_fake
 def _forward_fake(hidden, items, targets, negatives, keep, alias, log_q, num_negatives, logq_correction, share, seed,
                   ignore_index, impl, grad_buffer_bytes, check_targets):
     compute = torch.promote_types(hidden.dtype, torch.float32)
@@ -235,10 +232,6 @@ def _backward_impl(
     return grad_hidden.to(hidden.dtype), grad_items.to(items.dtype)
 
 
-_backward_op = torch.library.custom_op("cutrec::sampled_cut_cross_entropy_backward", _backward_impl, mutates_args=())
-
-
-@_backward_op.register_fake
 def _backward_fake(hidden, items, targets, loss, lse, grad_loss, negatives, keep, alias, log_q, num_negatives,
                    logq_correction, share, seed, ignore_index, impl, grad_buffer_bytes):
     return torch.empty_like(hidden), torch.empty_like(items)
@@ -248,7 +241,6 @@ def _setup_context(ctx, inputs, output) -> None:
     hidden, items, targets, negatives, keep, alias, log_q, *scalars, _check_targets = inputs
     ctx.save_for_backward(hidden, items, targets, *output, negatives, keep, alias, log_q)  # output: loss, lse
     ctx.scalars = scalars  # the backward op's scalars: the forward's but check_targets
-    ctx.backward_op = _backward_op  # the eager Function replaces it by _backward_impl
     ctx.mark_non_differentiable(output[1])
 
 
@@ -261,24 +253,16 @@ def _backward(ctx, grad_loss, grad_lse):
     return (grad_hidden if needs[0] else None, grad_items if needs[1] else None, *[None] * 13)
 
 
-_forward_op.register_autograd(_backward, setup_context=_setup_context)
-
-
-class _EagerSampledCutCrossEntropy(torch.autograd.Function):
-    """The custom ops' forward and backward without the dispatcher's Python wrappers (as for cut CE's
-    `_EagerCutCrossEntropy`); torch.compile traces the custom ops instead."""
-
-    @staticmethod
-    def forward(ctx, *inputs):
-        output = _forward_impl(*inputs)
-        _setup_context(ctx, inputs, output)
-        ctx.backward_op = _backward_impl
-        ctx.set_materialize_grads(False)  # the backward ignores the gradient of lse: no zero tensor for it
-        return output
-
-    @staticmethod
-    def backward(ctx, *grads):
-        return _backward(ctx, *grads)
+_sampled_cut_cross_entropy = kernel_loss(
+    "sampled_cut_cross_entropy_forward",
+    forward_impl=_forward_impl,
+    forward_fake=_forward_fake,
+    backward_name="sampled_cut_cross_entropy_backward",
+    backward_impl=_backward_impl,
+    backward_fake=_backward_fake,
+    setup_context=_setup_context,
+    backward=_backward,
+)
 
 
 def _resolve_impl(impl: str, device: torch.device, dim: int, dtype: torch.dtype, atomic: bool = True) -> str:
@@ -392,9 +376,8 @@ def sampled_cut_cross_entropy(
     keep = alias = log_q = None
     if distribution.probs is not None:
         keep, alias, log_q = distribution.device_tables(hidden.device)
-    run = _forward_op if torch.compiler.is_compiling() else _EagerSampledCutCrossEntropy.apply
     with torch.autocast(hidden.device.type, enabled=False):
-        per_position, _ = run(
+        per_position, _ = _sampled_cut_cross_entropy(
             hidden, items, targets, negatives, keep, alias, log_q, num_negatives, logq_correction, share, seed,
             ignore_index, resolved, grad_buffer_bytes, check_targets,
         )
