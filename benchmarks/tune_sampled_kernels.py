@@ -19,7 +19,7 @@ from full_softmax_losses import time_ms
 
 from cutrec.kernels import sampled_cut_cross_entropy as kernels
 from cutrec.losses.sampled_cut_cross_entropy import BLOCK_ROWS
-from cutrec.losses.sampling import seed_hash
+from cutrec.losses.sampling import key_tensor
 
 ROWWISE = {64: [(8, 16, 4), (16, 16, 4), (8, 32, 4), (4, 64, 4), (4, 32, 4), (16, 32, 8)],
            256: [(8, 16, 4), (8, 8, 4), (4, 32, 4), (4, 16, 4), (2, 32, 4), (2, 16, 4)]}
@@ -44,8 +44,8 @@ def sweep(m: int, k: int, n: int, d: int, reps: int) -> None:
     items = (torch.randn(n, d, device=device) * d**-0.25).bfloat16()
     targets = torch.randint(0, n, (m,), device=device)
     grad_loss = torch.full((m,), 1.0 / m, device=device)
-    common = {"ignore_index": -100, "seed_hash": seed_hash(1), "num_negatives": k, "negatives": None, "keep": None,
-              "alias": None, "log_q": None, "logq_correction": True, "block_rows": BLOCK_ROWS}
+    common = {"ignore_index": -100, "key": key_tensor(1, n, device), "num_negatives": k, "negatives": None, "keep": None,
+              "alias": None, "log_q": None, "logq_correction": True, "block_rows": BLOCK_ROWS, "shifted": False}
     width = kernels.block_d(d)
     sweeps = [("none", config) for config in ROWWISE.get(d, [])] + [("block", config) for config in TILED.get(d, [])]
     for share, config in sweeps:

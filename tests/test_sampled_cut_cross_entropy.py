@@ -18,7 +18,7 @@ from cutrec.losses import (
 )
 from cutrec.losses.reference import sampled_cross_entropy
 from cutrec.losses.sampled_cut_cross_entropy import BLOCK_ROWS
-from cutrec.losses.sampling import NegativeDistribution, counter_draws, shifted_draws, shifted_relabelling
+from cutrec.losses.sampling import NegativeDistribution, counter_draws, key_tensor, shifted_draws, shifted_relabelling
 
 sampled_module = importlib.import_module("cutrec.losses.sampled_cut_cross_entropy")  # the module, not the function
 SHAPES = [(37, 101, 24), (130, 333, 17), (5, 7, 16)]  # (M, N, D), odd sizes; N=7 makes accidental hits common
@@ -48,9 +48,9 @@ def drawn(distribution, seed, num_rows, num_negatives, share):
     share="offsets")."""
     rows = torch.arange(num_rows)
     if share == "offsets":
-        return shifted_draws(distribution.num_items, seed, rows, num_negatives)
+        return shifted_draws(distribution.num_items, key_tensor(seed, distribution.num_items, "cpu"), rows, num_negatives)
     streams = {"none": rows, "block": rows // BLOCK_ROWS, "batch": torch.zeros_like(rows)}[share]
-    return counter_draws(distribution.num_items, seed, streams, num_negatives, _alias_table(distribution))
+    return counter_draws(distribution.num_items, key_tensor(seed, distribution.num_items, "cpu"), streams, num_negatives, _alias_table(distribution))
 
 
 def _alias_table(distribution):
@@ -156,7 +156,7 @@ def test_offsets_are_translates_in_slot_space_and_uniform(num_items):
     (a t + b) mod N; rounds draw new offsets; the draws pooled over positions, and one position's over seeds, are
     uniform (chi-square)."""
     num_rows, num_negatives = 3 * num_items + 5, 40
-    ids = shifted_draws(num_items, 11, torch.arange(num_rows), num_negatives)  # [M, K]
+    ids = shifted_draws(num_items, key_tensor(11, num_items, "cpu"), torch.arange(num_rows), num_negatives)  # [M, K]
     a, b = shifted_relabelling(num_items, 11)
     assert 1 <= a < max(num_items, 2) and np.gcd(a, num_items) == 1 and 0 <= b < num_items
     slots = (ids - b) * pow(a, -1, num_items) % num_items  # the inverse relabelling
@@ -164,7 +164,7 @@ def test_offsets_are_translates_in_slot_space_and_uniform(num_items):
     assert (shifts[:num_items] == torch.arange(num_items)[:, None]).all()  # round 0: translates of position 0
     assert not torch.equal(shifts[num_items], torch.zeros(num_negatives, dtype=torch.long))  # round 1: new offsets
     assert chisquare(np.bincount(ids.flatten().numpy(), minlength=num_items)).pvalue > 1e-3
-    one_position = torch.cat([shifted_draws(num_items, seed, torch.tensor([5]), num_negatives)[0]
+    one_position = torch.cat([shifted_draws(num_items, key_tensor(seed, num_items, "cpu"), torch.tensor([5]), num_negatives)[0]
                               for seed in range(200)])
     assert chisquare(np.bincount(one_position.numpy(), minlength=num_items)).pvalue > 1e-3
 
@@ -174,9 +174,9 @@ def test_counter_draws_follow_q(alpha):
     counts = torch.from_numpy(np.random.default_rng(2).zipf(1.5, 80).clip(max=400).astype(np.float64))
     q = (counts**alpha / (counts**alpha).sum()).numpy()
     popularity = NegativeDistribution.popularity(counts, alpha)
-    ids = counter_draws(80, 5, torch.arange(3000), 100, _alias_table(popularity)).flatten()
+    ids = counter_draws(80, key_tensor(5, 80, "cpu"), torch.arange(3000), 100, _alias_table(popularity)).flatten()
     assert chisquare(np.bincount(ids.numpy(), minlength=80), q * ids.numel()).pvalue > 1e-3
-    uniform = counter_draws(80, 5, torch.arange(3000), 100).flatten()
+    uniform = counter_draws(80, key_tensor(5, 80, "cpu"), torch.arange(3000), 100).flatten()
     assert chisquare(np.bincount(uniform.numpy(), minlength=80)).pvalue > 1e-3
     assert chisquare(np.bincount(uniform.numpy(), minlength=80), q * ids.numel()).pvalue < 1e-9
 
@@ -269,7 +269,7 @@ def test_offsets_kernels_on_edge_shapes(num_rows, num_items, num_negatives, igno
     targets[targets == -100] = ignore_index  # item ignore_index's rows and make_inputs' padding are both ignored
     options = {"num_negatives": num_negatives, "share": "offsets", "seed": 9, "ignore_index": ignore_index}
     ours = loss_and_grads(sampled_cut_cross_entropy, hidden, items, targets, impl="triton", **options)
-    negatives = shifted_draws(num_items, 9, torch.arange(num_rows), num_negatives)
+    negatives = shifted_draws(num_items, key_tensor(9, num_items, "cpu"), torch.arange(num_rows), num_negatives)
     truth = loss_and_grads(sampled_cross_entropy, hidden, items, targets, torch.float64, negatives=negatives,
                            ignore_index=ignore_index)
     for value, exact in zip(ours, truth, strict=True):

@@ -59,6 +59,13 @@ def _config(table: dict, width: int) -> tuple:
 
 
 @triton.jit
+def _key(key_ptr):
+    """(seed hash, a, b) from the draw key [4] int64 of `sampling.draw_key`, read on the device so that one captured
+    launch draws new negatives whenever the key's buffer changes."""
+    return tl.load(key_ptr), tl.load(key_ptr + 1), tl.load(key_ptr + 2)
+
+
+@triton.jit
 def _draw(streams, ks, mask, keep_ptr, alias_ptr, seed_hash, num_items, num_negatives, POPULARITY: tl.constexpr):
     """int64 ids of draws (stream, k), broadcast over the shapes of `streams` and `ks` (sampling.counter_draws)."""
     counters = streams.to(tl.int64) * num_negatives + ks.to(tl.int64)
@@ -173,12 +180,13 @@ def _rowwise_scores(h, items_ptr, ids, mask, safe, dims, log_q_ptr, log_k, unifo
 @triton.jit
 def _rowwise_forward_kernel(
     hidden_ptr, items_ptr, targets_ptr, negatives_ptr, keep_ptr, alias_ptr, log_q_ptr, lse_ptr, loss_ptr,
-    num_rows, num_items, num_negatives, ignore_index, seed_hash, log_k, uniform_log_q, shift_a, shift_b,
+    num_rows, num_items, num_negatives, ignore_index, key_ptr, log_k, uniform_log_q,
     EXPLICIT: tl.constexpr, POPULARITY: tl.constexpr, LOGQ: tl.constexpr, SHIFTED: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, DIM: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     rows, row_mask, dims, h, valid, safe, w_target, positive = _rows(
         hidden_ptr, items_ptr, targets_ptr, num_rows, num_items, ignore_index, BLOCK_M, DIM, BLOCK_D)
+    seed_hash, shift_a, shift_b = _key(key_ptr)
     h = h.to(tl.float32)
     max2 = positive * LOG2E  # the online log-sum-exp starts with s_0
     sum_exp = tl.full([BLOCK_M], 1.0, tl.float32)
@@ -197,14 +205,15 @@ def _rowwise_forward_kernel(
 def _rowwise_backward_kernel(
     hidden_ptr, items_ptr, targets_ptr, negatives_ptr, keep_ptr, alias_ptr, log_q_ptr, lse_ptr, grad_loss_ptr,
     grad_hidden_ptr, grad_items_ptr,
-    num_rows, num_items, num_negatives, ignore_index, seed_hash, log_k, uniform_log_q, grad_loss_stride,
-    chunk_start, chunk_end, shift_a, shift_b,
+    num_rows, num_items, num_negatives, ignore_index, key_ptr, log_k, uniform_log_q, grad_loss_stride,
+    chunk_start, chunk_end,
     EXPLICIT: tl.constexpr, POPULARITY: tl.constexpr, LOGQ: tl.constexpr, SHIFTED: tl.constexpr,
     GRAD_HIDDEN: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, DIM: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """d hidden, and the atomic adds of d items (none when SHIFTED: `_shifted_item_backward_kernel` writes those)."""
     rows, row_mask, dims, h, valid, safe, w_target, positive = _rows(
         hidden_ptr, items_ptr, targets_ptr, num_rows, num_items, ignore_index, BLOCK_M, DIM, BLOCK_D)
+    seed_hash, shift_a, shift_b = _key(key_ptr)
     h = h.to(tl.float32)
     dim_mask = dims < DIM
     lse, grad_loss, grad_h = _positive_backward(lse_ptr, grad_loss_ptr, grad_items_ptr, rows, row_mask, valid, safe,
@@ -266,13 +275,14 @@ def _tiled_scores(h, items_ptr, ids, k_mask, safe, dims, log_q_ptr, log_k, unifo
 @triton.jit
 def _tiled_forward_kernel(
     hidden_ptr, items_ptr, targets_ptr, negatives_ptr, keep_ptr, alias_ptr, log_q_ptr, lse_ptr, loss_ptr,
-    num_rows, num_items, num_negatives, ignore_index, seed_hash, log_k, uniform_log_q,
+    num_rows, num_items, num_negatives, ignore_index, key_ptr, log_k, uniform_log_q,
     SHARE_BATCH: tl.constexpr, EXPLICIT: tl.constexpr, POPULARITY: tl.constexpr, LOGQ: tl.constexpr,
     FP32_DOT: tl.constexpr, TILE_ROWS: tl.constexpr, BLOCK_K: tl.constexpr, DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
     rows, row_mask, dims, h, valid, safe, w_target, positive = _rows(
         hidden_ptr, items_ptr, targets_ptr, num_rows, num_items, ignore_index, TILE_ROWS, DIM, BLOCK_D)
+    seed_hash = tl.load(key_ptr)
     max2 = positive * LOG2E
     sum_exp = tl.full([TILE_ROWS], 1.0, tl.float32)
     for start in range(0, num_negatives, BLOCK_K):
@@ -290,7 +300,7 @@ def _tiled_forward_kernel(
 def _tiled_backward_kernel(
     hidden_ptr, items_ptr, targets_ptr, negatives_ptr, keep_ptr, alias_ptr, log_q_ptr, lse_ptr, grad_loss_ptr,
     grad_hidden_ptr, grad_items_ptr,
-    num_rows, num_items, num_negatives, ignore_index, seed_hash, log_k, uniform_log_q, grad_loss_stride,
+    num_rows, num_items, num_negatives, ignore_index, key_ptr, log_k, uniform_log_q, grad_loss_stride,
     chunk_start, chunk_end,
     SHARE_BATCH: tl.constexpr, EXPLICIT: tl.constexpr, POPULARITY: tl.constexpr, LOGQ: tl.constexpr,
     GRAD_HIDDEN: tl.constexpr, FP32_DOT: tl.constexpr, TILE_ROWS: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -298,6 +308,7 @@ def _tiled_backward_kernel(
 ):
     rows, row_mask, dims, h, valid, safe, w_target, positive = _rows(
         hidden_ptr, items_ptr, targets_ptr, num_rows, num_items, ignore_index, TILE_ROWS, DIM, BLOCK_D)
+    seed_hash = tl.load(key_ptr)
     dim_mask = dims < DIM
     lse, grad_loss, grad_h = _positive_backward(lse_ptr, grad_loss_ptr, grad_items_ptr, rows, row_mask, valid, safe,
                                                 dims, h, w_target, positive, grad_loss_stride, chunk_start,
@@ -323,9 +334,10 @@ def _tiled_backward_kernel(
 
 
 @triton.jit
-def _shift_table_kernel(shifts_ptr, seed_hash, num_items, num_negatives, inverse_a, BLOCK_K: tl.constexpr):
+def _shift_table_kernel(shifts_ptr, key_ptr, num_items, num_negatives, BLOCK_K: tl.constexpr):
     """shifts [R, K]: the slot shift r_k = a^-1 o_k mod N of each offset o_k of round q = program id (unsorted)."""
     round_index = tl.program_id(0)
+    seed_hash, inverse_a = tl.load(key_ptr), tl.load(key_ptr + 3)
     for start in range(0, num_negatives, BLOCK_K):
         ks = start + tl.arange(0, BLOCK_K)
         mask = ks < num_negatives
@@ -339,7 +351,7 @@ def _shifted_item_backward_kernel(
     hidden_ptr, items_ptr, targets_ptr, loss_ptr, lse_ptr, grad_loss_ptr, order_ptr, first_ptr, shifts_ptr,
     begin_ptr, end_ptr, grad_items_ptr,
     num_rows, num_items, num_negatives, num_rounds, num_tiles, ignore_index, log_k, uniform_log_q, grad_loss_stride,
-    shift_a, shift_b,
+    key_ptr,
     LOGQ: tl.constexpr, BLOCK_T: tl.constexpr, DIM: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """d items of share="offsets", with no atomics: a program owns BLOCK_T consecutive slots t (items (a t + b) mod
@@ -351,6 +363,7 @@ def _shifted_item_backward_kernel(
     tile = tl.program_id(0)
     slots = tile * BLOCK_T + tl.arange(0, BLOCK_T)  # [BT]
     slot_mask = slots < num_items
+    _, shift_a, shift_b = _key(key_ptr)
     ids = tl.where(slot_mask, (shift_a * slots.to(tl.int64) + shift_b) % num_items, 0)  # [BT] int64
     dims = tl.arange(0, BLOCK_D)
     dim_mask = dims < DIM
@@ -398,7 +411,7 @@ def _launch(step, hidden, items, targets, negatives, keep, alias, log_q, outputs
     """Pick the row-wise or tiled kernel of `step` ("forward" or "backward") and launch it over the rows.
 
     `outputs` names the step's output (and saved) pointers: lse_ptr and loss_ptr forward; lse_ptr, grad_loss_ptr,
-    grad_hidden_ptr and grad_items_ptr backward. `scalars` holds num_negatives, ignore_index, seed_hash and shift,
+    grad_hidden_ptr and grad_items_ptr backward. `scalars` holds num_negatives, ignore_index, key and shifted,
     and backward grad_loss_stride, chunk_start and chunk_end.
     """
     hidden, items, targets = hidden.contiguous(), items.contiguous(), targets.contiguous()
@@ -419,7 +432,7 @@ def _launch(step, hidden, items, targets, negatives, keep, alias, log_q, outputs
         "num_items": items.shape[0],
         "num_negatives": num_k,
         "ignore_index": scalars["ignore_index"],
-        "seed_hash": scalars["seed_hash"],
+        "key_ptr": scalars["key"],
         "log_k": math.log(num_k),
         "uniform_log_q": -math.log(items.shape[0]),
         "EXPLICIT": negatives is not None,
@@ -431,15 +444,14 @@ def _launch(step, hidden, items, targets, negatives, keep, alias, log_q, outputs
     if step == "backward":
         arguments.update(grad_loss_stride=scalars["grad_loss_stride"], chunk_start=scalars["chunk_start"],
                          chunk_end=scalars["chunk_end"], GRAD_HIDDEN=scalars["chunk_start"] == 0)
-    shifted = scalars["shift"] is not None
+    shifted = scalars["shifted"]
     rowwise = (negatives is None and share in ("none", "offsets")) or (negatives is not None and negatives.ndim == 2)
     if rowwise:
         table = "hidden_backward" if shifted and step == "backward" else step
         block_m, block_k, num_warps = _config(ROWWISE_CONFIG[table], arguments["BLOCK_D"])
         kernel = _rowwise_forward_kernel if step == "forward" else _rowwise_backward_kernel
-        shift_a, shift_b = scalars["shift"] if shifted else (0, 0)
         kernel[(triton.cdiv(num_rows, block_m),)](
-            **arguments, shift_a=shift_a, shift_b=shift_b, SHIFTED=shifted, BLOCK_M=block_m, BLOCK_K=block_k,
+            **arguments, SHIFTED=shifted, BLOCK_M=block_m, BLOCK_K=block_k,
             num_warps=num_warps)
         return
     block_k, num_warps = _config(TILED_CONFIG, arguments["BLOCK_D"])
@@ -453,13 +465,13 @@ def _launch(step, hidden, items, targets, negatives, keep, alias, log_q, outputs
         TILE_ROWS=block_rows, BLOCK_K=block_k, num_warps=num_warps)
 
 
-def forward(hidden, items, targets, ignore_index, seed_hash, num_negatives, share, negatives, keep, alias, log_q,
-            logq_correction, block_rows, shift):
+def forward(hidden, items, targets, ignore_index, key, num_negatives, share, negatives, keep, alias, log_q,
+            logq_correction, block_rows, shifted):
     """(loss [M] fp32, lse [M] fp32). `keep`, `alias`, `log_q` [N] are given for popularity sampling, else None;
-    `shift` is share="offsets"'s relabelling (a, b) (sampling.shifted_relabelling), else None."""
+    `key` is the draw key [4] int64 on the device (sampling.draw_key); `shifted`: share="offsets"'s draws."""
     loss = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
     lse = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
-    scalars = {"num_negatives": num_negatives, "ignore_index": ignore_index, "seed_hash": seed_hash, "shift": shift}
+    scalars = {"num_negatives": num_negatives, "ignore_index": ignore_index, "key": key, "shifted": shifted}
     _launch("forward", hidden, items, targets, negatives, keep, alias, log_q, {"lse_ptr": lse, "loss_ptr": loss},
             scalars, share, logq_correction, block_rows)
     return loss, lse
@@ -474,12 +486,11 @@ def grad_chunk_rows(items: torch.Tensor, grad_buffer_bytes: int | None) -> int:
     return max(1, min(num_items, int(grad_buffer_bytes) // (dim * 4)))
 
 
-def _shifted_item_backward(hidden, items, targets, loss, lse, grad_loss, ignore_index, seed_hash, num_negatives,
-                           logq_correction, shift):
+def _shifted_item_backward(hidden, items, targets, loss, lse, grad_loss, ignore_index, key, num_negatives,
+                           logq_correction):
     """d items [N, D] of share="offsets" (fp32 under the interpreter): one write per row, no atomics, no buffer;
     beyond it the sorted targets, each round's shifts and the tiles' ranges (about 8 (M + N) bytes at most).
-    `shift` = (a, b)."""
-    shift_a, shift_b = shift
+    The relabelling (a, b) and a^-1 mod N come from the draw key [4]."""
     num_rows, dim = hidden.shape
     num_items = items.shape[0]
     device = items.device
@@ -491,8 +502,8 @@ def _shifted_item_backward(hidden, items, targets, loss, lse, grad_loss, ignore_
     first = torch.searchsorted(sorted_keys, ids, out_int32=True)  # [N + 1]; bincount would wait for the GPU
     # Slot shifts r_k = a^-1 o_k mod N of each round, sorted, then again + N so a cyclic range is one slice.
     shifts = torch.empty(num_rounds, num_negatives, dtype=torch.int64, device=device)  # [R, K]
-    _shift_table_kernel[(num_rounds,)](shifts_ptr=shifts, seed_hash=seed_hash, num_items=num_items,
-                                       num_negatives=num_negatives, inverse_a=pow(shift_a, -1, num_items), BLOCK_K=256)
+    _shift_table_kernel[(num_rounds,)](shifts_ptr=shifts, key_ptr=key, num_items=num_items,
+                                       num_negatives=num_negatives, BLOCK_K=256)
     shifts = torch.sort(shifts, dim=1).values
     shifts = torch.cat([shifts, shifts + num_items], dim=1)  # [R, 2K]
     # Tile j meets the P_q positions of round q for shifts r in the cyclic range [jB - P_q + 1, jB + B - 1].
@@ -507,18 +518,18 @@ def _shifted_item_backward(hidden, items, targets, loss, lse, grad_loss, ignore_
         lse_ptr=lse, grad_loss_ptr=grad_loss, order_ptr=order, first_ptr=first, shifts_ptr=shifts, begin_ptr=begin,
         end_ptr=end, grad_items_ptr=grad_items, num_rows=num_rows, num_items=num_items, num_negatives=num_negatives,
         num_rounds=num_rounds, num_tiles=num_tiles, ignore_index=ignore_index, log_k=math.log(num_negatives),
-        uniform_log_q=-math.log(num_items), grad_loss_stride=grad_loss.stride(0), shift_a=shift_a, shift_b=shift_b,
+        uniform_log_q=-math.log(num_items), grad_loss_stride=grad_loss.stride(0), key_ptr=key,
         LOGQ=logq_correction, BLOCK_T=block_t, DIM=dim, BLOCK_D=block_d(dim), num_warps=num_warps)
     return grad_items
 
 
-def backward(hidden, items, targets, loss, lse, grad_loss, ignore_index, seed_hash, num_negatives, share, negatives,
-             keep, alias, log_q, logq_correction, block_rows, shift, grad_buffer_bytes):
+def backward(hidden, items, targets, loss, lse, grad_loss, ignore_index, key, num_negatives, share, negatives,
+             keep, alias, log_q, logq_correction, block_rows, shifted, grad_buffer_bytes):
     """(grad_hidden [M, D] in hidden's dtype, fp32 under the interpreter (whose casts truncate; the caller rounds),
     grad_items [N, D] in items' dtype, or fp32 under the interpreter for share="offsets"). `grad_loss` [M] may have
     any stride (the gradient of a mean is one value expanded).
 
-    share="offsets" (`shift` given): the row-wise kernel writes only d hidden, `_shifted_item_backward_kernel` d
+    share="offsets" (`shifted`): the row-wise kernel writes only d hidden, `_shifted_item_backward_kernel` d
     items. Otherwise the item gradient accumulates in fp32 with atomics: in place for an fp32 table; otherwise in an
     fp32 buffer, [N, D] without a cap (grad_buffer_bytes=None), or of at most grad_buffer_bytes with one pass over
     the positions per catalog chunk of that many rows, each chunk cast into the gradient after its pass. The first
@@ -528,15 +539,15 @@ def backward(hidden, items, targets, loss, lse, grad_loss, ignore_index, seed_ha
     num_items, dim = items.shape
     grad_loss = grad_loss.float()
     lse = lse.contiguous()
-    common = {"num_negatives": num_negatives, "ignore_index": ignore_index, "seed_hash": seed_hash, "shift": shift,
+    common = {"num_negatives": num_negatives, "ignore_index": ignore_index, "key": key, "shifted": shifted,
               "grad_loss_stride": grad_loss.stride(0)}
-    if shift is not None:
+    if shifted:
         outputs = {"lse_ptr": lse, "grad_loss_ptr": grad_loss, "grad_hidden_ptr": grad_hidden,
                    "grad_items_ptr": grad_hidden}  # d items' pointer is unused when SHIFTED
         _launch("backward", hidden, items, targets, None, keep, alias, log_q, outputs,
                 {**common, "chunk_start": 0, "chunk_end": num_items}, share, logq_correction, block_rows)
         return grad_hidden, _shifted_item_backward(hidden, items, targets, loss.contiguous(), lse, grad_loss,
-                                                   ignore_index, seed_hash, num_negatives, logq_correction, shift)
+                                                   ignore_index, key, num_negatives, logq_correction)
     chunk_rows = grad_chunk_rows(items, grad_buffer_bytes)
     if items.dtype == torch.float32:
         grad_items = buffer = torch.zeros(items.shape, dtype=torch.float32, device=items.device)

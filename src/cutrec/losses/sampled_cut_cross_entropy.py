@@ -32,9 +32,9 @@ from cutrec.losses.reference import Reduction, check_seam, check_target_range, r
 from cutrec.losses.sampling import (
     NegativeDistribution,
     counter_draws,
-    seed_hash,
+    check_key,
+    key_tensor,
     shifted_draws,
-    shifted_relabelling,
     uniform_log_q,
 )
 
@@ -53,7 +53,7 @@ class _Options:
     log_q: torch.Tensor | None  # [N] log q for popularity, None for uniform (log q = -log N)
     logq_correction: bool
     share: Share
-    seed: int
+    key: torch.Tensor  # [4] int64 draw key (sampling.draw_key) on the inputs' device
     ignore_index: int
     negatives: torch.Tensor | None  # explicit [M, K] or [K] ids, or None to draw them
     impl: Literal["torch", "triton"]
@@ -71,14 +71,14 @@ def _negatives(options: _Options, rows: torch.Tensor) -> torch.Tensor:
         explicit = options.negatives
         return explicit[rows] if explicit.ndim == 2 else explicit.expand(len(rows), -1)
     if options.share == "offsets":
-        return shifted_draws(options.num_items, options.seed, rows, options.num_negatives)
+        return shifted_draws(options.num_items, options.key, rows, options.num_negatives)
     if options.share == "none":
         streams = rows
     elif options.share == "block":
         streams = torch.div(rows, BLOCK_ROWS, rounding_mode="floor")
     else:
         streams = torch.zeros_like(rows)
-    return counter_draws(options.num_items, options.seed, streams, options.num_negatives, options.alias_table)
+    return counter_draws(options.num_items, options.key, streams, options.num_negatives, options.alias_table)
 
 
 def _chunk_scores(
@@ -146,12 +146,10 @@ def _triton(step: str, options: _Options, hidden, items, targets, *saved):
 
     keep, alias = options.alias_table if options.alias_table is not None else (None, None)
     common = {
-        "ignore_index": options.ignore_index, "seed_hash": seed_hash(options.seed),
-        "num_negatives": options.num_negatives,
+        "ignore_index": options.ignore_index, "key": options.key, "num_negatives": options.num_negatives,
         "share": options.share, "negatives": options.negatives, "keep": keep, "alias": alias, "log_q": options.log_q,
         "logq_correction": options.logq_correction, "block_rows": BLOCK_ROWS,
-        "shift": (shifted_relabelling(options.num_items, options.seed)
-                  if options.share == "offsets" and options.negatives is None else None),
+        "shifted": options.share == "offsets" and options.negatives is None,
     }
     if step == "forward":
         return kernels.forward(hidden, items, targets, **common)
@@ -159,12 +157,15 @@ def _triton(step: str, options: _Options, hidden, items, targets, *saved):
 
 
 def _options(
-    items, negatives, keep, alias, log_q, num_negatives, logq_correction, share, seed, ignore_index, impl,
+    items, key, negatives, keep, alias, log_q, num_negatives, logq_correction, share, seed, ignore_index, impl,
     grad_buffer_bytes
 ) -> _Options:
-    """The options rebuilt from a custom op's arguments (tensors and scalars only)."""
+    """The options rebuilt from a custom op's arguments (tensors and scalars only); the draw key is `key`, or that
+    of the int `seed` (built here, inside the op, so torch.compile never traces the host arithmetic)."""
+    if key is None:
+        key = key_tensor(seed, items.shape[0], items.device)
     alias_table = (keep, alias) if keep is not None else None
-    return _Options(num_negatives, items.shape[0], alias_table, log_q, logq_correction, share, seed, ignore_index,
+    return _Options(num_negatives, items.shape[0], alias_table, log_q, logq_correction, share, key, ignore_index,
                     negatives, impl, grad_buffer_bytes)
 
 
@@ -172,6 +173,7 @@ def _forward_impl(
     hidden: torch.Tensor,
     items: torch.Tensor,
     targets: torch.Tensor,
+    key: torch.Tensor | None,
     negatives: torch.Tensor | None,
     keep: torch.Tensor | None,
     alias: torch.Tensor | None,
@@ -188,7 +190,7 @@ def _forward_impl(
     """(loss [M], lse [M]) in fp32 (fp64 for fp64 inputs)."""
     if check_targets:
         check_target_range(targets, items.shape[0], ignore_index)
-    options = _options(items, negatives, keep, alias, log_q, num_negatives, logq_correction, share, seed,
+    options = _options(items, key, negatives, keep, alias, log_q, num_negatives, logq_correction, share, seed,
                        ignore_index, impl, grad_buffer_bytes)
     if impl == "triton":
         compute = torch.promote_types(hidden.dtype, torch.float32)
@@ -196,8 +198,8 @@ def _forward_impl(
     return _torch_forward(hidden, items, targets, options)
 
 
-def _forward_fake(hidden, items, targets, negatives, keep, alias, log_q, num_negatives, logq_correction, share, seed,
-                  ignore_index, impl, grad_buffer_bytes, check_targets):
+def _forward_fake(hidden, items, targets, key, negatives, keep, alias, log_q, num_negatives, logq_correction, share,
+                  seed, ignore_index, impl, grad_buffer_bytes, check_targets):
     compute = torch.promote_types(hidden.dtype, torch.float32)
     return hidden.new_empty(hidden.shape[0], dtype=compute), hidden.new_empty(hidden.shape[0], dtype=compute)
 
@@ -209,6 +211,7 @@ def _backward_impl(
     loss: torch.Tensor,
     lse: torch.Tensor,
     grad_loss: torch.Tensor,
+    key: torch.Tensor | None,
     negatives: torch.Tensor | None,
     keep: torch.Tensor | None,
     alias: torch.Tensor | None,
@@ -222,7 +225,7 @@ def _backward_impl(
     grad_buffer_bytes: int | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(grad_hidden, grad_items) in hidden's and items' dtypes; the negatives are drawn again."""
-    options = _options(items, negatives, keep, alias, log_q, num_negatives, logq_correction, share, seed,
+    options = _options(items, key, negatives, keep, alias, log_q, num_negatives, logq_correction, share, seed,
                        ignore_index, impl, grad_buffer_bytes)
     if impl == "triton":
         grad_hidden, grad_items = _triton("backward", options, hidden, items, targets, loss.float(), lse.float(),
@@ -232,25 +235,25 @@ def _backward_impl(
     return grad_hidden.to(hidden.dtype), grad_items.to(items.dtype)
 
 
-def _backward_fake(hidden, items, targets, loss, lse, grad_loss, negatives, keep, alias, log_q, num_negatives,
+def _backward_fake(hidden, items, targets, loss, lse, grad_loss, key, negatives, keep, alias, log_q, num_negatives,
                    logq_correction, share, seed, ignore_index, impl, grad_buffer_bytes):
     return torch.empty_like(hidden), torch.empty_like(items)
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    hidden, items, targets, negatives, keep, alias, log_q, *scalars, _check_targets = inputs
-    ctx.save_for_backward(hidden, items, targets, *output, negatives, keep, alias, log_q)  # output: loss, lse
+    hidden, items, targets, key, negatives, keep, alias, log_q, *scalars, _check_targets = inputs
+    ctx.save_for_backward(hidden, items, targets, *output, key, negatives, keep, alias, log_q)  # output: loss, lse
     ctx.scalars = scalars  # the backward op's scalars: the forward's but check_targets
     ctx.mark_non_differentiable(output[1])
 
 
 def _backward(ctx, grad_loss, grad_lse):
-    hidden, items, targets, loss, lse, negatives, keep, alias, log_q = ctx.saved_tensors
+    hidden, items, targets, loss, lse, key, negatives, keep, alias, log_q = ctx.saved_tensors
     grad_hidden, grad_items = ctx.backward_op(
-        hidden, items, targets, loss, lse, grad_loss, negatives, keep, alias, log_q, *ctx.scalars
+        hidden, items, targets, loss, lse, grad_loss, key, negatives, keep, alias, log_q, *ctx.scalars
     )
     needs = ctx.needs_input_grad
-    return (grad_hidden if needs[0] else None, grad_items if needs[1] else None, *[None] * 13)
+    return (grad_hidden if needs[0] else None, grad_items if needs[1] else None, *[None] * 14)
 
 
 _sampled_cut_cross_entropy = kernel_loss(
@@ -327,7 +330,7 @@ def sampled_cut_cross_entropy(
     logq_correction: bool = True,
     share: Share = "none",
     negatives: torch.Tensor | None = None,
-    seed: int = 0,
+    seed: int | torch.Tensor = 0,
     ignore_index: int = -100,
     reduction: Reduction = "mean",
     impl: Literal["auto", "torch", "triton"] = "auto",
@@ -345,6 +348,8 @@ def sampled_cut_cross_entropy(
     a cap bounds it at the cost of one more backward pass over the positions per chunk of catalog rows it holds
     (docs/sampled_cut_cross_entropy.md measures the cost). An fp32 table accumulates in its own gradient, and
     share="offsets" writes each row once, so neither needs the buffer; impl="torch" ignores the cap.
+    `seed`: an int, or its draw key, the [4] int64 tensor `sampling.key_tensor(seed, N, device)` on hidden's device
+    (what the CUDA-graph training step writes into one buffer before each replay; it never waits for the device).
     `check_targets` as for `cut_cross_entropy`: False skips the range check's device-to-host copy, and a target
     outside [0, N) then gives a NaN loss instead of an error.
     """
@@ -371,6 +376,10 @@ def sampled_cut_cross_entropy(
                               "catalog")
     if torch.is_autocast_enabled(hidden.device.type):
         hidden = hidden.to(torch.get_autocast_dtype(hidden.device.type))
+    key = None
+    if isinstance(seed, torch.Tensor):
+        check_key(seed, hidden.device)
+        key, seed = seed, 0
     distribution = _distribution(distribution, items.shape[0], item_counts, alpha)
     _check_offsets_uniform(share, distribution.probs is not None, negatives)
     keep = alias = log_q = None
@@ -378,7 +387,7 @@ def sampled_cut_cross_entropy(
         keep, alias, log_q = distribution.device_tables(hidden.device)
     with torch.autocast(hidden.device.type, enabled=False):
         per_position, _ = _sampled_cut_cross_entropy(
-            hidden, items, targets, negatives, keep, alias, log_q, num_negatives, logq_correction, share, seed,
+            hidden, items, targets, key, negatives, keep, alias, log_q, num_negatives, logq_correction, share, seed,
             ignore_index, resolved, grad_buffer_bytes, check_targets,
         )
     return reduce_loss(per_position, targets != ignore_index, reduction, zeroed=True)
@@ -400,5 +409,7 @@ class SampledCutCrossEntropy(nn.Module):
                                                                       options.pop("alpha", 1.0))
         self.options = options
 
-    def forward(self, hidden: torch.Tensor, items: torch.Tensor, targets: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    def forward(
+        self, hidden: torch.Tensor, items: torch.Tensor, targets: torch.Tensor, seed: int | torch.Tensor = 0
+    ) -> torch.Tensor:
         return sampled_cut_cross_entropy(hidden, items, targets, seed=seed, **self.options)

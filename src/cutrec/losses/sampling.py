@@ -143,27 +143,51 @@ def mix32(x: torch.Tensor | int) -> torch.Tensor | int:
 
 
 def seed_hash(seed: int) -> int:
-    """mix32 of the low 32 bits of `seed` in Python integers (the first step of every draw's hash; no device sync)."""
+    """mix32 of the low 32 bits of `seed` in Python integers (the first step of every draw's hash)."""
     return mix32(int(seed) & _MASK32)
+
+
+def draw_key(seed: int, num_items: int) -> tuple[int, int, int, int]:
+    """The draw key of `seed` over N items: (seed_hash(seed), a, b, a^-1 mod N), with (a, b) share="offsets"'s
+    relabelling (`shifted_relabelling`). Python ints, computed on the host: every draw is a pure function of it."""
+    a, b = shifted_relabelling(num_items, seed)
+    return seed_hash(seed), a, b, pow(a, -1, num_items) if num_items > 1 else 0
+
+
+def key_tensor(seed: int, num_items: int, device: torch.device) -> torch.Tensor:
+    """`draw_key` as a [4] int64 tensor on `device`, copied without making the host wait for the device."""
+    key = torch.tensor(draw_key(seed, num_items), dtype=torch.int64)
+    if torch.device(device).type == "cuda":
+        key = key.pin_memory()
+    return key.to(device, non_blocking=True)
+
+
+def check_key(key: torch.Tensor, device: torch.device) -> None:
+    """Refuse a draw key that is not [4] int64 on `device` (shape, dtype and device only: no device sync)."""
+    if key.shape != (4,) or key.dtype != torch.int64 or key.device != torch.device(device):
+        raise CutrecError(
+            f"seed is a tensor of shape {tuple(key.shape)}, {key.dtype} on {key.device}; pass an int, or the "
+            f"[4] int64 key of sampling.key_tensor(seed, num_items, device) on {device}"
+        )
 
 
 def counter_draws(
     num_items: int,
-    seed: int,
+    key: torch.Tensor,
     streams: torch.Tensor,
     num_negatives: int,
     alias_table: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Item ids [S, K] as a pure function of (seed, streams [S], k in 0..K-1): uniform over N items, or through
-    `alias_table` = (keep [N], alias [N]) of `NegativeDistribution.alias_table` for popularity.
+    """Item ids [S, K] as a pure function of (key [4] of `key_tensor`, streams [S], k in 0..K-1): uniform over N
+    items, or through `alias_table` = (keep [N], alias [N]) of `NegativeDistribution.alias_table` for popularity.
 
-    counter = stream * K + k (int64); h = mix32(mix32(mix32(seed) ^ low32(counter)) ^ high32(counter)).
-    Uniform: id = (h * N) >> 32. Popularity: j = (h * N) >> 32, coin = (mix32(h ^ 0x5BD1E995) >> 8) / 2**24,
-    id = j if coin < keep[j] else alias[j].
+    counter = stream * K + k (int64); h = mix32(mix32(key[0] ^ low32(counter)) ^ high32(counter)), key[0] being
+    mix32 of the seed. Uniform: id = (h * N) >> 32. Popularity: j = (h * N) >> 32,
+    coin = (mix32(h ^ 0x5BD1E995) >> 8) / 2**24, id = j if coin < keep[j] else alias[j].
     """
     device = streams.device
     counters = streams.long()[:, None] * num_negatives + torch.arange(num_negatives, device=device)  # [S, K]
-    hashed = mix32(mix32(seed_hash(seed) ^ (counters & _MASK32)) ^ ((counters >> 32) & _MASK32))  # [S, K] uint32
+    hashed = mix32(mix32(key[0] ^ (counters & _MASK32)) ^ ((counters >> 32) & _MASK32))  # [S, K] uint32
     index = (hashed * num_items) >> 32  # [S, K] in [0, N)
     if alias_table is None:
         return index
@@ -182,13 +206,12 @@ def shifted_relabelling(num_items: int, seed: int) -> tuple[int, int]:
     return a, mix32(hashed ^ 0xB5297A4D) % num_items
 
 
-def shifted_draws(num_items: int, seed: int, rows: torch.Tensor, num_negatives: int) -> torch.Tensor:
+def shifted_draws(num_items: int, key: torch.Tensor, rows: torch.Tensor, num_negatives: int) -> torch.Tensor:
     """Item ids [C, K] of share="offsets" for positions `rows` [C]: id = (start_m + o_k) mod N, with the position's
-    start_m = (a (m mod N) + b) mod N, (a, b) = shifted_relabelling(N, seed), and uniform offsets
-    o_k = counter_draws(N, seed, m div N, K) shared by each round of N positions. Equivalently, slot
+    start_m = (a (m mod N) + b) mod N, (a, b) = key[1:3] (`shifted_relabelling` of the key's seed), and uniform
+    offsets o_k = counter_draws(N, key, m div N, K) shared by each round of N positions. Equivalently, slot
     t = (m mod N + r_k) mod N holds item (a t + b) mod N, with r_k = a^-1 o_k mod N: within a round the positions'
     sets are translates of one another in slot space. Each position's K ids are independent uniform draws."""
-    offsets = counter_draws(num_items, seed, torch.div(rows, num_items, rounding_mode="floor"), num_negatives)
-    a, b = shifted_relabelling(num_items, seed)
-    starts = (a * (rows % num_items) + b) % num_items  # [C]
+    offsets = counter_draws(num_items, key, torch.div(rows, num_items, rounding_mode="floor"), num_negatives)
+    starts = (key[1] * (rows % num_items) + key[2]) % num_items  # [C]
     return (starts[:, None] + offsets) % num_items  # [C, K]
