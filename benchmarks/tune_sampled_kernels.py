@@ -44,8 +44,9 @@ def sweep(m: int, k: int, n: int, d: int, reps: int) -> None:
     items = (torch.randn(n, d, device=device) * d**-0.25).bfloat16()
     targets = torch.randint(0, n, (m,), device=device)
     grad_loss = torch.full((m,), 1.0 / m, device=device)
-    common = {"ignore_index": -100, "key": key_tensor(1, n, device), "num_negatives": k, "negatives": None, "keep": None,
-              "alias": None, "log_q": None, "logq_correction": True, "block_rows": BLOCK_ROWS, "shifted": False}
+    common = {"ignore_index": -100, "key": key_tensor(1, n, device), "num_negatives": k, "negatives": None,
+              "keep": None, "alias": None, "log_q": None, "logq_correction": True, "block_rows": BLOCK_ROWS,
+              "shifted": False}
     width = kernels.block_d(d)
     sweeps = [("none", config) for config in ROWWISE.get(d, [])] + [("block", config) for config in TILED.get(d, [])]
     for share, config in sweeps:

@@ -205,8 +205,9 @@ def test_a_non_finite_step_stops_the_run_at_that_step(tmp_path, capsys):
     args = ["train", f"--out={tmp_path}", "--name=nan", "--lr=1e30", "--epochs=3", *SMALL]
     assert main(args) == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
-    assert error.startswith("cutrec: error: step 2 (epoch 1, batch 2 of ")
+    assert error.startswith("cutrec: error: step 2 (epoch 1) has loss ")
     assert "has loss nan" in error or "has loss inf" in error
+    assert "its update was skipped and the run stopped at step 2." in error  # the CPU's readout arrives at once
     assert "Last good checkpoint: none yet" in error and "lower train.lr (now 1e+30) or with train.grad_clip" in error
     assert not (tmp_path / "nan").exists()  # nothing to resume, so no run folder is left behind
 

@@ -1,7 +1,7 @@
 """Preemption: a run stopped by SIGTERM, Ctrl-C or SIGKILL (after a timed checkpoint, or in the middle of a save)
 resumes with `cutrec train --resume` and ends bit for bit like an uninterrupted run, on the CPU with a fixed seed.
 
-Each interrupted run is a real `cutrec` process. A hook wraps the trainer's `train_step` so that the process signals
+Each interrupted run is a real `cutrec` process. A hook wraps the trainer's `TrainStep.run` so that the process signals
 itself (or kills itself) at a chosen step, in the middle of an epoch; the signal then takes the trainer's real path.
 """
 
@@ -35,13 +35,14 @@ DRIVER = textwrap.dedent(
     import os, signal, sys
     import cutrec.train.checkpoint as checkpoint
     import cutrec.train.loop as loop
+    import cutrec.train.step as step
     from cutrec.cli import main
 
     action, at_step = sys.argv[1], int(sys.argv[2])
-    original = loop.train_step
+    original = step.TrainStep.run
 
-    def train_step(state, *args, **kwargs):
-        if state.step == at_step:
+    def run(self, *args, **kwargs):
+        if self.state.step == at_step:
             if action == "kill":
                 os.kill(os.getpid(), signal.SIGKILL)
             elif action == "kill-during-save":
@@ -55,14 +56,14 @@ DRIVER = textwrap.dedent(
                 os.kill(os.getpid(), signal.SIGTERM)
             else:
                 os.kill(os.getpid(), getattr(signal, action))
-        return original(state, *args, **kwargs)
+        return original(self, *args, **kwargs)
 
     def training_data(config):
         os.kill(os.getpid(), signal.SIGTERM)  # the data is still loading
         return original_data(config)
 
     original_data = loop.training_data
-    loop.train_step = train_step
+    step.TrainStep.run = run
     if action == "term-while-loading":
         loop.training_data = training_data
     sys.exit(main(sys.argv[3:]))
@@ -85,7 +86,7 @@ def _interrupted(tmp_path, run, name, action, *extra):
 def _log_rows(folder):
     with (folder / "log.csv").open(newline="") as file:
         rows = list(csv.DictReader(file))
-    timing = ("epoch_seconds", "train_seconds", "peak_train_gpu_mb")
+    timing = ("epoch_seconds", "train_seconds", "setup_seconds", "peak_train_gpu_mb")
     return [{k: v for k, v in row.items() if k not in timing} for row in rows]
 
 

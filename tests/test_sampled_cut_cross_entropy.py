@@ -47,10 +47,11 @@ def drawn(distribution, seed, num_rows, num_negatives, share):
     """The negatives the loss draws: [M, K] ids from counter_draws with the share mode's streams (shifted_draws for
     share="offsets")."""
     rows = torch.arange(num_rows)
+    key = key_tensor(seed, distribution.num_items, "cpu")
     if share == "offsets":
-        return shifted_draws(distribution.num_items, key_tensor(seed, distribution.num_items, "cpu"), rows, num_negatives)
+        return shifted_draws(distribution.num_items, key, rows, num_negatives)
     streams = {"none": rows, "block": rows // BLOCK_ROWS, "batch": torch.zeros_like(rows)}[share]
-    return counter_draws(distribution.num_items, key_tensor(seed, distribution.num_items, "cpu"), streams, num_negatives, _alias_table(distribution))
+    return counter_draws(distribution.num_items, key, streams, num_negatives, _alias_table(distribution))
 
 
 def _alias_table(distribution):
@@ -164,7 +165,8 @@ def test_offsets_are_translates_in_slot_space_and_uniform(num_items):
     assert (shifts[:num_items] == torch.arange(num_items)[:, None]).all()  # round 0: translates of position 0
     assert not torch.equal(shifts[num_items], torch.zeros(num_negatives, dtype=torch.long))  # round 1: new offsets
     assert chisquare(np.bincount(ids.flatten().numpy(), minlength=num_items)).pvalue > 1e-3
-    one_position = torch.cat([shifted_draws(num_items, key_tensor(seed, num_items, "cpu"), torch.tensor([5]), num_negatives)[0]
+    one_position = torch.cat([shifted_draws(num_items, key_tensor(seed, num_items, "cpu"), torch.tensor([5]),
+                                            num_negatives)[0]
                               for seed in range(200)])
     assert chisquare(np.bincount(one_position.numpy(), minlength=num_items)).pvalue > 1e-3
 

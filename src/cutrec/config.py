@@ -101,7 +101,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # "auto" (cuda when present), "cpu", "cuda", "cuda:1", ...
     amp: bool = True  # bf16 autocast on CUDA; ignored on the CPU
-    compile: bool = False  # torch.compile the model
+    compile: bool = False  # torch.compile the model (the step then runs eagerly, without a CUDA graph)
+    cuda_graph: bool = True  # on CUDA, capture the whole training step once and replay it (cutrec.train.step)
     progress: bool = True  # a progress bar per epoch on the terminal
 
 

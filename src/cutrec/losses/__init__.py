@@ -1,8 +1,10 @@
 """The public losses, all on the seam (hidden [M, D], items [N, D], targets [M]) of docs/architecture.md.
 
-`build_loss` turns a LossConfig into one callable `loss(hidden, items, targets, seed=...)`; the seed is new every
-training step (the trainer derives it from the run seed and the step counter) so sampled losses draw fresh negatives
-reproducibly.
+`build_loss` turns a LossConfig into one callable `loss(hidden, items, targets, seed=...)`. The seed is an int, or
+the draw key tensor of `sampling.key_tensor` that the trainer writes every step (derived from the run seed and the
+step counter, so the kernel losses draw fresh negatives reproducibly, also inside a replayed CUDA graph). Given a
+key, the PyTorch sampled losses (CE-, BCE, BCE+, gBCE, and SCE's bucket directions) draw from torch's default
+generator instead: graph-safe, and reproducible through the generator state that last.pt saves.
 """
 
 from __future__ import annotations
@@ -51,6 +53,13 @@ def _without_seed(loss: LossFn) -> LossFn:
     return call
 
 
+def _default_generator_when_keyed(loss: LossFn) -> LossFn:
+    def call(hidden: torch.Tensor, items: torch.Tensor, targets: torch.Tensor, *, seed: int | torch.Tensor = 0):
+        return loss(hidden, items, targets, seed=None if isinstance(seed, torch.Tensor) else seed)
+
+    return call
+
+
 def resolve_loss_name(name: str, num_items: int) -> str:
     """'auto' -> 'CE' up to LARGE_CATALOG_ITEMS items, else 'CCE-' (the sampled cut CE); other names unchanged."""
     if name != "auto":
@@ -73,13 +82,13 @@ def build_loss(config: LossConfig, num_items: int, item_counts: torch.Tensor | N
     if name == "CCE":
         return _without_seed(partial(cut_cross_entropy, check_targets=False))
     if name == "CE-":
-        return partial(
+        return _default_generator_when_keyed(partial(
             sampled_cross_entropy,
             check_targets=False,
             num_negatives=config.num_negatives,
             distribution=distribution,
             logq_correction=config.logq_correction,
-        )
+        ))
     if name == "CCE-":
         if config.share == "offsets" and config.distribution == "popularity":
             raise CutrecError("loss.share='offsets' draws uniformly; use loss.distribution='uniform', or "
@@ -92,26 +101,22 @@ def build_loss(config: LossConfig, num_items: int, item_counts: torch.Tensor | N
             logq_correction=config.logq_correction,
             share=config.share,
         )
-    if name == "BCE":
-        return partial(binary_cross_entropy, num_negatives=1, distribution=distribution, check_targets=False)
-    if name == "BCE+":
-        return partial(binary_cross_entropy, num_negatives=config.num_negatives, distribution=distribution,
-                       check_targets=False)
-    if name == "gBCE":
-        beta = gbce_beta(config.num_negatives, num_items, config.gbce_t)
-        return partial(
-            binary_cross_entropy, num_negatives=config.num_negatives, distribution=distribution, positive_power=beta,
+    if name in ("BCE", "BCE+", "gBCE"):
+        negatives = 1 if name == "BCE" else config.num_negatives
+        beta = gbce_beta(config.num_negatives, num_items, config.gbce_t) if name == "gBCE" else 1.0
+        return _default_generator_when_keyed(partial(
+            binary_cross_entropy, num_negatives=negatives, distribution=distribution, positive_power=beta,
             check_targets=False,
-        )
+        ))
     if name == "SCE":
-        return partial(
+        return _default_generator_when_keyed(partial(
             scalable_cross_entropy,
             check_targets=False,
             num_buckets=config.sce_buckets,
             bucket_size_x=config.sce_bucket_size_x,
             bucket_size_y=config.sce_bucket_size_y,
             mix=config.sce_mix,
-        )
+        ))
     raise CutrecError(
         f"loss.name={config.name!r} is unknown; choose auto, CE, CCE, CE-, CCE-, BCE, BCE+, gBCE or SCE"
     )

@@ -130,13 +130,14 @@ def draw_negatives(
     num_positions: int,
     num_negatives: int,
     distribution: NegativeDistribution,
-    seed: int,
+    seed: int | None,
     device: torch.device,
 ) -> torch.Tensor:
-    """[M, K] int64 negatives drawn from `distribution` by a generator seeded with `seed`."""
+    """[M, K] int64 negatives drawn from `distribution` by a generator seeded with `seed`, or with seed=None from
+    torch's default generator of the device (graph-safe: each replay of a captured CUDA graph draws anew)."""
     if num_negatives < 1:
         raise CutrecError(f"num_negatives={num_negatives} must be at least 1")
-    generator = seeded_generator(seed, device)
+    generator = None if seed is None else seeded_generator(seed, device)
     return distribution.sample((num_positions, num_negatives), generator, device)
 
 
@@ -146,7 +147,7 @@ def _resolve_negatives(
     num_negatives: int | None,
     negatives: torch.Tensor | None,
     distribution: NegativeDistribution,
-    seed: int,
+    seed: int | None,
 ) -> torch.Tensor:
     if distribution.num_items != items.shape[0]:
         raise CutrecError(
@@ -175,14 +176,15 @@ def sampled_cross_entropy(
     negatives: torch.Tensor | None = None,
     distribution: NegativeDistribution | None = None,
     logq_correction: bool = True,
-    seed: int = 0,
+    seed: int | None = 0,
     ignore_index: int = -100,
     reduction: Reduction = "mean",
     check_targets: bool = True,
 ) -> torch.Tensor:
     """CE- of docs/losses.md: s_0 = z_iy, s_k = z_in_k - log(K q(n_k)), s_k = -inf on accidental hits.
 
-    Negatives are drawn from `distribution` (uniform by default) with a generator seeded by `seed`, or passed
+    Negatives are drawn from `distribution` (uniform by default) with a generator seeded by `seed` (None: torch's
+    default generator, see `draw_negatives`), or passed
     explicitly as `negatives` ([M, K] per position or [K] shared by all positions).
     Gathers the [M, K, D] negative embeddings: this is the plain PyTorch baseline.
     """
@@ -214,7 +216,7 @@ def binary_cross_entropy(
     negatives: torch.Tensor | None = None,
     distribution: NegativeDistribution | None = None,
     positive_power: float = 1.0,
-    seed: int = 0,
+    seed: int | None = 0,
     ignore_index: int = -100,
     reduction: Reduction = "mean",
     check_targets: bool = True,

@@ -31,8 +31,8 @@ from cutrec.losses.kernel_op import kernel_loss
 from cutrec.losses.reference import Reduction, check_seam, check_target_range, reduce_loss
 from cutrec.losses.sampling import (
     NegativeDistribution,
-    counter_draws,
     check_key,
+    counter_draws,
     key_tensor,
     shifted_draws,
     uniform_log_q,

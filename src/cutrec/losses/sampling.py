@@ -49,8 +49,8 @@ class NegativeDistribution:
             raise CutrecError("item_counts are all zero: popularity sampling needs at least one item with a count")
         return cls(num_items=counts.numel(), probs=(weights / total).float())
 
-    def sample(self, shape: tuple[int, ...], generator: torch.Generator, device: torch.device) -> torch.Tensor:
-        """Draw item ids with replacement; returns int64 of `shape` on `device`."""
+    def sample(self, shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+        """Draw item ids with replacement (generator None: the device's default one); int64 of `shape` on `device`."""
         count = 1
         for size in shape:
             count *= size

@@ -34,13 +34,13 @@ from cutrec.losses.sampling import seeded_generator
 
 
 def bucket_centers(
-    hidden: torch.Tensor, valid: torch.Tensor, num_buckets: int, *, mix: bool, seed: int
+    hidden: torch.Tensor, valid: torch.Tensor, num_buckets: int, *, mix: bool, seed: int | None
 ) -> torch.Tensor:
     """[num_buckets, D] float32 bucket directions drawn from `seed` (no gradient).
 
     mix=True: c_b = sum_i g_bi h_i over the positions with a target, g ~ N(0, 1); mix=False: c_b ~ N(0, I).
     """
-    generator = seeded_generator(seed, hidden.device)
+    generator = None if seed is None else seeded_generator(seed, hidden.device)  # None: the default generator
     if not mix:
         return torch.randn(num_buckets, hidden.shape[1], generator=generator, device=hidden.device)
     weights = torch.randn(num_buckets, hidden.shape[0], generator=generator, device=hidden.device)  # [n_b, M]
@@ -71,7 +71,7 @@ def scalable_cross_entropy(
     bucket_size_x: int = 256,
     bucket_size_y: int = 256,
     mix: bool = True,
-    seed: int = 0,
+    seed: int | None = 0,
     centers: torch.Tensor | None = None,
     item_chunk: int = 65536,
     ignore_index: int = -100,

@@ -32,9 +32,10 @@ def _batch_exclusion(evalset: EvalSet, rows: np.ndarray, device: torch.device) -
 
 
 def autocast_context(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA when enabled; nothing on the CPU."""
+    """bf16 autocast on CUDA when enabled; nothing on the CPU. Without autocast's cache of cast weights, which a
+    captured CUDA graph must not hold across replays."""
     if device.type == "cuda" and enabled:
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+        return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
     return contextlib.nullcontext()
 
 

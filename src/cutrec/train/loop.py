@@ -2,8 +2,9 @@
 checkpoints, then test. `train` starts a run and `resume` continues one from its last.pt.
 
 Everything that changes while a run trains lives in one `TrainState` (cutrec.train.state); the loop owns nothing
-else. The model is used only through cutrec.models.SequenceModel. The loss gets a fresh seed each step, derived
-from (run seed, step), so sampled losses are reproducible and need no saved state. The run folder holds
+else. The model is used only through cutrec.models.SequenceModel; each step runs through cutrec.train.step (static
+shapes, no host sync, one CUDA graph where it applies), whose loss seed is derived from (run seed, step). The
+loop reads the device only at epoch ends, checkpoints and through the step's non-waiting readout. The run folder holds
 config.json, log.csv (one row per finished epoch; rows are only added, each time atomically), last.pt (the whole
 state, at every epoch end and every train.checkpoint_every_minutes), best.pt (the model of the best validation
 epoch, the one tested) and metrics.json (test metrics). SIGTERM and SIGINT stop after the current step with last.pt
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 import secrets
 import shutil
 import sys
@@ -29,7 +29,7 @@ import torch
 from tqdm import tqdm
 
 from cutrec.config import RunConfig, build_config, differing_keys, merged_values, to_dict
-from cutrec.data.batches import IGNORE_INDEX, epoch_order, num_batches
+from cutrec.data.batches import epoch_order, num_batches
 from cutrec.data.load import load_sequences
 from cutrec.data.splits import Split, global_temporal, leave_one_out
 from cutrec.errors import CutrecError
@@ -49,10 +49,11 @@ from cutrec.train.checkpoint import (
     save_checkpoint,
     write_json,
 )
-from cutrec.train.evaluate import autocast_context, model_top_items, popular_top_items, score
+from cutrec.train.evaluate import model_top_items, popular_top_items, score
 from cutrec.train.interrupt import RunStopped, StopSignals
-from cutrec.train.memory import checked_batch_size
+from cutrec.train.memory import batch_positions, checked_batch_size
 from cutrec.train.state import TrainState
+from cutrec.train.step import NonFiniteStep, TrainStep, make_optimizer
 
 # what --resume may change: nothing that changes what is computed
 RESUMABLE_KEYS = ("train.epochs", "train.time_limit_minutes", "train.progress", "train.check_memory")
@@ -69,11 +70,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise CutrecError(f"train.device={name!r} but no CUDA device is visible; use train.device=cpu")
     return device
-
-
-def step_seed(run_seed: int, step: int) -> int:
-    """The loss seed of one training step: a hash of (run seed, step) in [0, 2**31)."""
-    return int(np.random.SeedSequence([run_seed, step]).generate_state(1)[0] & 0x7FFFFFFF)
 
 
 def make_split(config: RunConfig) -> Split:
@@ -156,11 +152,6 @@ def create_run_folder(config: RunConfig) -> Path:
     return folder
 
 
-def _optimizer(config: RunConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
-    kind = torch.optim.AdamW if config.train.optimizer == "adamw" else torch.optim.Adam
-    return kind(model.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay)
-
-
 class EpochLog:
     """log.csv, one row per finished epoch. Rows are only ever added, never changed or dropped, and each addition is
     an atomic rewrite (earlier rows plus the new one), so a kill mid-write cannot leave a torn row."""
@@ -182,43 +173,6 @@ class EpochLog:
         text = io.StringIO()
         csv.writer(text).writerows(rows)
         atomic_write_bytes(self.path, lambda file: file.write(keep + text.getvalue().encode()))
-
-
-class NonFiniteStep(Exception):
-    """The loss or the gradient norm of a step was NaN or infinite; the update was not applied."""
-
-    def __init__(self, loss: float, grad_norm: float) -> None:
-        super().__init__(f"loss {loss}, gradient norm {grad_norm}")
-        self.loss, self.grad_norm = loss, grad_norm
-
-
-def train_step(
-    state: TrainState, forward: Any, loss_fn: Any, inputs: torch.Tensor, targets: torch.Tensor, config: RunConfig
-) -> torch.Tensor:
-    """One optimizer step on a batch (inputs [B, L], targets [B, L]); returns the detached loss.
-
-    Raises NonFiniteStep, before updating anything, when the loss or the gradient norm is not finite.
-    """
-    model = state.model
-    device = inputs.device
-    with autocast_context(device, config.train.amp):
-        hidden = forward(inputs)  # [B, L, D]
-        flat_targets = targets.view(-1)  # [B * L]
-        keep = flat_targets != IGNORE_INDEX
-        loss = loss_fn(
-            hidden.view(-1, hidden.shape[-1])[keep],  # [M, D] positions with a target
-            model.item_table,
-            flat_targets[keep],  # [M]
-            seed=step_seed(config.train.seed, state.step),
-        )
-    state.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    # the global norm, clipped when train.grad_clip is set (with an infinite bound the gradients are unchanged)
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.train.grad_clip or math.inf)
-    if not bool(torch.isfinite(loss.detach()) & torch.isfinite(grad_norm)):
-        raise NonFiniteStep(float(loss.detach()), float(grad_norm))
-    state.optimizer.step()
-    return loss.detach()
 
 
 def stop_reason(config: RunConfig, state: TrainState) -> str | None:
@@ -312,7 +266,7 @@ def new_state(config: RunConfig, num_items: int, device: torch.device) -> TrainS
     model = build_model(config.model, num_items).to(device)
     return TrainState(
         model=model,
-        optimizer=_optimizer(config, model),
+        optimizer=make_optimizer(config, model, device),
         batch_rng=np.random.default_rng(config.train.seed),
         epoch_loss=torch.zeros((), device=device),
     )
@@ -334,10 +288,15 @@ def fit(config: RunConfig, folder: Path, data: TrainingData, state: TrainState, 
     split, model, batch_size = data.split, state.model, int(config.train.batch_size)
     forward = torch.compile(model) if config.train.compile else model
     loss_fn = build_loss(config.loss, split.num_items, data.item_counts.to(device))
+    step = TrainStep(state, forward, loss_fn, config, device, split.num_items,
+                     rows=batch_positions(config, data.train_lengths, batch_size))
+    print(f"training step: {'one CUDA graph' if step.why_eager is None else f'eager ({step.why_eager})'}",
+          file=sys.stderr)
     metric_names = [f"{m}@{k}" for m in ("NDCG", "HR") for k in config.eval.ks]
     log = EpochLog(
         folder / LOG_NAME,
-        ["epoch", "step", "train_loss", *metric_names, "epoch_seconds", "train_seconds", "peak_train_gpu_mb"],
+        ["epoch", "step", "train_loss", *metric_names, "epoch_seconds", "train_seconds", "setup_seconds",
+         "peak_train_gpu_mb"],
     )
     if state.last_row is not None and int(state.last_row["epoch"]) not in log.epochs():
         log.append(state.last_row)  # stopped between saving last.pt and appending its row
@@ -347,61 +306,67 @@ def fit(config: RunConfig, folder: Path, data: TrainingData, state: TrainState, 
 
     def checkpoint() -> None:
         nonlocal last_saved
+        step.check()  # never save the state of a run that has gone non-finite
         state.train_seconds = seconds_before + time.perf_counter() - session_start
         save_last(folder, state, config, data)
         last_saved = time.monotonic()
 
     with StopSignals() as signals:
-        while True:
-            if state.epoch_order is None:  # between epochs: stop, or draw the next epoch's order
-                reason = stop_reason(config, state)
-                if reason is not None:
-                    break
-                state.epoch_order = epoch_order(split.train, min_length=model.min_train_length, rng=state.batch_rng)
-                state.batches_done = 0
-                state.epoch_loss = torch.zeros((), device=device)  # summed on the device: no sync per step
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-            epoch_started = time.perf_counter()
-            total = num_batches(state.epoch_order, batch_size)
-            model.train()
-            bar = tqdm(
-                range(state.batches_done, total),
-                desc=f"epoch {state.epoch + 1}",
-                initial=state.batches_done,
-                total=total,
-                leave=False,
-                disable=None if config.train.progress else True,  # None: only on a terminal
-                file=sys.stderr,
-            )
-            for batch in bar:
-                rows = state.epoch_order[batch * batch_size : (batch + 1) * batch_size]  # [B]
-                inputs, targets = model.training_batch(split.train, rows, state.batch_rng)  # [B, L], [B, L]
-                inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-                try:
-                    loss = train_step(state, forward, loss_fn, inputs, targets, config)
-                except NonFiniteStep as bad:
-                    raise CutrecError(_non_finite_message(bad, folder, state, batch, total, config)) from None
-                state.step += 1
-                state.batches_done += 1
-                state.epoch_loss += loss
-                if state.batches_done % 50 == 0:
-                    bar.set_postfix(loss=f"{state.epoch_loss.item() / state.batches_done:.4f}")
-                if signals.received:
-                    break
-                if every and time.monotonic() - last_saved >= every:
+        try:
+            while True:
+                if state.epoch_order is None:  # between epochs: stop, or draw the next epoch's order
+                    reason = stop_reason(config, state)
+                    if reason is not None:
+                        break
+                    state.epoch_order = epoch_order(split.train, min_length=model.min_train_length,
+                                                    rng=state.batch_rng)
+                    state.batches_done = 0
+                    state.epoch_loss.zero_()  # summed on the device, in place (a captured graph adds to it)
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
+                epoch_started, setup_before = time.perf_counter(), step.setup_seconds
+                total = num_batches(state.epoch_order, batch_size)
+                model.train()
+                bar = tqdm(
+                    range(state.batches_done, total),
+                    desc=f"epoch {state.epoch + 1}",
+                    initial=state.batches_done,
+                    total=total,
+                    leave=False,
+                    disable=None if config.train.progress else True,  # None: only on a terminal
+                    file=sys.stderr,
+                )
+                for batch in bar:
+                    rows = state.epoch_order[batch * batch_size : (batch + 1) * batch_size]  # [B]
+                    inputs, targets = model.training_batch(split.train, rows, state.batch_rng)  # [B, L], [B, L]
+                    step.run(inputs, targets)
+                    state.step += 1
+                    state.batches_done += 1
+                    seen = step.poll()  # as of an earlier step: never waits for the device
+                    if seen is not None and bar.disable is False:
+                        bar.set_postfix(loss=f"{seen[0] / max(state.batches_done, 1):.4f}", refresh=False)
+                    if signals.received:
+                        break
+                    if every and time.monotonic() - last_saved >= every:
+                        checkpoint()
+                bar.close()
+                if signals.received and state.batches_done < total:
                     checkpoint()
-            bar.close()
-            if signals.received and state.batches_done < total:
+                    raise RunStopped(_stopped_message(signals.name, folder, state, total), 128 + signals.received)
+                step.check()
+                setup_seconds = step.setup_seconds - setup_before
+                train_seconds = time.perf_counter() - epoch_started - setup_seconds
+                peak_mb = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0
+                end_epoch(config, folder, data, state, device, log, train_seconds, setup_seconds, peak_mb)
                 checkpoint()
-                raise RunStopped(_stopped_message(signals.name, folder, state, total), 128 + signals.received)
-            train_seconds = time.perf_counter() - epoch_started
-            peak_mb = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0
-            end_epoch(config, folder, data, state, device, log, train_seconds, peak_mb)
-            checkpoint()
-            log.append(state.last_row)
-            if signals.received:
-                raise RunStopped(_stopped_message(signals.name, folder, state, total), 128 + signals.received)
+                log.append(state.last_row)
+                if signals.received:
+                    raise RunStopped(_stopped_message(signals.name, folder, state, total), 128 + signals.received)
+        except NonFiniteStep as bad:
+            raise CutrecError(_non_finite_message(bad, folder, state, config)) from None
+    if step.eager_steps:
+        print(f"{step.eager_steps} step(s) had more than {step.rows} targets and ran outside the CUDA graph",
+              file=sys.stderr)
     print(reason, file=sys.stderr)
     results = test_run(folder, device, data)
     print(format_table(results["test"], config.eval.ks))
@@ -411,7 +376,7 @@ def fit(config: RunConfig, folder: Path, data: TrainingData, state: TrainState, 
 
 def end_epoch(
     config: RunConfig, folder: Path, data: TrainingData, state: TrainState, device: torch.device, log: EpochLog,
-    train_seconds: float, peak_mb: float,
+    train_seconds: float, setup_seconds: float, peak_mb: float,
 ) -> None:
     """Validate the finished epoch, keep best.pt, and record the epoch's log row in the state."""
     valid_started = time.perf_counter()
@@ -434,12 +399,12 @@ def end_epoch(
             {"model": state.model.state_dict(), "epoch": state.epoch, "step": state.step, "valid_metric": current,
              "num_items": data.split.num_items, "config": to_dict(config)},
         )
-    seconds = train_seconds + time.perf_counter() - valid_started  # this session's part of the epoch
+    seconds = setup_seconds + train_seconds + time.perf_counter() - valid_started  # this session's part
     state.last_row = {
         "epoch": str(state.epoch), "step": str(state.step), "train_loss": f"{train_loss:.6f}",
         **{k: f"{valid[k]:.6f}" for k in log.columns if k in valid},
         "epoch_seconds": f"{seconds:.3f}", "train_seconds": f"{train_seconds:.3f}",
-        "peak_train_gpu_mb": f"{peak_mb:.1f}",
+        "setup_seconds": f"{setup_seconds:.3f}", "peak_train_gpu_mb": f"{peak_mb:.1f}",
     }
     print(
         f"epoch {state.epoch:3d}  loss {train_loss:.4f}  valid {config.eval.valid_metric} {current:.4f}"
@@ -456,12 +421,10 @@ def _last_good(folder: Path) -> str:
     return f"{path} (step {saved['step']})"
 
 
-def _non_finite_message(
-    bad: NonFiniteStep, folder: Path, state: TrainState, batch: int, total: int, config: RunConfig
-) -> str:
+def _non_finite_message(bad: NonFiniteStep, folder: Path, state: TrainState, config: RunConfig) -> str:
     return (
-        f"step {state.step + 1} (epoch {state.epoch + 1}, batch {batch + 1} of {total}) has loss {bad.loss} and "
-        f"gradient norm {bad.grad_norm}; stopped before that update. Last good checkpoint: {_last_good(folder)}. "
+        f"step {bad.step + 1} (epoch {state.epoch + 1}) has loss {bad.loss} and gradient norm {bad.grad_norm}; its "
+        f"update was skipped and the run stopped at step {state.step}. Last good checkpoint: {_last_good(folder)}. "
         f"Start a new run with a lower train.lr (now {config.train.lr}) or with train.grad_clip (a resume keeps the "
         "run's settings)"
     )

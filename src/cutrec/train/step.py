@@ -1,0 +1,243 @@
+"""The training step: one batch in static shapes, no host sync, run eagerly or replayed as one CUDA graph.
+
+The host packs each batch into one int64 buffer, copied to the device without waiting (from pinned memory):
+inputs [B, L] (a last, smaller batch is filled with repeats of its own rows, which get no targets), the batch's
+target positions [R] (flat indices into B * L) with their targets [R] (IGNORE_INDEX past the batch's M targets),
+the loss's draw key [4] (`sampling.draw_key` of the step seed) and the step number. The host knows M before the
+step, so the device never gathers by a boolean mask (which needs a sync to size its output).
+
+The step itself: forward under autocast, the loss over the R gathered hidden rows (ignored rows add nothing), the
+backward, the global gradient norm (clipped when train.grad_clip is set), then the fused Adam/AdamW update, which
+the optimizer skips on the device when the loss or the norm is not finite (`found_inf`). Non-finite steps are
+counted on the device with the first one's (step, loss, norm); the host reads that count lazily (`Readout`, never
+waiting) and at epoch ends, and stops the run with `NonFiniteStep`.
+
+With a CUDA graph (train.cuda_graph, on CUDA without train.compile), R is fixed per run: `memory.batch_positions`
+(the mean plus four standard deviations of a batch's targets, the bound that the memory check sizes) rounded up to
+a multiple of 64, at most B * L. The step is captured once after two warm-up steps whose updates are skipped
+(`found_inf` forced), with the random generators restored afterwards, and replayed for every batch; dropout draws
+from torch's graph-safe default generator and the kernel losses from the key buffer, so a replay equals an eager
+step with the same state. A rare batch with more than R targets runs eagerly (counted in `eager_steps`). Without a
+graph, R is each batch's M rounded up to 64, so the Triton kernels, which specialise on a row count's divisibility
+by 16, never compile again after the first step.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from cutrec.data.batches import IGNORE_INDEX
+from cutrec.losses.sampling import draw_key
+from cutrec.train.evaluate import autocast_context
+from cutrec.train.state import TrainState
+
+ROW_MULTIPLE = 64  # R is rounded up to this
+WARMUP_STEPS = 2  # skipped updates before a capture (allocates the optimizer state, compiles the kernels)
+
+
+class NonFiniteStep(Exception):
+    """A step's loss or gradient norm was NaN or infinite; its update was skipped on the device."""
+
+    def __init__(self, step: int, loss: float, grad_norm: float) -> None:
+        super().__init__(f"step {step}: loss {loss}, gradient norm {grad_norm}")
+        self.step, self.loss, self.grad_norm = step, loss, grad_norm
+
+
+def round_rows(count: int, limit: int) -> int:
+    """`count` target rows rounded up to ROW_MULTIPLE, at most `limit` (B * L), at least 1."""
+    return max(1, min(limit, -(-count // ROW_MULTIPLE) * ROW_MULTIPLE))
+
+
+def make_optimizer(config: Any, model: torch.nn.Module, device: torch.device) -> torch.optim.Optimizer:
+    """Adam or AdamW, fused (it can skip a step on the device), capturable on CUDA."""
+    kind = torch.optim.AdamW if config.train.optimizer == "adamw" else torch.optim.Adam
+    return kind(model.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay, fused=True,
+                capturable=device.type == "cuda")
+
+
+class Readout:
+    """A few device numbers copied to pinned host memory without waiting; `poll` returns them once they arrive."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.host: torch.Tensor | None = None
+        self.event: torch.cuda.Event | None = None
+
+    def poll(self, values: torch.Tensor) -> np.ndarray | None:
+        """The values of an earlier request if they have arrived (then a new request of `values` starts), else None;
+        on the CPU, `values` now."""
+        if self.device.type != "cuda":
+            return values.detach().double().numpy()
+        if self.event is not None and not self.event.query():
+            return None
+        arrived = None if self.host is None else self.host.numpy().copy()
+        self.host = torch.empty(values.shape, dtype=torch.float64, pin_memory=True)
+        self.host.copy_(values.detach().double(), non_blocking=True)
+        self.event = torch.cuda.Event()
+        self.event.record()
+        return arrived
+
+
+class TrainStep:
+    """Runs training steps on `state` (see the module docstring); `run` never waits for the device."""
+
+    def __init__(
+        self, state: TrainState, forward: Any, loss_fn: Any, config: Any, device: torch.device, num_items: int,
+        rows: int,
+    ) -> None:
+        self.state, self.forward, self.loss_fn, self.config, self.device = state, forward, loss_fn, config, device
+        self.num_items = num_items
+        self.batch_size, self.max_len = int(config.train.batch_size), state.model.max_len
+        self.rows = round_rows(rows, self.batch_size * self.max_len)  # R of the graph
+        self.parameters = list(state.model.parameters())
+        self.found_inf = torch.zeros((), device=device)  # 1.0: the fused optimizer skips the update
+        state.optimizer.found_inf = self.found_inf
+        self.skip = torch.zeros((), dtype=torch.bool, device=device)  # True during warm-up
+        self.bad = torch.zeros(4, dtype=torch.float64, device=device)  # non-finite steps, first one's step/loss/norm
+        self.readout = Readout(device)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.static: torch.Tensor | None = None  # the graph's input buffer
+        self.use_graph = device.type == "cuda" and config.train.cuda_graph and not config.train.compile
+        self.why_eager = self._why_eager(device, config)
+        self.prepared = False
+        self.setup_seconds = 0.0  # warm-up and capture of this session
+        self.eager_steps = 0  # steps that ran eagerly beside a graph (batches with more than R targets)
+
+    @staticmethod
+    def _why_eager(device: torch.device, config: Any) -> str | None:
+        if not config.train.cuda_graph:
+            return "train.cuda_graph=false"
+        if device.type != "cuda":
+            return f"the device is {device.type}, not cuda"
+        if config.train.compile:
+            return "train.compile=true (the compiled model is not captured)"
+        return None
+
+    def pack(self, inputs: torch.Tensor, targets: torch.Tensor, step: int) -> tuple[torch.Tensor, int]:
+        """(host words [B * L + 2 R + 5] int64, R) of a batch: inputs [b, L] and targets [b, L] with b <= B."""
+        batch = inputs.shape[0]
+        inputs_np, flat_targets = inputs.numpy(), targets.numpy().reshape(-1)  # [b, L], [b * L]
+        positions = np.flatnonzero(flat_targets != IGNORE_INDEX)  # [M]
+        count = len(positions)
+        limit = self.batch_size * self.max_len
+        rows = self.rows if self.use_graph and count <= self.rows else round_rows(count, limit)
+        words = np.empty(limit + 2 * rows + 5, dtype=np.int64)
+        filled = words[:limit].reshape(self.batch_size, self.max_len)
+        filled[:] = inputs_np[np.arange(self.batch_size) % batch]  # repeats of the batch's own rows
+        words[limit : limit + count] = positions
+        words[limit + count : limit + rows] = 0  # a real row, with an ignored target
+        words[limit + rows : limit + rows + count] = flat_targets[positions]
+        words[limit + rows + count : limit + 2 * rows] = IGNORE_INDEX
+        words[limit + 2 * rows : limit + 2 * rows + 4] = draw_key(step_seed(self.config.train.seed, step),
+                                                                 self.num_items)
+        words[-1] = step
+        host = torch.from_numpy(words)
+        return (host.pin_memory() if self.device.type == "cuda" else host), rows
+
+    def _body(self, words: torch.Tensor, rows: int) -> None:
+        """The step on device words (see `pack`); every shape is fixed by (B, L, R)."""
+        limit = self.batch_size * self.max_len
+        inputs = words[:limit].view(self.batch_size, self.max_len)  # [B, L]
+        positions, targets = words[limit : limit + rows], words[limit + rows : limit + 2 * rows]  # [R], [R]
+        key, step = words[limit + 2 * rows : limit + 2 * rows + 4], words[-1]
+        model = self.state.model
+        with autocast_context(self.device, self.config.train.amp):
+            hidden = self.forward(inputs)  # [B, L, D]
+            picked = hidden.reshape(-1, hidden.shape[-1]).index_select(0, positions)  # [R, D]
+            loss = self.loss_fn(picked, model.item_table, targets, seed=key)
+        loss.backward()
+        # the global norm, clipped when train.grad_clip is set (with an infinite bound the gradients are unchanged)
+        norm = torch.nn.utils.clip_grad_norm_(self.parameters, self.config.train.grad_clip or math.inf)
+        loss = loss.detach().float()
+        bad = ~(torch.isfinite(loss) & torch.isfinite(norm))
+        self.found_inf.copy_((bad | self.skip).float())
+        self.state.optimizer.step()
+        first = bad & (self.bad[0] == 0)
+        self.bad.copy_(torch.where(first, torch.stack([self.bad[0], step.double(), loss.double(), norm.double()]),
+                                   self.bad))
+        self.bad[0] += bad.double()
+        self.state.epoch_loss += torch.where(bad, 0.0, loss)
+
+    def _eager(self, host: torch.Tensor, rows: int) -> None:
+        self.state.optimizer.zero_grad(set_to_none=True)
+        self._body(host.to(self.device, non_blocking=True), rows)
+
+    def run(self, inputs: torch.Tensor, targets: torch.Tensor) -> None:
+        """One step on inputs [b, L] and targets [b, L] (CPU tensors), numbered state.step."""
+        host, rows = self.pack(inputs, targets, self.state.step)
+        if not self.prepared:
+            self._prepare(host, rows)
+        if self.graph is not None and rows == self.rows:
+            self.static.copy_(host, non_blocking=True)
+            self.graph.replay()
+        else:
+            self.eager_steps += self.graph is not None
+            self._eager(host, rows)
+
+    def _prepare(self, host: torch.Tensor, rows: int) -> None:
+        """Warm up on the first batch (updates skipped, generators restored); capture the graph where it applies."""
+        started = time.perf_counter()
+        cpu_rng = torch.get_rng_state()
+        cuda_rng = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+        loss_sum = self.state.epoch_loss.clone()
+        self.skip.fill_(True)
+        if self.use_graph and rows == self.rows:
+            try:
+                self._capture(host)
+            except RuntimeError as error:  # an op that syncs or is not capturable
+                self.graph, self.use_graph = None, False
+                self.why_eager = f"capture failed ({str(error).splitlines()[0][:120]})"
+        if self.graph is None:
+            self._eager(host, rows)  # compiles the kernels outside the timed steps
+        self.skip.fill_(False)
+        self.bad.zero_()
+        self.state.epoch_loss.copy_(loss_sum)
+        torch.set_rng_state(cpu_rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state(cuda_rng, self.device)
+            torch.cuda.synchronize(self.device)
+        self.prepared = True
+        self.setup_seconds = time.perf_counter() - started
+
+    def _capture(self, host: torch.Tensor) -> None:
+        self.static = host.to(self.device)
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            for _ in range(WARMUP_STEPS):
+                self.state.optimizer.zero_grad(set_to_none=True)
+                self._body(self.static, self.rows)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        self.state.optimizer.zero_grad(set_to_none=True)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self._body(self.static, self.rows)
+        self.graph = graph
+
+    def poll(self) -> tuple[float, int] | None:
+        """(summed epoch loss, non-finite steps) as of some earlier step, when a readout has arrived; else None.
+        Raises NonFiniteStep once a non-finite step is seen."""
+        values = self.readout.poll(torch.cat([self.state.epoch_loss.double().view(1), self.bad]))
+        if values is None:
+            return None
+        self._raise_if_bad(values[1:])
+        return float(values[0]), int(values[1])
+
+    def check(self) -> None:
+        """Wait for the device and raise NonFiniteStep if any step so far was not finite."""
+        self._raise_if_bad(self.bad.cpu().numpy())
+
+    @staticmethod
+    def _raise_if_bad(bad: np.ndarray) -> None:
+        if bad[0] > 0:
+            raise NonFiniteStep(int(bad[1]), float(bad[2]), float(bad[3]))
+
+
+def step_seed(run_seed: int, step: int) -> int:
+    """The loss seed of one training step: a hash of (run seed, step) in [0, 2**31)."""
+    return int(np.random.SeedSequence([run_seed, step]).generate_state(1)[0] & 0x7FFFFFFF)
