@@ -6,6 +6,8 @@ handling are identical for both.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -48,6 +50,25 @@ def top_k_items(
     about 12 * U * C bytes at peak (0.8 GB for U = 1024, C = 65536); the running top-k is [U, k] int64.
     """
     _check_vectors(user_vectors, item_vectors, k, item_bias, item_chunk)
+    if not torch.isfinite(user_vectors).all() or not torch.isfinite(item_vectors).all():
+        raise CutrecError("user or item vectors hold NaN or inf: the model diverged; lower train.lr and retrain")
+    keys = top_k_keys(user_vectors, item_vectors, k, item_bias=item_bias, exclude=exclude, item_chunk=item_chunk)
+    return keys_to_items(keys)
+
+
+def top_k_keys(
+    user_vectors: torch.Tensor,
+    item_vectors: torch.Tensor,
+    k: int,
+    *,
+    item_bias: torch.Tensor | None = None,
+    exclude: tuple[torch.Tensor, torch.Tensor] | None = None,
+    item_chunk: int = 65536,
+) -> torch.Tensor:
+    """`top_k_items` before its checks of the scores: [U, k] int64 rank keys, best first (`keys_to_items` decodes
+    them). With `exclude` on the CPU (checked there) nothing here waits for the device, so an evaluation can queue
+    every batch and check and copy once."""
+    _check_vectors(user_vectors, item_vectors, k, item_bias, item_chunk)
     num_users, num_items = user_vectors.shape[0], item_vectors.shape[0]
     device = user_vectors.device
     users = user_vectors.float()  # [U, D]
@@ -67,14 +88,21 @@ def top_k_items(
         chunk_best = torch.topk(keys, min(k, stop - start), dim=1).values  # [U, min(k, C)]
         merged = torch.cat([best, chunk_best], dim=1)  # [U, <= 2k]
         best = torch.topk(merged, min(k, merged.shape[1]), dim=1).values  # [U, <= k]
-    short = (best >> 32) <= _NEG_INF_ORDER  # [U, k] True where the pick scored -inf (excluded)
+    return best
+
+
+def keys_to_items(keys: torch.Tensor) -> torch.Tensor:
+    """Item ids [U, k] of the rank keys [U, k] of `top_k_keys`; raises CutrecError when a user's k picks include an
+    excluded item or a score of -inf (one read of the device)."""
+    short = (keys >> 32) <= _NEG_INF_ORDER  # [U, k] True where the pick scored -inf (excluded)
     if short.any():
         user = int(short.any(dim=1).nonzero()[0])
+        k = keys.shape[1]
         raise CutrecError(
             f"user {user} has fewer than k={k} items left to recommend after exclusion (or scores of -inf); "
             "lower k or exclude fewer items"
         )
-    return _ID_FLIP - (best & _ID_FLIP)  # [U, k]
+    return _ID_FLIP - (keys & _ID_FLIP)  # [U, k]
 
 
 def most_popular_top_k(
@@ -99,44 +127,72 @@ def most_popular_top_k(
     Returns:
         [U, k] int64 item ids, most popular first.
     """
-    if popularity.dim() != 1:
-        raise CutrecError(f"popularity has shape {tuple(popularity.shape)}; pass one score per item, shape [N]")
     if num_users < 0:
         raise CutrecError(f"num_users={num_users} is negative; pass the number of users to rank for")
-    num_items = len(popularity)
-    if not 1 <= k <= num_items:
-        raise CutrecError(f"k={k} is out of range; use 1 <= k <= {num_items} (the catalog size)")
-    if torch.isnan(popularity).any() or (popularity == float("inf")).any():
-        raise CutrecError("popularity holds NaN or +inf; pass finite scores (-inf marks items never recommended)")
-    device = popularity.device
-    ordered, order = torch.sort(popularity.float(), descending=True, stable=True)  # [N]; ties keep lower ids first
-    counts = torch.zeros(num_users, dtype=torch.int64, device=device)
-    if exclude is not None:
-        offsets = exclude[0]
-        if offsets.shape != (num_users + 1,):
-            raise CutrecError(
-                f"exclude offsets have shape {tuple(offsets.shape)}; pass num_users + 1 = {num_users + 1} offsets"
-            )
-        users, items = (t.to(device) for t in _csr_pairs(offsets, exclude[1], num_items, "exclude"))  # [E], [E]
-        counts = offsets.long().diff().to(device)  # [U] excluded entries per user (repeats included)
-    width = min(num_items, k + int(counts.max()) if num_users else k)  # no user needs to look further
-    blocked = (ordered[:width] == float("-inf")).expand(num_users, width).clone()  # [U, W]
-    if exclude is not None and num_users:
-        rank = torch.empty_like(order)
-        rank[order] = torch.arange(num_items, device=device)  # [N] position of each item in the order
-        item_ranks = rank[items]  # [E]
-        near = item_ranks < width
-        blocked[users[near], item_ranks[near]] = True
-    positions = torch.arange(width, device=device)
-    keys = torch.where(blocked, width + positions, positions)  # [U, W]: free positions first, in order
-    picked = torch.topk(keys, k, dim=1, largest=False, sorted=True).values  # [U, k]
-    if num_users and bool((picked >= width).any()):
-        user = int((picked >= width).any(dim=1).nonzero()[0])
+    ranking = PopularityOrder.of(popularity)
+    if not 1 <= k <= len(ranking.order):
+        raise CutrecError(f"k={k} is out of range; use 1 <= k <= {len(ranking.order)} (the catalog size)")
+    picked, short = ranking.top_k(num_users, k, exclude=exclude)
+    if num_users and bool(short.any()):
+        user = int(short.nonzero()[0])
         raise CutrecError(
             f"user {user} has fewer than k={k} items left to recommend after exclusion (or scores of -inf); "
             "lower k or exclude fewer items"
         )
-    return order[picked]  # [U, k]
+    return picked
+
+
+@dataclass(frozen=True)
+class PopularityOrder:
+    """The catalog sorted once by popularity, most popular first, ties by lower item id: order [N] (item ids),
+    rank [N] (each item's place in the order) and never [N] (True at places whose score is -inf)."""
+
+    order: torch.Tensor
+    rank: torch.Tensor
+    never: torch.Tensor
+
+    @classmethod
+    def of(cls, popularity: torch.Tensor) -> PopularityOrder:
+        """Sort [N] float scores (checked once: NaN and +inf are refused) on their device."""
+        if popularity.dim() != 1:
+            raise CutrecError(f"popularity has shape {tuple(popularity.shape)}; pass one score per item, shape [N]")
+        if torch.isnan(popularity).any() or (popularity == float("inf")).any():
+            raise CutrecError("popularity holds NaN or +inf; pass finite scores (-inf marks items never recommended)")
+        ordered, order = torch.sort(popularity.float(), descending=True, stable=True)  # [N]
+        rank = torch.empty_like(order)
+        rank[order] = torch.arange(len(order), device=order.device)  # [N]
+        return cls(order=order, rank=rank, never=ordered == float("-inf"))
+
+    def top_k(
+        self, num_users: int, k: int, *, exclude: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(item ids [U, k], short [U] bool: users with fewer than k items left) of each user's k most popular
+        unexcluded items. Each user walks the global order skipping its excluded items, so the work is [U, k + most
+        excluded items of a user], never [U, N]. With `exclude` on the CPU nothing waits for the device."""
+        num_items = len(self.order)
+        device = self.order.device
+        width = k
+        if exclude is not None:
+            offsets = exclude[0]
+            if offsets.shape != (num_users + 1,):
+                raise CutrecError(
+                    f"exclude offsets have shape {tuple(offsets.shape)}; pass num_users + 1 = {num_users + 1} offsets"
+                )
+            users, items = _csr_pairs(offsets, exclude[1], num_items, "exclude")  # [E], [E] on exclude's device
+            counts = offsets.long().diff()  # [U] excluded entries per user (repeats included)
+            width = k + (int(counts.max()) if num_users else 0)  # no user needs to look further
+        width = min(num_items, width)
+        hits = torch.zeros(num_users, width + 1, dtype=torch.int32, device=device)  # [U, W + 1]; column W: beyond
+        if exclude is not None and num_users:
+            users, items = to_device(users, device), to_device(items, device)
+            places = self.rank[items].clamp(max=width)  # [E]
+            hits.index_put_((users, places), torch.ones_like(places, dtype=torch.int32), accumulate=True)
+        blocked = (hits[:, :width] > 0) | self.never[:width]  # [U, W]
+        positions = torch.arange(width, device=device)
+        keys = torch.where(blocked, width + positions, positions)  # [U, W]: free places first, in order
+        picked = torch.topk(keys, k, dim=1, largest=False, sorted=True).values  # [U, k]
+        short = (picked >= width).any(dim=1)  # [U]
+        return self.order[picked.clamp(max=width - 1)], short  # [U, k], [U]
 
 
 def popularity_scores(train_items: np.ndarray | torch.Tensor, num_items: int) -> torch.Tensor:
@@ -179,8 +235,7 @@ def _check_vectors(
     item_bias: torch.Tensor | None,
     item_chunk: int,
 ) -> None:
-    if not torch.isfinite(user_vectors).all() or not torch.isfinite(item_vectors).all():
-        raise CutrecError("user or item vectors hold NaN or inf: the model diverged; lower train.lr and retrain")
+    """Shapes, dtypes and devices (never the values: that would wait for the device)."""
     if user_vectors.dim() != 2 or item_vectors.dim() != 2:
         raise CutrecError(
             f"user_vectors {tuple(user_vectors.shape)} and item_vectors {tuple(item_vectors.shape)} must be 2-D; "
@@ -219,17 +274,26 @@ def _exclusions_by_chunk(
     starts: list[int],
     device: torch.device,
 ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-    """(rows [E], items [E], bounds): the excluded pairs sorted by item; chunk c owns entries bounds[c]:bounds[c+1]."""
+    """(rows [E], items [E], bounds): the excluded pairs sorted by item; chunk c owns entries bounds[c]:bounds[c+1].
+    Checked and sorted on exclude's device (pass CPU tensors to keep the scoring device's queue free of waits)."""
     offsets, items = exclude
     if offsets.shape != (num_users + 1,):
         raise CutrecError(
             f"exclude offsets have shape {tuple(offsets.shape)}; pass num_users + 1 = {num_users + 1} offsets"
         )
-    rows, items = _csr_pairs(offsets, items, num_items, "exclude")  # [E], [E]
-    items, order = torch.sort(items.to(device))  # [E]
-    rows = rows.to(device)[order]  # [E]
-    chunk_edges = torch.tensor([*starts, num_items], device=device)  # [chunks + 1]
-    return rows, items, torch.searchsorted(items, chunk_edges).tolist()
+    rows, items = _csr_pairs(offsets, items, num_items, "exclude")  # [E], [E] on exclude's device
+    items, order = torch.sort(items)  # [E]
+    rows = rows[order]  # [E]
+    chunk_edges = torch.tensor([*starts, num_items], device=items.device)  # [chunks + 1]
+    bounds = torch.searchsorted(items, chunk_edges).tolist()  # on the CPU for CPU exclusions: no device wait
+    return to_device(rows, device), to_device(items, device), bounds
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`tensor` on `device`; from the CPU to CUDA through pinned memory, so the host does not wait for the device."""
+    if tensor.device.type == "cpu" and torch.device(device).type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
 
 
 def _csr_pairs(

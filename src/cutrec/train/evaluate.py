@@ -1,7 +1,8 @@
 """Score an evaluation set: the model's user vectors against the whole catalog, and the most-popular baseline.
 
-Both go through the same chunked top-k (cutrec.eval.ranking) with the same exclusion of seen items, so their
-metrics are comparable.
+Both exclude seen items the same way (cutrec.eval.ranking), so their metrics are comparable. Neither waits for
+the device per batch: inputs and exclusions go up from pinned memory, and the results are checked and copied back
+once per evaluation.
 """
 
 from __future__ import annotations
@@ -14,21 +15,20 @@ import torch
 from cutrec.config import EvalConfig
 from cutrec.data.batches import eval_batches
 from cutrec.data.splits import EvalSet
+from cutrec.errors import CutrecError
 from cutrec.eval.metrics import ranking_metrics
-from cutrec.eval.ranking import most_popular_top_k, top_k_items
+from cutrec.eval.ranking import PopularityOrder, keys_to_items, to_device, top_k_keys
 from cutrec.models import SequenceModel
 
 
-def _batch_exclusion(evalset: EvalSet, rows: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """CSR (offsets [B + 1], items [E_b]) of the input items of `rows` (consecutive rows of the eval set)."""
+def _batch_exclusion(evalset: EvalSet, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """CSR (offsets [B + 1], items [E_b]) on the CPU of the input items of `rows` (consecutive rows of the eval set);
+    the ranking checks it there and copies it to the device without waiting."""
     offsets = evalset.inputs.offsets
     start, stop = offsets[rows[0]], offsets[rows[-1] + 1]
     batch_offsets = offsets[rows[0] : rows[-1] + 2] - start  # [B + 1]
     batch_items = evalset.inputs.items[start:stop]  # [E_b]
-    return (
-        torch.from_numpy(batch_offsets.astype(np.int64)).to(device),
-        torch.from_numpy(batch_items.astype(np.int64)).to(device),
-    )
+    return torch.from_numpy(batch_offsets.astype(np.int64)), torch.from_numpy(batch_items.astype(np.int64))
 
 
 def autocast_context(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
@@ -43,32 +43,46 @@ def autocast_context(device: torch.device, enabled: bool) -> contextlib.Abstract
 def model_top_items(
     model: SequenceModel, evalset: EvalSet, config: EvalConfig, device: torch.device, *, amp: bool = True
 ) -> torch.Tensor:
-    """[U, max(ks)] top items of every user of the eval set, best first."""
+    """[U, max(ks)] top items of every user of the eval set, best first (on the CPU).
+
+    Every batch is queued without waiting for the device; the scores are checked and the top items copied once."""
     model.eval()
     k = max(config.ks)
     items = model.item_table.float()  # [N, D]
-    tops = []
+    finite = torch.isfinite(items).all()
+    keys = []
     for inputs, lengths, rows in eval_batches(
         evalset, max_len=model.max_len, batch_size=config.batch_size, padding_id=model.padding_id
     ):
         with autocast_context(device, amp):
-            users = model.user_vectors(inputs.to(device), lengths.to(device))  # [B, D]
-        exclude = _batch_exclusion(evalset, rows.numpy(), device) if config.exclude_seen else None
-        tops.append(top_k_items(users.float(), items, k, exclude=exclude, item_chunk=config.item_chunk).cpu())
-    return torch.cat(tops)  # [U, k]
+            users = model.user_vectors(to_device(inputs, device), to_device(lengths, device))  # [B, D]
+        finite &= torch.isfinite(users).all()
+        exclude = _batch_exclusion(evalset, rows.numpy()) if config.exclude_seen else None
+        keys.append(top_k_keys(users.float(), items, k, exclude=exclude, item_chunk=config.item_chunk))  # [B, k]
+    if not bool(finite):
+        raise CutrecError("user or item vectors hold NaN or inf: the model diverged; lower train.lr and retrain")
+    return keys_to_items(torch.cat(keys)).cpu()  # [U, k]
 
 
 @torch.no_grad()
 def popular_top_items(popularity: torch.Tensor, evalset: EvalSet, config: EvalConfig) -> torch.Tensor:
-    """[U, max(ks)] most-popular items for every user (seen items excluded the same way as for the model)."""
+    """[U, max(ks)] most-popular items for every user (seen items excluded the same way as for the model), on the
+    CPU. The catalog is sorted once; every batch is queued without waiting for the device."""
     k = max(config.ks)
-    tops = []
+    ranking = PopularityOrder.of(popularity)
+    picks, shorts = [], []
     num_users = len(evalset.targets)
     for start in range(0, num_users, config.batch_size):
         rows = np.arange(start, min(start + config.batch_size, num_users))
-        exclude = _batch_exclusion(evalset, rows, popularity.device) if config.exclude_seen else None
-        tops.append(most_popular_top_k(popularity, len(rows), k, exclude=exclude).cpu())
-    return torch.cat(tops)  # [U, k]
+        exclude = _batch_exclusion(evalset, rows) if config.exclude_seen else None
+        picked, short = ranking.top_k(len(rows), k, exclude=exclude)  # [B, k], [B]
+        picks.append(picked)
+        shorts.append(short)
+    if num_users and bool(torch.cat(shorts).any()):
+        user = int(torch.cat(shorts).nonzero()[0])
+        raise CutrecError(f"user {user} has fewer than k={k} items left to recommend after excluding its seen items; "
+                          "lower eval.ks or set eval.exclude_seen=false")
+    return torch.cat(picks).cpu()  # [U, k]
 
 
 def score(
