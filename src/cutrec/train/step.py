@@ -118,14 +118,19 @@ class TrainStep:
             return "train.compile=true (the compiled model is not captured)"
         return None
 
-    def pack(self, inputs: torch.Tensor, targets: torch.Tensor, step: int) -> tuple[torch.Tensor, int]:
-        """(host words [B * L + 2 R + 5] int64, R) of a batch: inputs [b, L] and targets [b, L] with b <= B."""
+    def pack(
+        self, inputs: torch.Tensor, targets: torch.Tensor, step: int, rows: int | None = None
+    ) -> tuple[torch.Tensor, int]:
+        """(host words [B * L + 2 R + 5] int64, R) of a batch: inputs [b, L] and targets [b, L] with b <= B.
+        `rows` forces R (the capture's shapes), keeping the first R targets of a batch that has more."""
         batch = inputs.shape[0]
         inputs_np, flat_targets = inputs.numpy(), targets.numpy().reshape(-1)  # [b, L], [b * L]
         positions = np.flatnonzero(flat_targets != IGNORE_INDEX)  # [M]
-        count = len(positions)
         limit = self.batch_size * self.max_len
-        rows = self.rows if self.use_graph and count <= self.rows else round_rows(count, limit)
+        if rows is None:
+            rows = self.rows if self.use_graph and len(positions) <= self.rows else round_rows(len(positions), limit)
+        positions = positions[:rows]
+        count = len(positions)
         words = np.empty(limit + 2 * rows + 5, dtype=np.int64)
         filled = words[:limit].reshape(self.batch_size, self.max_len)
         filled[:] = inputs_np[np.arange(self.batch_size) % batch]  # repeats of the batch's own rows
@@ -171,7 +176,7 @@ class TrainStep:
         """One step on inputs [b, L] and targets [b, L] (CPU tensors), numbered state.step."""
         host, rows = self.pack(inputs, targets, self.state.step)
         if not self.prepared:
-            self._prepare(host, rows)
+            self._prepare(inputs, targets, host, rows)
         if self.graph is not None and rows == self.rows:
             self.static.copy_(host, non_blocking=True)
             self.graph.replay()
@@ -179,16 +184,17 @@ class TrainStep:
             self.eager_steps += self.graph is not None
             self._eager(host, rows)
 
-    def _prepare(self, host: torch.Tensor, rows: int) -> None:
-        """Warm up on the first batch (updates skipped, generators restored); capture the graph where it applies."""
+    def _prepare(self, inputs: torch.Tensor, targets: torch.Tensor, host: torch.Tensor, rows: int) -> None:
+        """Warm up on the first batch (updates skipped, generators restored); capture the graph where it applies
+        (in R rows, the first batch cut to R targets if it has more)."""
         started = time.perf_counter()
         cpu_rng = torch.get_rng_state()
         cuda_rng = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
         loss_sum = self.state.epoch_loss.clone()
         self.skip.fill_(True)
-        if self.use_graph and rows == self.rows:
+        if self.use_graph:
             try:
-                self._capture(host)
+                self._capture(host if rows == self.rows else self.pack(inputs, targets, self.state.step, self.rows)[0])
             except RuntimeError as error:  # an op that syncs or is not capturable
                 self.graph, self.use_graph = None, False
                 self.why_eager = f"capture failed ({str(error).splitlines()[0][:120]})"
