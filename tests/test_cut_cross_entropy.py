@@ -111,6 +111,20 @@ def test_catalog_split_across_programs_matches_reference(shape, has_bias):
         assert_no_worse_than_pytorch(hidden, items, bias, targets, upstream, reduction, "triton")
 
 
+@pytest.mark.parametrize(
+    ("shape", "device"),
+    [((150, 333, 24), "cpu"), ((40, 3000, 16), "cpu"),
+     pytest.param((9000, 50_000, 64), "cuda", marks=[gpu, pytest.mark.gpu])],
+)
+def test_a_padded_tail_of_ignored_rows_matches_reference(shape, device):
+    """The trainer's static-shape batches end in ignored rows; the kernels skip whole blocks of them (no item scan,
+    no draws), with and without the catalog split, and the loss and gradients stay those of the reference."""
+    hidden, items, bias, targets, upstream = make_inputs(shape, torch.float32, True, seed=shape[0], device=device)
+    targets[shape[0] // 3 :] = -100  # two thirds of the rows are padding, in whole blocks
+    for reduction in ("mean", "none"):
+        assert_no_worse_than_pytorch(hidden, items, bias, targets, upstream, reduction, "triton")
+
+
 @pytest.mark.parametrize("impl", IMPLS)
 def test_all_rows_ignored_gives_zero_loss_and_grads(impl):
     hidden, items, bias, targets, upstream = make_inputs((9, 100, 16), torch.float32, True, seed=1)

@@ -591,3 +591,19 @@ def test_gpu_extra_memory_of_a_training_step(share, item_dtype):
     torch.cuda.synchronize()
     extra = torch.cuda.max_memory_allocated() - before - sum(g.nbytes for g in grads)
     assert extra < 64 * 2**20, f"extra memory {extra / 2**20:.1f} MiB"
+
+
+@pytest.mark.parametrize(("share", "popularity"), SHARE_AND_POPULARITY)
+def test_triton_padded_tail_of_ignored_rows(share, popularity):
+    """The trainer's static-shape batches end in ignored rows, which the kernels skip in whole blocks (no draws);
+    loss and gradients stay those of float64 CE- on the drawn negatives."""
+    hidden, items, targets = make_inputs((200, 150, 16), torch.float32, seed=41)
+    targets[70:] = -100  # the padding: every block past the first 70 rows
+    counts = torch.from_numpy(np.random.default_rng(2).integers(1, 30, 150).astype(np.float64))
+    distribution = NegativeDistribution.popularity(counts, 0.8) if popularity else NegativeDistribution.uniform(150)
+    ours = loss_and_grads(sampled_cut_cross_entropy, hidden, items, targets, num_negatives=13,
+                          distribution=distribution, share=share, seed=5, impl="triton")
+    truth = loss_and_grads(sampled_cross_entropy, hidden, items, targets, torch.float64,
+                           negatives=drawn(distribution, 5, 200, 13, share), distribution=distribution)
+    for value, expected in zip(ours, truth, strict=True):
+        torch.testing.assert_close(value.double(), expected, rtol=1e-4, atol=1e-5)

@@ -164,6 +164,8 @@ def _forward_kernel(
     split = tl.program_id(1)
     split_start = split * split_size
     split_end = tl.minimum(split_start + split_size, num_items)
+    if tl.max(valid.to(tl.int32), axis=0) == 0:  # no target in this block (padding): scan no item
+        split_end = split_start
     full_end = split_start + (split_end - split_start) // BLOCK_N * BLOCK_N  # tiles before it need no column mask
     for start in range(split_start, full_end, BLOCK_N):
         max2, sum_exp, acc = _forward_tile(h, items_ptr, bias_ptr, start, num_items, dims, dim_mask, max2, sum_exp,
@@ -236,9 +238,11 @@ def _item_backward_kernel(
             other=0.0,
         )  # [BM, BD]
         target = tl.load(targets_ptr + rows, mask=row_mask, other=ignore_index)
+        kept = target != ignore_index
         grad_loss = tl.load(grad_loss_ptr + rows, mask=row_mask, other=0.0)
-        grad_loss = tl.where(target != ignore_index, grad_loss, 0.0)  # ignored and padded rows contribute nothing
-        lse2 = tl.load(lse_ptr + rows, mask=row_mask, other=float("inf")) * LOG2E  # padded rows: softmax 0
+        grad_loss = tl.where(kept, grad_loss, 0.0)  # ignored and padded rows contribute nothing
+        # ignored and padded rows: softmax 0 (the forward leaves an ignored row's lse undefined)
+        lse2 = tl.where(kept, tl.load(lse_ptr + rows, mask=row_mask, other=0.0) * LOG2E, float("inf"))
 
         z_t = dot(w, tl.trans(h), FP32_DOT)  # [BN, BM] fp32: logits, transposed
         if HAS_BIAS:

@@ -66,6 +66,12 @@ def _key(key_ptr):
 
 
 @triton.jit
+def _negatives_to_scan(valid, num_negatives):
+    """K, or 0 for a block of positions without a target (the padding of a static-shape batch costs no draws)."""
+    return tl.where(tl.max(valid.to(tl.int32), axis=0) > 0, num_negatives, 0)
+
+
+@triton.jit
 def _draw(streams, ks, mask, keep_ptr, alias_ptr, seed_hash, num_items, num_negatives, POPULARITY: tl.constexpr):
     """int64 ids of draws (stream, k), broadcast over the shapes of `streams` and `ks` (sampling.counter_draws)."""
     counters = streams.to(tl.int64) * num_negatives + ks.to(tl.int64)
@@ -190,7 +196,7 @@ def _rowwise_forward_kernel(
     h = h.to(tl.float32)
     max2 = positive * LOG2E  # the online log-sum-exp starts with s_0
     sum_exp = tl.full([BLOCK_M], 1.0, tl.float32)
-    for start in range(0, num_negatives, BLOCK_K):
+    for start in range(0, _negatives_to_scan(valid, num_negatives), BLOCK_K):
         ks = start + tl.arange(0, BLOCK_K)
         mask = valid[:, None] & (ks < num_negatives)[None, :]
         ids = _rowwise_ids(rows, ks, mask, negatives_ptr, keep_ptr, alias_ptr, seed_hash, num_items, num_negatives,
@@ -219,7 +225,7 @@ def _rowwise_backward_kernel(
     lse, grad_loss, grad_h = _positive_backward(lse_ptr, grad_loss_ptr, grad_items_ptr, rows, row_mask, valid, safe,
                                                 dims, h, w_target, positive, grad_loss_stride, chunk_start,
                                                 chunk_end, DIM, not SHIFTED)  # grad_h [BM, BD]
-    for start in range(0, num_negatives, BLOCK_K):
+    for start in range(0, _negatives_to_scan(valid, num_negatives), BLOCK_K):
         ks = start + tl.arange(0, BLOCK_K)
         mask = valid[:, None] & (ks < num_negatives)[None, :]
         ids = _rowwise_ids(rows, ks, mask, negatives_ptr, keep_ptr, alias_ptr, seed_hash, num_items, num_negatives,
@@ -285,7 +291,7 @@ def _tiled_forward_kernel(
     seed_hash = tl.load(key_ptr)
     max2 = positive * LOG2E
     sum_exp = tl.full([TILE_ROWS], 1.0, tl.float32)
-    for start in range(0, num_negatives, BLOCK_K):
+    for start in range(0, _negatives_to_scan(valid, num_negatives), BLOCK_K):
         ks = start + tl.arange(0, BLOCK_K)
         k_mask = ks < num_negatives
         ids = _tiled_ids(ks, k_mask, negatives_ptr, keep_ptr, alias_ptr, seed_hash, num_items, num_negatives,
@@ -313,7 +319,7 @@ def _tiled_backward_kernel(
     lse, grad_loss, grad_h = _positive_backward(lse_ptr, grad_loss_ptr, grad_items_ptr, rows, row_mask, valid, safe,
                                                 dims, h, w_target, positive, grad_loss_stride, chunk_start,
                                                 chunk_end, DIM, True)  # grad_h [TR, BD]
-    for start in range(0, num_negatives, BLOCK_K):
+    for start in range(0, _negatives_to_scan(valid, num_negatives), BLOCK_K):
         ks = start + tl.arange(0, BLOCK_K)
         k_mask = ks < num_negatives
         ids = _tiled_ids(ks, k_mask, negatives_ptr, keep_ptr, alias_ptr, seed_hash, num_items, num_negatives,

@@ -356,7 +356,10 @@ def fit(config: RunConfig, folder: Path, data: TrainingData, state: TrainState, 
                 step.check()
                 setup_seconds = step.setup_seconds - setup_before
                 train_seconds = time.perf_counter() - epoch_started - setup_seconds
-                peak_mb = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0
+                # a graph's memory is allocated at capture, so its peak counts in every epoch
+                peak_mb = 0.0
+                if device.type == "cuda":
+                    peak_mb = max(torch.cuda.max_memory_allocated(device), step.graph_peak_bytes) / 2**20
                 end_epoch(config, folder, data, state, device, log, train_seconds, setup_seconds, peak_mb)
                 checkpoint()
                 log.append(state.last_row)

@@ -107,6 +107,7 @@ class TrainStep:
         self.prepared = False
         self.setup_seconds = 0.0  # warm-up and capture of this session
         self.eager_steps = 0  # steps that ran eagerly beside a graph (batches with more than R targets)
+        self.graph_peak_bytes = 0  # peak allocated through warm-up and capture: a graph allocates only then
 
     @staticmethod
     def _why_eager(device: torch.device, config: Any) -> str | None:
@@ -207,6 +208,8 @@ class TrainStep:
         if cuda_rng is not None:
             torch.cuda.set_rng_state(cuda_rng, self.device)
             torch.cuda.synchronize(self.device)
+        if self.graph is not None:
+            self.graph_peak_bytes = torch.cuda.max_memory_allocated(self.device)
         self.prepared = True
         self.setup_seconds = time.perf_counter() - started
 
