@@ -1,7 +1,7 @@
 """Memory estimate against measured peak training memory, side by side, for CE, CE-, CCE and CCE- at several sizes.
 
 Each case runs in its own process, as `cutrec train` would: it builds the model, optimizer and loss of the config
-with the trainer's own functions (`new_state`, `build_loss`, `train_step`), trains up to --max-steps steps of one
+with the trainer's own functions (`new_state`, `build_loss`, `TrainStep`), trains up to --max-steps steps of one
 epoch's batches, and reads torch.cuda.max_memory_allocated (everything the process allocated through PyTorch,
 including the CUDA libraries' workspaces; the CUDA context itself is not in it). The estimate is
 cutrec.train.memory.estimate for the same config and the same sequence lengths, computed before the first step.
@@ -79,8 +79,9 @@ def measure(case: dict, files: dict[str, str | None], max_steps: int) -> dict:
     from cutrec.config import build_config
     from cutrec.data.batches import IGNORE_INDEX, epoch_order, num_batches
     from cutrec.losses import build_loss
-    from cutrec.train.loop import new_state, train_step
-    from cutrec.train.memory import estimate
+    from cutrec.train.loop import new_state
+    from cutrec.train.memory import batch_positions, estimate
+    from cutrec.train.step import TrainStep
 
     device = torch.device("cuda")
     num_items, train = sequences(case["data"], files)
@@ -95,6 +96,8 @@ def measure(case: dict, files: dict[str, str | None], max_steps: int) -> dict:
     torch.manual_seed(0)
     state = new_state(config, num_items, device)
     loss_fn = build_loss(config.loss, num_items, torch.ones(num_items, device=device))
+    step = TrainStep(state, state.model, loss_fn, config, device, num_items,
+                     rows=batch_positions(config, lengths, case["batch"]))
     order = epoch_order(train, min_length=state.model.min_train_length, rng=state.batch_rng)
     steps = min(num_batches(order, case["batch"]), max_steps)
     largest_m = 0
@@ -104,10 +107,11 @@ def measure(case: dict, files: dict[str, str | None], max_steps: int) -> dict:
             rows = order[batch * case["batch"] : (batch + 1) * case["batch"]]
             inputs, targets = state.model.training_batch(train, rows, state.batch_rng)
             largest_m = max(largest_m, int((targets != IGNORE_INDEX).sum()))
-            train_step(state, state.model, loss_fn, inputs.to(device), targets.to(device), config)
+            step.run(inputs, targets)
             state.step += 1
         torch.cuda.synchronize()
-        result["measured_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+        # a CUDA graph allocates at capture only: its peak counts too
+        result["measured_mb"] = max(torch.cuda.max_memory_allocated(device), step.graph_peak_bytes) / 2**20
         result["after_steps_mb"] = torch.cuda.memory_allocated(device) / 2**20  # weights, moments, gradients
     except torch.cuda.OutOfMemoryError as err:
         result["measured_mb"] = None

@@ -1,5 +1,8 @@
 """Profile one SASRec training step per loss (CPU and GPU time per op) at a small-catalog shape like Beauty's.
 
+The step here is a plain eager one written out (boolean-mask gather, no optimizer), to see each loss's own ops; the
+trainer's step (static shapes, CUDA graph: cutrec.train.step) is timed end to end by benchmarks/quality.py.
+
     python benchmarks/profile_train_step.py --losses CE CCE --items 12101 --mean-length 9
 """
 

@@ -25,6 +25,7 @@ by 16, never compile again after the first step.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from typing import Any
 
@@ -199,6 +200,7 @@ class TrainStep:
             except RuntimeError as error:  # an op that syncs or is not capturable
                 self.graph, self.use_graph = None, False
                 self.why_eager = f"capture failed ({str(error).splitlines()[0][:120]})"
+                print(f"training step: eager ({self.why_eager})", file=sys.stderr)
         if self.graph is None:
             self._eager(host, rows)  # compiles the kernels outside the timed steps
         self.skip.fill_(False)
