@@ -6,7 +6,7 @@ import torch
 
 from cutrec.errors import CutrecError
 from cutrec.eval import most_popular_top_k, popularity_scores, top_k_items
-from cutrec.eval.ranking import _rank_keys
+from cutrec.eval.ranking import PopularityOrder, _rank_keys
 
 
 def brute_top_k(users, items, k, bias=None, exclude=None):
@@ -190,6 +190,9 @@ def test_errors():
         top_k_items(users[0], items, 2)
     with pytest.raises(CutrecError, match="shape \\[N\\]"):
         most_popular_top_k(torch.ones(3, 1), 2, 1)
+    for k in (0, 4):  # the evaluator ranks through PopularityOrder.top_k directly: it checks k too
+        with pytest.raises(CutrecError, match=f"k={k} is out of range"):
+            PopularityOrder.of(torch.ones(3)).top_k(2, k)
 
 
 def test_non_finite_vectors_are_refused():

@@ -121,3 +121,32 @@ def test_graph_replays_equal_eager_steps(loss, model, share, rows):
     for ours, expected in zip(graph_params, eager_params, strict=True):
         torch.testing.assert_close(ours, expected, rtol=1e-3, atol=1e-4)
     assert len(set(np.diff(graph_losses).round(6))) > 1
+
+
+def test_a_state_saved_by_an_unfused_optimizer_resumes_with_the_fused_one():
+    """last.pt of a run that stepped a plain Adam (before the fused step existed) loads and steps again."""
+    config, state, step = _setup("cpu")
+    plain = torch.optim.Adam(state.model.parameters(), lr=config.train.lr)
+    for parameter in state.model.parameters():
+        parameter.grad = torch.randn_like(parameter)
+    plain.step()
+    saved = {**state.state_dict(), "optimizer": plain.state_dict()}
+    config, resumed, step = _setup("cpu")
+    resumed.load_state_dict(saved)
+    assert all(group["fused"] for group in resumed.optimizer.param_groups)
+    for inputs, targets in _batches(resumed, 2):
+        step.run(inputs, targets)
+        resumed.step += 1
+    step.check()
+    assert all(int(s["step"]) == 3 for s in resumed.optimizer.state.values())  # the saved step and two more
+
+
+def test_a_log_from_an_earlier_version_is_rewritten_under_todays_columns(tmp_path):
+    from cutrec.train.loop import EpochLog
+
+    path = tmp_path / "log.csv"
+    path.write_text("epoch,step,train_loss\n1,10,0.5\n")
+    log = EpochLog(path, ["epoch", "step", "train_loss", "setup_seconds"])
+    log.append({"epoch": "2", "step": "20", "train_loss": "0.4", "setup_seconds": "0.0"})
+    assert path.read_text().splitlines() == ["epoch,step,train_loss,setup_seconds", "1,10,0.5,", "2,20,0.4,0.0"]
+    assert log.epochs() == {1, 2}

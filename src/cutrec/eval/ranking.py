@@ -130,8 +130,6 @@ def most_popular_top_k(
     if num_users < 0:
         raise CutrecError(f"num_users={num_users} is negative; pass the number of users to rank for")
     ranking = PopularityOrder.of(popularity)
-    if not 1 <= k <= len(ranking.order):
-        raise CutrecError(f"k={k} is out of range; use 1 <= k <= {len(ranking.order)} (the catalog size)")
     picked, short = ranking.top_k(num_users, k, exclude=exclude)
     if num_users and bool(short.any()):
         user = int(short.nonzero()[0])
@@ -170,6 +168,8 @@ class PopularityOrder:
         unexcluded items. Each user walks the global order skipping its excluded items, so the work is [U, k + most
         excluded items of a user], never [U, N]. With `exclude` on the CPU nothing waits for the device."""
         num_items = len(self.order)
+        if not 1 <= k <= num_items:
+            raise CutrecError(f"k={k} is out of range; use 1 <= k <= {num_items} (the catalog size)")
         device = self.order.device
         width = k
         if exclude is not None:

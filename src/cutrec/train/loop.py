@@ -161,6 +161,12 @@ class EpochLog:
         self.columns = columns
         if not path.exists():
             self._write([columns])
+            return
+        with path.open(newline="") as file:
+            reader = csv.DictReader(file)
+            header, rows = reader.fieldnames or [], list(reader)
+        if header != columns:  # a log written by an earlier version: the same rows under today's columns
+            self._write([columns, *([row.get(c) or "" for c in columns] for row in rows)])
 
     def epochs(self) -> set[int]:
         with self.path.open(newline="") as file:
@@ -290,8 +296,6 @@ def fit(config: RunConfig, folder: Path, data: TrainingData, state: TrainState, 
     loss_fn = build_loss(config.loss, split.num_items, data.item_counts.to(device))
     step = TrainStep(state, forward, loss_fn, config, device, split.num_items,
                      rows=batch_positions(config, data.train_lengths, batch_size))
-    print(f"training step: {'one CUDA graph' if step.why_eager is None else f'eager ({step.why_eager})'}",
-          file=sys.stderr)
     metric_names = [f"{m}@{k}" for m in ("NDCG", "HR") for k in config.eval.ks]
     log = EpochLog(
         folder / LOG_NAME,
@@ -342,9 +346,9 @@ def fit(config: RunConfig, folder: Path, data: TrainingData, state: TrainState, 
                     step.run(inputs, targets)
                     state.step += 1
                     state.batches_done += 1
-                    seen = step.poll()  # as of an earlier step: never waits for the device
-                    if seen is not None and bar.disable is False:
-                        bar.set_postfix(loss=f"{seen[0] / max(state.batches_done, 1):.4f}", refresh=False)
+                    mean_loss = step.poll()  # as of an earlier step: never waits for the device
+                    if mean_loss is not None and bar.disable is False:
+                        bar.set_postfix(loss=f"{mean_loss:.4f}", refresh=False)
                     if signals.received:
                         break
                     if every and time.monotonic() - last_saved >= every:

@@ -4,8 +4,9 @@ It holds the model and the optimizer, the counters (finished epochs, optimizer s
 epoch and that epoch's order of sequences), the best validation metric and its epoch, the training time so far, the
 current epoch's summed loss, the log row of the last finished epoch, and every random generator: Python's, the numpy
 generator that draws epoch orders and the model's batch randomness (BERT4Rec's masks), torch's CPU generator and
-the training device's CUDA generator (so a run can resume with another number of GPUs visible). Sampled losses need
-no state: their seed is a function of (run seed, step). Restored from its checkpoint, the state continues exactly
+the training device's CUDA generator (so a run can resume with another number of GPUs visible). The kernel losses'
+negatives are a function of (run seed, step); dropout and the PyTorch sampled losses draw from torch's generators,
+saved here. Restored from its checkpoint, the state continues exactly
 where it stopped: on the CPU with a fixed seed, a resumed run ends bit for bit like an uninterrupted one.
 """
 
@@ -70,7 +71,13 @@ class TrainState:
         """Restore everything `state_dict` saved; the generators last, after the model and optimizer are built."""
         device = next(self.model.parameters()).device
         self.model.load_state_dict(saved["model"])
-        self.optimizer.load_state_dict(saved["optimizer"])
+        # the optimizer as built here decides how it steps (fused, capturable), not the one that saved the state
+        built = [{key: group[key] for key in ("fused", "capturable") if key in group}
+                 for group in self.optimizer.param_groups]
+        optimizer = dict(saved["optimizer"])
+        optimizer["param_groups"] = [{**group, **flags} for group, flags in zip(optimizer["param_groups"], built,
+                                                                                strict=True)]
+        self.optimizer.load_state_dict(optimizer)
         self.epoch, self.step, self.batches_done = saved["epoch"], saved["step"], saved["batches_done"]
         order = saved["epoch_order"]
         self.epoch_order = None if order is None else order.numpy()

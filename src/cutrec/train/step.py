@@ -68,19 +68,21 @@ class Readout:
         self.device = device
         self.host: torch.Tensor | None = None
         self.event: torch.cuda.Event | None = None
+        self.tag: Any = None
 
-    def poll(self, values: torch.Tensor) -> np.ndarray | None:
-        """The values of an earlier request if they have arrived (then a new request of `values` starts), else None;
-        on the CPU, `values` now."""
+    def poll(self, values: torch.Tensor, tag: Any) -> tuple[np.ndarray, Any] | None:
+        """(values, tag) of an earlier request if they have arrived (then a request of `values`, tagged with `tag`,
+        starts), else None; on the CPU, (`values`, `tag`) now."""
         if self.device.type != "cuda":
-            return values.detach().double().numpy()
+            return values.detach().double().numpy(), tag
         if self.event is not None and not self.event.query():
             return None
-        arrived = None if self.host is None else self.host.numpy().copy()
+        arrived = None if self.host is None else (self.host.numpy().copy(), self.tag)
         self.host = torch.empty(values.shape, dtype=torch.float64, pin_memory=True)
         self.host.copy_(values.detach().double(), non_blocking=True)
         self.event = torch.cuda.Event()
         self.event.record()
+        self.tag = tag
         return arrived
 
 
@@ -200,7 +202,6 @@ class TrainStep:
             except RuntimeError as error:  # an op that syncs or is not capturable
                 self.graph, self.use_graph = None, False
                 self.why_eager = f"capture failed ({str(error).splitlines()[0][:120]})"
-                print(f"training step: eager ({self.why_eager})", file=sys.stderr)
         if self.graph is None:
             self._eager(host, rows)  # compiles the kernels outside the timed steps
         self.skip.fill_(False)
@@ -212,6 +213,8 @@ class TrainStep:
             torch.cuda.synchronize(self.device)
         if self.graph is not None:
             self.graph_peak_bytes = torch.cuda.max_memory_allocated(self.device)
+        print(f"training step: {'one CUDA graph' if self.graph is not None else f'eager ({self.why_eager})'}",
+              file=sys.stderr)
         self.prepared = True
         self.setup_seconds = time.perf_counter() - started
 
@@ -230,14 +233,16 @@ class TrainStep:
             self._body(self.static, self.rows)
         self.graph = graph
 
-    def poll(self) -> tuple[float, int] | None:
-        """(summed epoch loss, non-finite steps) as of some earlier step, when a readout has arrived; else None.
-        Raises NonFiniteStep once a non-finite step is seen."""
-        values = self.readout.poll(torch.cat([self.state.epoch_loss.double().view(1), self.bad]))
-        if values is None:
+    def poll(self) -> float | None:
+        """The epoch's mean loss as of some earlier step, when a readout has arrived; else None. Raises NonFiniteStep
+        once a non-finite step is seen."""
+        arrived = self.readout.poll(torch.cat([self.state.epoch_loss.double().view(1), self.bad]),
+                                    self.state.batches_done)
+        if arrived is None:
             return None
+        values, batches = arrived  # the loss summed over `batches` batches of the epoch
         self._raise_if_bad(values[1:])
-        return float(values[0]), int(values[1])
+        return float(values[0]) / max(batches, 1)
 
     def check(self) -> None:
         """Wait for the device and raise NonFiniteStep if any step so far was not finite."""
