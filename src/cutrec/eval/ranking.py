@@ -49,10 +49,9 @@ def top_k_items(
     Memory: each chunk holds scores [U, C] float32 (4 bytes an entry) and their rank keys [U, C] int64 (8 bytes),
     about 12 * U * C bytes at peak (0.8 GB for U = 1024, C = 65536); the running top-k is [U, k] int64.
     """
-    _check_vectors(user_vectors, item_vectors, k, item_bias, item_chunk)
+    keys = top_k_keys(user_vectors, item_vectors, k, item_bias=item_bias, exclude=exclude, item_chunk=item_chunk)
     if not torch.isfinite(user_vectors).all() or not torch.isfinite(item_vectors).all():
         raise CutrecError("user or item vectors hold NaN or inf: the model diverged; lower train.lr and retrain")
-    keys = top_k_keys(user_vectors, item_vectors, k, item_bias=item_bias, exclude=exclude, item_chunk=item_chunk)
     return keys_to_items(keys)
 
 
@@ -95,14 +94,18 @@ def keys_to_items(keys: torch.Tensor) -> torch.Tensor:
     """Item ids [U, k] of the rank keys [U, k] of `top_k_keys`; raises CutrecError when a user's k picks include an
     excluded item or a score of -inf (one read of the device)."""
     short = (keys >> 32) <= _NEG_INF_ORDER  # [U, k] True where the pick scored -inf (excluded)
-    if short.any():
-        user = int(short.any(dim=1).nonzero()[0])
-        k = keys.shape[1]
-        raise CutrecError(
-            f"user {user} has fewer than k={k} items left to recommend after exclusion (or scores of -inf); "
-            "lower k or exclude fewer items"
-        )
+    refuse_short_users(short.any(dim=1), keys.shape[1], "lower k or exclude fewer items")
     return _ID_FLIP - (keys & _ID_FLIP)  # [U, k]
+
+
+def refuse_short_users(short: torch.Tensor, k: int, fix: str) -> None:
+    """Raise CutrecError naming the first user of `short` [U] bool (users with fewer than k items left to
+    recommend after exclusion, or with scores of -inf) and `fix`; one read of the device."""
+    if short.any():
+        user = int(short.nonzero()[0])
+        raise CutrecError(
+            f"user {user} has fewer than k={k} items left to recommend after exclusion (or scores of -inf); {fix}"
+        )
 
 
 def most_popular_top_k(
@@ -131,12 +134,7 @@ def most_popular_top_k(
         raise CutrecError(f"num_users={num_users} is negative; pass the number of users to rank for")
     ranking = PopularityOrder.of(popularity)
     picked, short = ranking.top_k(num_users, k, exclude=exclude)
-    if num_users and bool(short.any()):
-        user = int(short.nonzero()[0])
-        raise CutrecError(
-            f"user {user} has fewer than k={k} items left to recommend after exclusion (or scores of -inf); "
-            "lower k or exclude fewer items"
-        )
+    refuse_short_users(short, k, "lower k or exclude fewer items")
     return picked
 
 
@@ -174,11 +172,7 @@ class PopularityOrder:
         width = k
         if exclude is not None:
             offsets = exclude[0]
-            if offsets.shape != (num_users + 1,):
-                raise CutrecError(
-                    f"exclude offsets have shape {tuple(offsets.shape)}; pass num_users + 1 = {num_users + 1} offsets"
-                )
-            users, items = _csr_pairs(offsets, exclude[1], num_items, "exclude")  # [E], [E] on exclude's device
+            users, items = _exclusion_pairs(exclude, num_users, num_items)  # [E], [E] on exclude's device
             counts = offsets.long().diff()  # [U] excluded entries per user (repeats included)
             width = k + (int(counts.max()) if num_users else 0)  # no user needs to look further
         width = min(num_items, width)
@@ -276,12 +270,7 @@ def _exclusions_by_chunk(
 ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
     """(rows [E], items [E], bounds): the excluded pairs sorted by item; chunk c owns entries bounds[c]:bounds[c+1].
     Checked and sorted on exclude's device (pass CPU tensors to keep the scoring device's queue free of waits)."""
-    offsets, items = exclude
-    if offsets.shape != (num_users + 1,):
-        raise CutrecError(
-            f"exclude offsets have shape {tuple(offsets.shape)}; pass num_users + 1 = {num_users + 1} offsets"
-        )
-    rows, items = _csr_pairs(offsets, items, num_items, "exclude")  # [E], [E] on exclude's device
+    rows, items = _exclusion_pairs(exclude, num_users, num_items)  # [E], [E] on exclude's device
     items, order = torch.sort(items)  # [E]
     rows = rows[order]  # [E]
     chunk_edges = torch.tensor([*starts, num_items], device=items.device)  # [chunks + 1]
@@ -294,6 +283,18 @@ def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     if tensor.device.type == "cpu" and torch.device(device).type == "cuda":
         return tensor.pin_memory().to(device, non_blocking=True)
     return tensor.to(device)
+
+
+def _exclusion_pairs(
+    exclude: tuple[torch.Tensor, torch.Tensor], num_users: int, num_items: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (user, item) pairs [E] of an exclusion CSR of `num_users` users, checked on its own device."""
+    offsets, items = exclude
+    if offsets.shape != (num_users + 1,):
+        raise CutrecError(
+            f"exclude offsets have shape {tuple(offsets.shape)}; pass num_users + 1 = {num_users + 1} offsets"
+        )
+    return _csr_pairs(offsets, items, num_items, "exclude")
 
 
 def _csr_pairs(

@@ -17,7 +17,7 @@ from cutrec.data.batches import eval_batches
 from cutrec.data.splits import EvalSet
 from cutrec.errors import CutrecError
 from cutrec.eval.metrics import ranking_metrics
-from cutrec.eval.ranking import PopularityOrder, keys_to_items, to_device, top_k_keys
+from cutrec.eval.ranking import PopularityOrder, keys_to_items, refuse_short_users, to_device, top_k_keys
 from cutrec.models import SequenceModel
 
 
@@ -78,10 +78,8 @@ def popular_top_items(popularity: torch.Tensor, evalset: EvalSet, config: EvalCo
         picked, short = ranking.top_k(len(rows), k, exclude=exclude)  # [B, k], [B]
         picks.append(picked)
         shorts.append(short)
-    if num_users and bool(torch.cat(shorts).any()):
-        user = int(torch.cat(shorts).nonzero()[0])
-        raise CutrecError(f"user {user} has fewer than k={k} items left to recommend after excluding its seen items; "
-                          "lower eval.ks or set eval.exclude_seen=false")
+    if num_users:
+        refuse_short_users(torch.cat(shorts), k, "lower eval.ks or set eval.exclude_seen=false")
     return torch.cat(picks).cpu()  # [U, k]
 
 
