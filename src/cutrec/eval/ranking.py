@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from cutrec.errors import CutrecError
+from cutrec.transfer import to_device
 
 # Bits of the float32 -inf (0xFF800000) mapped by `_rank_keys`: scores at or below it are excluded items (or NaN).
 _NEG_INF_ORDER = -0x7F800000
@@ -276,13 +277,6 @@ def _exclusions_by_chunk(
     chunk_edges = torch.tensor([*starts, num_items], device=items.device)  # [chunks + 1]
     bounds = torch.searchsorted(items, chunk_edges).tolist()  # on the CPU for CPU exclusions: no device wait
     return to_device(rows, device), to_device(items, device), bounds
-
-
-def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """`tensor` on `device`; from the CPU to CUDA through pinned memory, so the host does not wait for the device."""
-    if tensor.device.type == "cpu" and torch.device(device).type == "cuda":
-        return tensor.pin_memory().to(device, non_blocking=True)
-    return tensor.to(device)
 
 
 def _exclusion_pairs(

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from cutrec.errors import CutrecError
+from cutrec.transfer import to_device
 
 
 @dataclass
@@ -151,15 +152,12 @@ def draw_key(seed: int, num_items: int) -> tuple[int, int, int, int]:
     """The draw key of `seed` over N items: (seed_hash(seed), a, b, a^-1 mod N), with (a, b) share="offsets"'s
     relabelling (`shifted_relabelling`). Python ints, computed on the host: every draw is a pure function of it."""
     a, b = shifted_relabelling(num_items, seed)
-    return seed_hash(seed), a, b, pow(a, -1, num_items) if num_items > 1 else 0
+    return seed_hash(seed), a, b, pow(a, -1, num_items)  # a = 1 when N = 1: its inverse mod 1 is 0
 
 
 def key_tensor(seed: int, num_items: int, device: torch.device) -> torch.Tensor:
     """`draw_key` as a [4] int64 tensor on `device`, copied without making the host wait for the device."""
-    key = torch.tensor(draw_key(seed, num_items), dtype=torch.int64)
-    if torch.device(device).type == "cuda":
-        key = key.pin_memory()
-    return key.to(device, non_blocking=True)
+    return to_device(torch.tensor(draw_key(seed, num_items), dtype=torch.int64), device)
 
 
 def check_key(key: torch.Tensor, device: torch.device) -> None:

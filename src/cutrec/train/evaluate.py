@@ -17,8 +17,9 @@ from cutrec.data.batches import eval_batches
 from cutrec.data.splits import EvalSet
 from cutrec.errors import CutrecError
 from cutrec.eval.metrics import ranking_metrics
-from cutrec.eval.ranking import PopularityOrder, keys_to_items, refuse_short_users, to_device, top_k_keys
+from cutrec.eval.ranking import PopularityOrder, keys_to_items, refuse_short_users, top_k_keys
 from cutrec.models import SequenceModel
+from cutrec.transfer import to_device
 
 
 def _batch_exclusion(evalset: EvalSet, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:

@@ -36,6 +36,7 @@ from cutrec.data.batches import IGNORE_INDEX
 from cutrec.losses.sampling import draw_key
 from cutrec.train.evaluate import autocast_context
 from cutrec.train.state import TrainState
+from cutrec.transfer import to_device
 
 ROW_MULTIPLE = 64  # R is rounded up to this
 WARMUP_STEPS = 2  # skipped updates before a capture (allocates the optimizer state, compiles the kernels)
@@ -105,12 +106,15 @@ class TrainStep:
         self.readout = Readout(device)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.static: torch.Tensor | None = None  # the graph's input buffer
-        self.use_graph = device.type == "cuda" and config.train.cuda_graph and not config.train.compile
-        self.why_eager = self._why_eager(device, config)
+        self.why_eager = self._why_eager(device, config)  # None: capture the step (until a capture fails)
         self.prepared = False
         self.setup_seconds = 0.0  # warm-up and capture of this session
         self.eager_steps = 0  # steps that ran eagerly beside a graph (batches with more than R targets)
         self.graph_peak_bytes = 0  # peak allocated through warm-up and capture: a graph allocates only then
+
+    @property
+    def use_graph(self) -> bool:
+        return self.why_eager is None
 
     @staticmethod
     def _why_eager(device: torch.device, config: Any) -> str | None:
@@ -174,7 +178,7 @@ class TrainStep:
 
     def _eager(self, host: torch.Tensor, rows: int) -> None:
         self.state.optimizer.zero_grad(set_to_none=True)
-        self._body(host.to(self.device, non_blocking=True), rows)
+        self._body(to_device(host, self.device), rows)
 
     def run(self, inputs: torch.Tensor, targets: torch.Tensor) -> None:
         """One step on inputs [b, L] and targets [b, L] (CPU tensors), numbered state.step."""
@@ -200,7 +204,7 @@ class TrainStep:
             try:
                 self._capture(host if rows == self.rows else self.pack(inputs, targets, self.state.step, self.rows)[0])
             except RuntimeError as error:  # an op that syncs or is not capturable
-                self.graph, self.use_graph = None, False
+                self.graph = None
                 self.why_eager = f"capture failed ({str(error).splitlines()[0][:120]})"
         if self.graph is None:
             self._eager(host, rows)  # compiles the kernels outside the timed steps
