@@ -58,9 +58,9 @@ DRIVER = textwrap.dedent(
                 os.kill(os.getpid(), getattr(signal, action))
         return original(self, *args, **kwargs)
 
-    def training_data(config):
+    def training_data(config, sequences):
         os.kill(os.getpid(), signal.SIGTERM)  # the data is still loading
-        return original_data(config)
+        return original_data(config, sequences)
 
     original_data = loop.training_data
     step.TrainStep.run = run

@@ -1,3 +1,3 @@
 """cutrec: train transformer sequential recommenders on large catalogs, fast and in little GPU memory."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -86,29 +86,9 @@ def _overrides(args: argparse.Namespace, extra: list[str]) -> list[str]:
 
 def _run_config(args: argparse.Namespace, extra: list[str]):
     """The RunConfig of `train` and `estimate`: defaults, a named dataset's presets, the file, the options."""
-    from cutrec.config import build_config, load_file, merged_values
-    from cutrec.data import registry
+    from cutrec.config import build_config, load_file
 
-    file_values = load_file(args.config) if args.config else {}
-    overrides = _overrides(args, extra)
-    config = build_config(file_values, overrides)
-    if config.data.path is not None and config.data.dataset in registry.DATASETS:
-        presets = registry.DATASETS[config.data.dataset].preprocessing
-        print(
-            f"note: data.path is set, so the registry defaults of {config.data.dataset!r} ({presets}) are not "
-            "applied; pass them as --data.KEY=VALUE if the file needs them",
-            file=sys.stderr,
-        )
-    if config.data.path is None and config.data.dataset != "synthetic":
-        if config.data.dataset not in registry.DATASETS:
-            names = ", ".join(["synthetic", *registry.DATASETS])
-            raise CutrecError(
-                f"data.dataset={config.data.dataset!r} is not a known dataset ({names}); "
-                "or pass a local file with --data PATH"
-            )
-        presets = {"data": dict(registry.DATASETS[config.data.dataset].preprocessing)}
-        config = build_config(merged_values(presets, file_values), overrides)
-    return config
+    return build_config(load_file(args.config) if args.config else {}, _overrides(args, extra))
 
 
 def _train(args: argparse.Namespace, extra: list[str]) -> None:
@@ -124,12 +104,13 @@ def _train(args: argparse.Namespace, extra: list[str]) -> None:
 def _estimate(args: argparse.Namespace, extra: list[str]) -> None:
     from dataclasses import replace
 
+    from cutrec.data.load import load_sequences
     from cutrec.losses import resolve_loss_name
     from cutrec.train import memory
     from cutrec.train.loop import resolve_device, training_data
 
     config = _run_config(args, extra)
-    data = training_data(config)
+    data = training_data(config, load_sequences(config.data))
     num_items, lengths = data.split.num_items, data.train_lengths
     config = replace(config, loss=replace(config.loss, name=resolve_loss_name(config.loss.name, num_items)))
     device = resolve_device(config.train.device)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -190,17 +191,45 @@ def load_file(path: str | Path) -> dict[str, Any]:
 
 
 def build_config(file_values: dict[str, Any] | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """Defaults, then the file's values, then `key=value` overrides (dotted keys, strings parsed by type)."""
+    """Defaults, then a named dataset's preprocessing presets (`cutrec datasets`), then the file's values, then
+    `key=value` overrides (dotted keys, strings parsed by type). A local data.path gets no presets (a note says
+    which were not applied)."""
+    config = _layered(file_values or {}, overrides or [])
+    presets = _dataset_presets(config)
+    if presets:
+        config = _layered(merged_values({"data": presets}, file_values or {}), overrides or [])
+    validate(config)
+    return config
+
+
+def _layered(file_values: dict[str, Any], overrides: list[str]) -> RunConfig:
     config = RunConfig()
-    if file_values:
-        _apply_mapping(config, file_values, prefix="")
-    for item in overrides or []:
+    _apply_mapping(config, file_values, prefix="")
+    for item in overrides:
         if "=" not in item:
             raise CutrecError(f"override {item!r} has no '='; write it as key=value, e.g. train.lr=0.001")
         key, text = item.split("=", 1)
         set_value(config, key.strip().lstrip("-"), text)
-    validate(config)
     return config
+
+
+def _dataset_presets(config: RunConfig) -> dict[str, Any]:
+    """The registry's preprocessing of config.data.dataset when the data comes from the registry, else {}."""
+    from cutrec.data import registry
+
+    if config.data.dataset not in registry.DATASETS:
+        return {}
+    presets = dict(registry.DATASETS[config.data.dataset].preprocessing)
+    if config.data.path is None:
+        return presets
+    missed = {key: value for key, value in presets.items() if getattr(config.data, key) != value}
+    if missed:
+        print(
+            f"note: data.path is set, so the registry defaults of {config.data.dataset!r} ({missed}) are not "
+            "applied; pass them as --data.KEY=VALUE if the file needs them",
+            file=sys.stderr,
+        )
+    return {}
 
 
 def set_value(config: Any, dotted_key: str, value: Any) -> None:

@@ -1,7 +1,8 @@
 """An on-disk cache of preprocessed `SequenceData`, keyed by everything that went into building it.
 
 One .npz file per key, named by the sha256 of the key's canonical JSON and written atomically (a temporary file
-in the same folder, then os.replace), so an interrupted run never leaves a partial file behind.
+in the same folder, then os.replace), so an interrupted run never leaves a partial file behind. The same npz
+layout (`write_npz`, `read_npz`) holds a run folder's own copy of its data.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import zipfile
 import zlib
 from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -37,7 +39,7 @@ def cached_sequences(key: dict, build: Callable[[], SequenceData], cache_dir: st
         ) from None
     folder = Path(cache_dir).expanduser()
     path = folder / f"{hashlib.sha256(text.encode()).hexdigest()}.npz"
-    cached = _load(path, text)
+    cached = read_npz(path, text)
     if cached is not None:
         return cached
     data = build()
@@ -45,13 +47,14 @@ def cached_sequences(key: dict, build: Callable[[], SequenceData], cache_dir: st
     return data
 
 
-def _load(path: Path, key_text: str) -> SequenceData | None:
-    """The stored SequenceData, or None when the file is absent, unreadable, or holds another key."""
+def read_npz(path: Path, key_text: str | None = None) -> SequenceData | None:
+    """The SequenceData stored by `write_npz`, or None when the file is absent, unreadable, inconsistent, or holds
+    another key than `key_text` (None: any key)."""
     if not path.is_file():
         return None
     try:
         with np.load(path, allow_pickle=False) as stored:
-            if str(stored["key"]) != key_text:
+            if key_text is not None and str(stored["key"]) != key_text:
                 return None
             arrays = {name: stored[name] for name in _FIELDS}
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error):
@@ -68,17 +71,22 @@ def _load(path: Path, key_text: str) -> SequenceData | None:
     return data if consistent else None
 
 
-def _save(path: Path, key_text: str, data: SequenceData) -> None:
+def write_npz(file: BinaryIO, data: SequenceData, key_text: str = "") -> None:
+    """Write `data` (and the key it was built from) as an npz that loads without pickle."""
     arrays = {name: getattr(data, name) for name in _FIELDS}
     for name in ("item_ids", "user_ids"):
         if arrays[name].dtype == object:
             arrays[name] = arrays[name].astype(str)  # [K] fixed-width unicode: no pickle needed to load it
+    np.savez(file, key=np.array(key_text), **arrays)
+
+
+def _save(path: Path, key_text: str, data: SequenceData) -> None:
     temporary = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
         with os.fdopen(handle, "wb") as file:
-            np.savez(file, key=np.array(key_text), **arrays)
+            write_npz(file, data, key_text)
         os.replace(temporary, path)
     except OSError as err:
         if temporary is not None and os.path.exists(temporary):

@@ -24,12 +24,7 @@ def load_sequences(config: DataConfig) -> SequenceData:
     Registry datasets are fetched with `registry.fetch(name, cache_dir)` and read with the config's column names
     (their prepared TSV has the header user_id, item_id, timestamp[, rating]).
     """
-    options = {
-        "dedupe": config.dedupe,
-        "min_rating": config.min_rating,
-        "min_user_count": config.min_user_count,
-        "min_item_count": config.min_item_count,
-    }
+    options = preprocess_options(config)
     if config.path is None and config.dataset == "synthetic":
         return preprocess(synthetic_interactions(config.synthetic), **options)
     cache_dir = Path(config.cache_dir).expanduser()
@@ -43,6 +38,12 @@ def load_sequences(config: DataConfig) -> SequenceData:
     else:
         from cutrec.data import registry
 
+        if config.dataset not in registry.DATASETS:
+            names = ", ".join(["synthetic", *registry.DATASETS])
+            raise CutrecError(
+                f"data.dataset={config.dataset!r} is not a known dataset ({names}); or pass a local file with "
+                "--data PATH"
+            )
         path = Path(registry.fetch(config.dataset, cache_dir))
         fmt = registry.DATASETS[config.dataset].format
     columns = {
@@ -72,3 +73,13 @@ def load_sequences(config: DataConfig) -> SequenceData:
         return preprocess(interactions, **options)
 
     return cached_sequences(key, build, cache_dir / "sequences")
+
+
+def preprocess_options(config: DataConfig) -> dict:
+    """The keyword arguments of `preprocess` that the config sets."""
+    return {
+        "dedupe": config.dedupe,
+        "min_rating": config.min_rating,
+        "min_user_count": config.min_user_count,
+        "min_item_count": config.min_item_count,
+    }

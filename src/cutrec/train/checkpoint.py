@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from cutrec import __version__
 from cutrec.errors import CutrecError
 
 LAST_NAME = "last.pt"  # the whole training state, at every epoch end and every train.checkpoint_every_minutes
@@ -25,6 +26,10 @@ BEST_NAME = "best.pt"  # the model of the best validation epoch: the one tested,
 CONFIG_NAME = "config.json"
 LOG_NAME = "log.csv"
 METRICS_NAME = "metrics.json"
+DATA_NAME = "data.npz"  # the preprocessed sequences with the raw item and user ids (cutrec.data.cache's npz layout)
+RUN_NAME = "run.json"  # the run folder's format and the cutrec that wrote it
+# 1: before data.npz and run.json (evaluation re-read the original file); 2: the folder holds its own data
+RUN_FORMAT = 2
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)  # read the process umask (os.umask can only read it by setting it)
 
@@ -67,6 +72,32 @@ def remove_leftovers(folder: Path) -> list[Path]:
 
 def write_json(path: Path, value: Any) -> None:
     atomic_write_bytes(path, lambda file: file.write((json.dumps(value, indent=2) + "\n").encode()))
+
+
+def write_run_info(folder: Path) -> None:
+    """run.json: the folder's format, so a later cutrec knows how to read it and an older one refuses it."""
+    write_json(folder / RUN_NAME, {"format": RUN_FORMAT, "cutrec": __version__})
+
+
+def run_format(folder: Path) -> int:
+    """The format of a run folder (1 for folders from before run.json); a missing folder, an unreadable run.json or
+    a newer format than this cutrec reads is a CutrecError."""
+    if not folder.is_dir():
+        raise CutrecError(f"run folder {str(folder)!r} does not exist; pass a folder written by `cutrec train`")
+    path = folder / RUN_NAME
+    if not path.exists():
+        return 1
+    try:
+        info = json.loads(path.read_text())
+        found = int(info["format"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise CutrecError(f"{str(path)!r} is not readable; restore it from a copy of the run folder") from None
+    if found > RUN_FORMAT:
+        raise CutrecError(
+            f"run folder {str(folder)!r} was written by cutrec {info.get('cutrec', '?')} (run format {found}); this "
+            f"cutrec {__version__} reads formats up to {RUN_FORMAT}: upgrade with pip install -U cutrec"
+        )
+    return found
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:

@@ -30,7 +30,9 @@ from tqdm import tqdm
 
 from cutrec.config import RunConfig, build_config, differing_keys, merged_values, to_dict
 from cutrec.data.batches import epoch_order, num_batches
+from cutrec.data.cache import read_npz, write_npz
 from cutrec.data.load import load_sequences
+from cutrec.data.preprocess import SequenceData
 from cutrec.data.splits import Split, global_temporal, leave_one_out
 from cutrec.errors import CutrecError
 from cutrec.eval.metrics import format_table, item_user_counts
@@ -40,14 +42,17 @@ from cutrec.models import SequenceModel, build_model
 from cutrec.train.checkpoint import (
     BEST_NAME,
     CONFIG_NAME,
+    DATA_NAME,
     LAST_NAME,
     LOG_NAME,
     METRICS_NAME,
     atomic_write_bytes,
     load_checkpoint,
     remove_leftovers,
+    run_format,
     save_checkpoint,
     write_json,
+    write_run_info,
 )
 from cutrec.train.evaluate import model_top_items, popular_top_items, score
 from cutrec.train.interrupt import RunStopped, StopSignals
@@ -72,8 +77,7 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def make_split(config: RunConfig) -> Split:
-    data = load_sequences(config.data)
+def make_split(config: RunConfig, data: SequenceData) -> Split:
     if config.data.split == "leave_one_out":
         return leave_one_out(data)
     return global_temporal(
@@ -98,8 +102,9 @@ class TrainingData:
         return np.diff(self.split.train.offsets)  # [S] items per training sequence
 
 
-def training_data(config: RunConfig) -> TrainingData:
-    split = make_split(config)
+def training_data(config: RunConfig, sequences: SequenceData) -> TrainingData:
+    """The split of `sequences` that the config names, with its training statistics."""
+    split = make_split(config, sequences)
     train = split.train
     return TrainingData(
         split=split,
@@ -193,8 +198,9 @@ def stop_reason(config: RunConfig, state: TrainState) -> str | None:
     return None
 
 
-def train(config: RunConfig) -> Path:
-    """Start a run: create its folder, read the data, train, test the best epoch; returns the run folder.
+def train(config: RunConfig, sequences: SequenceData | None = None) -> Path:
+    """Start a run: create its folder, read the data (config.data, unless `sequences` are given), keep a copy of
+    it in the folder, train, test the best epoch; returns the run folder.
 
     A failure or a signal before the first last.pt removes the folder again: nothing in it could be resumed.
     """
@@ -203,7 +209,11 @@ def train(config: RunConfig) -> Path:
     try:
         with StopSignals() as signals:  # a signal while the data loads stops before the first step
             write_json(folder / CONFIG_NAME, to_dict(config))
-            data = training_data(config)
+            if sequences is None:
+                sequences = load_sequences(config.data)
+            atomic_write_bytes(folder / DATA_NAME, lambda file: write_npz(file, sequences))
+            write_run_info(folder)
+            data = training_data(config, sequences)
             print_data(config, data)
             loss_name = resolve_loss_name(config.loss.name, data.split.num_items)
             config = replace(config, loss=replace(config.loss, name=loss_name))
@@ -227,6 +237,7 @@ def resume(folder: Path, file_values: dict[str, Any], overrides: list[str]) -> P
     """Continue the run in `folder` from its last.pt, with its own config (only RESUMABLE_KEYS may change)."""
     if not folder.is_dir():
         raise CutrecError(f"--resume {str(folder)!r} is not a folder; pass a run folder that `cutrec train` wrote")
+    run_format(folder)  # refuses a folder of a newer cutrec
     if not (folder / LAST_NAME).exists():
         raise CutrecError(
             f"run {str(folder)!r} has no last.pt (it stopped before its first epoch end or timed checkpoint); "
@@ -250,7 +261,11 @@ def resume(folder: Path, file_values: dict[str, Any], overrides: list[str]) -> P
         print(f"removed {len(removed)} temporary file(s) left by an interrupted save", file=sys.stderr)
     device = resolve_device(config.train.device)
     print(f"run folder: {folder} (resuming at step {saved['step']}, epoch {saved['epoch'] + 1})", file=sys.stderr)
-    data = training_data(config)
+    sequences = run_sequences(folder, config)
+    if run_format(folder) == 1:  # from now on the folder holds its own data
+        atomic_write_bytes(folder / DATA_NAME, lambda file: write_npz(file, sequences))
+        write_run_info(folder)
+    data = training_data(config, sequences)
     print_data(config, data)
     now = _data_shape(data)
     if now != saved["data_shape"]:
@@ -446,8 +461,21 @@ def _stopped_message(signal_name: str, folder: Path, state: TrainState, total: i
     )
 
 
+def run_sequences(folder: Path, config: RunConfig) -> SequenceData:
+    """The run's own copy of its data (data.npz); a folder from before it (format 1) reads config.data again."""
+    if run_format(folder) == 1:
+        return load_sequences(config.data)
+    sequences = read_npz(folder / DATA_NAME)
+    if sequences is None:
+        raise CutrecError(
+            f"{str(folder / DATA_NAME)!r} is missing or unreadable; restore it from a copy of the run folder"
+        )
+    return sequences
+
+
 def load_run_model(folder: Path, device: torch.device) -> tuple[RunConfig, SequenceModel, dict[str, Any]]:
-    """The config, the best model and the checkpoint of a run folder."""
+    """The config, the best model and the checkpoint of a run folder (refused if a newer cutrec wrote it)."""
+    run_format(folder)
     checkpoint = load_checkpoint(folder / BEST_NAME, device)
     config = build_config(checkpoint["config"])
     model = build_model(config.model, checkpoint["num_items"]).to(device)
@@ -458,11 +486,12 @@ def load_run_model(folder: Path, device: torch.device) -> tuple[RunConfig, Seque
 def test_run(folder: Path, device: torch.device, data: TrainingData | None = None) -> dict[str, Any]:
     """Score the best checkpoint and the most-popular baseline on the test set; write metrics.json.
 
-    `data` is the run's split when the caller has it (the trainer does); without it the split is built once here.
+    `data` is the run's split when the caller has it (the trainer does); without it the split is built once here
+    from the folder's own data.
     """
     config, model, checkpoint = load_run_model(folder, device)
     if data is None:
-        data = training_data(config)
+        data = training_data(config, run_sequences(folder, config))
     if data.split.num_items != checkpoint["num_items"]:
         raise CutrecError(
             f"the data now has {data.split.num_items} items but run {str(folder)!r} was trained on "
