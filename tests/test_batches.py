@@ -77,7 +77,7 @@ def test_eval_batches():
     lists = [s for s in _random_lists(rng, int(rng.integers(10, 100)), 30) if s]
     evalset = EvalSet(inputs=_sequences(lists), targets=rng.integers(0, 30, len(lists)).astype(np.int32))
     max_len, batch_size = int(rng.integers(1, 10)), int(rng.integers(1, 20))
-    batches = list(eval_batches(evalset, max_len=max_len, batch_size=batch_size, padding_id=30))
+    batches = list(eval_batches(evalset.inputs, max_len=max_len, batch_size=batch_size, padding_id=30))
     rows = torch.cat([r for _, _, r in batches])
     assert rows.dtype == torch.int64 and rows.tolist() == list(range(len(lists)))
     for inputs, lengths, batch_rows in batches:
@@ -89,10 +89,10 @@ def test_eval_batches():
 
 def test_eval_hand_checked_and_errors():
     evalset = EvalSet(inputs=_sequences([[1, 2, 3], [4]]), targets=np.array([5, 6], dtype=np.int32))
-    ((inputs, lengths, rows),) = eval_batches(evalset, max_len=2, batch_size=8, padding_id=9)
+    ((inputs, lengths, rows),) = eval_batches(evalset.inputs, max_len=2, batch_size=8, padding_id=9)
     assert inputs.tolist() == [[2, 3], [4, 9]] and lengths.tolist() == [2, 1] and rows.tolist() == [0, 1]
     with pytest.raises(CutrecError, match="model.max_len=0 is out of range"):
-        next(eval_batches(evalset, max_len=0, batch_size=8, padding_id=9))
+        next(eval_batches(evalset.inputs, max_len=0, batch_size=8, padding_id=9))
     with pytest.raises(CutrecError, match="train.batch_size=0 is out of range"):
         num_batches(epoch_order(evalset.inputs, min_length=2, rng=np.random.default_rng()), 0)
     with pytest.raises(CutrecError, match="need sequences of 2 or more items"):

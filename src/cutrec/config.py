@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sys
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union
 
+from cutrec.console import note
 from cutrec.errors import CutrecError
 
 
@@ -224,11 +224,9 @@ def _dataset_presets(config: RunConfig) -> dict[str, Any]:
         return presets
     missed = {key: value for key, value in presets.items() if getattr(config.data, key) != value}
     if missed:
-        print(
+        note(
             f"note: data.path is set, so the registry defaults of {config.data.dataset!r} ({missed}) are not "
-            "applied; pass them as --data.KEY=VALUE if the file needs them",
-            file=sys.stderr,
-        )
+            "applied; pass them as --data.KEY=VALUE if the file needs them")
     return {}
 
 

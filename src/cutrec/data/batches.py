@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from cutrec.data.splits import EvalSet, Sequences
+from cutrec.data.splits import Sequences
 from cutrec.errors import CutrecError
 
 IGNORE_INDEX = -100  # target at padded positions (the value torch's cross-entropy ignores)
@@ -84,15 +84,15 @@ def masked_item_batch(
 
 
 def eval_batches(
-    evalset: EvalSet, *, max_len: int, batch_size: int, padding_id: int
+    sequences: Sequences, *, max_len: int, batch_size: int, padding_id: int
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """The eval set in order as (inputs [B, L] int64, lengths [B] int64, rows [B] int64).
+    """Histories (an eval set's inputs, or any users' histories) in order as (inputs [B, L] int64, lengths [B]
+    int64, rows [B] int64).
 
-    inputs holds the last max_len items of each user's input, right-padded with `padding_id`; lengths counts the
-    real items; rows indexes evalset.targets.
+    inputs holds the last max_len items of each history, right-padded with `padding_id`; lengths counts the real
+    items; rows indexes the sequences.
     """
     _check(max_len, batch_size)
-    sequences = evalset.inputs
     lengths = np.diff(sequences.offsets)  # [U]
     positions = np.arange(max_len)  # [L]
     for begin in range(0, len(lengths), batch_size):

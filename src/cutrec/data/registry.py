@@ -22,7 +22,6 @@ import itertools
 import json
 import os
 import re
-import sys
 import tarfile
 import tempfile
 import urllib.error
@@ -34,9 +33,9 @@ from pathlib import Path
 from typing import IO, Literal, NamedTuple
 
 import numpy as np
-from tqdm import tqdm
 
 from cutrec import __version__
+from cutrec.console import note, progress
 from cutrec.errors import CutrecError
 
 _CHUNK_BYTES = 1 << 20  # download read size
@@ -165,11 +164,9 @@ def _verify(spec: DatasetSpec, path: Path, actual: str, remove: Path) -> None:
     """Check a raw file's digest: on a mismatch delete `remove` and explain; without a checksum, print it."""
     algorithm = _algorithm(spec)
     if spec.checksum is None:
-        print(
+        note(
             f"cutrec: {spec.name}: no checksum is published for {spec.raw_file}, so it was not verified "
-            f"(trust on first use); its sha256 is {actual}",
-            file=sys.stderr,
-        )
+            f"(trust on first use); its sha256 is {actual}")
     elif spec.checksum != f"{algorithm}:{actual}":
         remove.unlink(missing_ok=True)
         raise CutrecError(
@@ -199,8 +196,7 @@ def _download(spec: DatasetSpec, raw: Path) -> None:
     handle, tmp_name = tempfile.mkstemp(dir=raw.parent, prefix=f".{spec.raw_file}.", suffix=".part")
     tmp = Path(tmp_name)
     try:
-        bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=spec.name, file=sys.stderr,
-                   disable=None)
+        bar = progress(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=spec.name)
         with response, os.fdopen(handle, "wb") as file, bar:
             while chunk := _read(response, spec, raw):
                 file.write(chunk)
@@ -235,8 +231,7 @@ def _prepare(spec: DatasetSpec, raw: Path, prepared: Path) -> None:
     tmp = Path(tmp_name)
     written = 0
     try:
-        bar = tqdm(desc=f"preparing {spec.name}", unit=" rows", unit_scale=True, file=sys.stderr,
-                   disable=None)
+        bar = progress(desc=f"preparing {spec.name}", unit=" rows", unit_scale=True)
         with os.fdopen(handle, "w", encoding="utf-8", newline="\n") as out, bar:
             for chunk, rows in enumerate(spec.prepare(raw)):
                 if chunk == 0:
@@ -444,8 +439,7 @@ def _steam(raw: Path) -> Iterator[_Rows]:
                 None,
             )
     if skipped:
-        print(f"cutrec: steam: skipped {skipped} reviews without username, product_id or date",
-              file=sys.stderr)
+        note(f"cutrec: steam: skipped {skipped} reviews without username, product_id or date")
 
 
 _YELP_REVIEWS = "yelp_academic_dataset_review.json"

@@ -99,6 +99,13 @@ def keys_to_items(keys: torch.Tensor) -> torch.Tensor:
     return _ID_FLIP - (keys & _ID_FLIP)  # [U, k]
 
 
+def keys_to_scores(keys: torch.Tensor) -> torch.Tensor:
+    """The float32 scores [U, k] of the rank keys [U, k] of `top_k_keys` (-0.0 comes back as 0.0)."""
+    ordered = keys >> 32  # [U, k] the score's bits made to sort as signed integers (see `_rank_keys`)
+    bits = torch.where(ordered < 0, -ordered - 2**31, ordered)  # [U, k] the float32 bits as a signed int32 value
+    return bits.to(torch.int32).view(torch.float32)
+
+
 def refuse_short_users(short: torch.Tensor, k: int, fix: str) -> None:
     """Raise CutrecError naming the first user of `short` [U] bool (users with fewer than k items left to
     recommend after exclusion, or with scores of -inf) and `fix`; one read of the device."""

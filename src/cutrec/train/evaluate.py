@@ -8,13 +8,15 @@ once per evaluation.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 
 import numpy as np
 import torch
 
+from cutrec import console
 from cutrec.config import EvalConfig
 from cutrec.data.batches import eval_batches
-from cutrec.data.splits import EvalSet
+from cutrec.data.splits import EvalSet, Sequences
 from cutrec.errors import CutrecError
 from cutrec.eval.metrics import ranking_metrics
 from cutrec.eval.ranking import PopularityOrder, keys_to_items, refuse_short_users, top_k_keys
@@ -22,13 +24,13 @@ from cutrec.models import SequenceModel
 from cutrec.transfer import to_device
 
 
-def _batch_exclusion(evalset: EvalSet, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """CSR (offsets [B + 1], items [E_b]) on the CPU of the input items of `rows` (consecutive rows of the eval set);
+def _batch_exclusion(histories: Sequences, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """CSR (offsets [B + 1], items [E_b]) on the CPU of the items of `rows` (consecutive rows of the histories);
     the ranking checks it there and copies it to the device without waiting."""
-    offsets = evalset.inputs.offsets
+    offsets = histories.offsets
     start, stop = offsets[rows[0]], offsets[rows[-1] + 1]
     batch_offsets = offsets[rows[0] : rows[-1] + 2] - start  # [B + 1]
-    batch_items = evalset.inputs.items[start:stop]  # [E_b]
+    batch_items = histories.items[start:stop]  # [E_b]
     return torch.from_numpy(batch_offsets.astype(np.int64)), torch.from_numpy(batch_items.astype(np.int64))
 
 
@@ -41,27 +43,49 @@ def autocast_context(device: torch.device, enabled: bool) -> contextlib.Abstract
 
 
 @torch.no_grad()
+def ranked_batches(
+    model: SequenceModel, histories: Sequences, k: int, config: EvalConfig, device: torch.device, *,
+    amp: bool = True, progress: str | None = None,
+) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
+    """Per batch of config.batch_size histories: (rows [B], rank keys [B, k] of each history's k best items on the
+    device, finite [] bool: whether the batch's user vectors and the item table are finite).
+
+    Items of the history are excluded when config.exclude_seen. Nothing waits for the device: the caller decides
+    when to check and copy (`ranking.keys_to_items`, `ranking.keys_to_scores`). `progress` names a progress bar
+    (shown on a terminal only); None shows none."""
+    model.eval()
+    items = model.item_table.float()  # [N, D]
+    items_finite = torch.isfinite(items).all()
+    batches = eval_batches(histories, max_len=model.max_len, batch_size=config.batch_size, padding_id=model.padding_id)
+    total = -(-len(histories.users) // config.batch_size)
+    for inputs, lengths, rows in console.progress(batches, shown=bool(progress), desc=progress, total=total,
+                                                  unit="batch"):
+        with autocast_context(device, amp):
+            users = model.user_vectors(to_device(inputs, device), to_device(lengths, device))  # [B, D]
+        exclude = _batch_exclusion(histories, rows.numpy()) if config.exclude_seen else None
+        keys = top_k_keys(users.float(), items, k, exclude=exclude, item_chunk=config.item_chunk)  # [B, k]
+        yield rows.numpy(), keys, items_finite & torch.isfinite(users).all()
+
+
+def refuse_non_finite(finite: torch.Tensor) -> None:
+    """Raise CutrecError unless `finite` [] bool holds (one read of the device)."""
+    if not bool(finite):
+        raise CutrecError("user or item vectors hold NaN or inf: the model diverged; lower train.lr and retrain")
+
+
 def model_top_items(
     model: SequenceModel, evalset: EvalSet, config: EvalConfig, device: torch.device, *, amp: bool = True
 ) -> torch.Tensor:
     """[U, max(ks)] top items of every user of the eval set, best first (on the CPU).
 
     Every batch is queued without waiting for the device; the scores are checked and the top items copied once."""
-    model.eval()
-    k = max(config.ks)
-    items = model.item_table.float()  # [N, D]
-    finite = torch.isfinite(items).all()
-    keys = []
-    for inputs, lengths, rows in eval_batches(
-        evalset, max_len=model.max_len, batch_size=config.batch_size, padding_id=model.padding_id
+    keys, finite = [], []
+    for _, batch_keys, batch_finite in ranked_batches(
+        model, evalset.inputs, max(config.ks), config, device, amp=amp, progress="evaluating"
     ):
-        with autocast_context(device, amp):
-            users = model.user_vectors(to_device(inputs, device), to_device(lengths, device))  # [B, D]
-        finite &= torch.isfinite(users).all()
-        exclude = _batch_exclusion(evalset, rows.numpy()) if config.exclude_seen else None
-        keys.append(top_k_keys(users.float(), items, k, exclude=exclude, item_chunk=config.item_chunk))  # [B, k]
-    if not bool(finite):
-        raise CutrecError("user or item vectors hold NaN or inf: the model diverged; lower train.lr and retrain")
+        keys.append(batch_keys)  # [B, k]
+        finite.append(batch_finite)
+    refuse_non_finite(torch.stack(finite).all())
     return keys_to_items(torch.cat(keys)).cpu()  # [U, k]
 
 
@@ -75,7 +99,7 @@ def popular_top_items(popularity: torch.Tensor, evalset: EvalSet, config: EvalCo
     num_users = len(evalset.targets)
     for start in range(0, num_users, config.batch_size):
         rows = np.arange(start, min(start + config.batch_size, num_users))
-        exclude = _batch_exclusion(evalset, rows) if config.exclude_seen else None
+        exclude = _batch_exclusion(evalset.inputs, rows) if config.exclude_seen else None
         picked, short = ranking.top_k(len(rows), k, exclude=exclude)  # [B, k], [B]
         picks.append(picked)
         shorts.append(short)

@@ -17,7 +17,6 @@ import csv
 import io
 import secrets
 import shutil
-import sys
 import time
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -26,9 +25,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from cutrec.config import RunConfig, build_config, differing_keys, merged_values, to_dict
+from cutrec.console import note, progress
 from cutrec.data.batches import epoch_order, num_batches
 from cutrec.data.cache import read_npz, write_npz
 from cutrec.data.load import load_sequences
@@ -116,11 +115,9 @@ def training_data(config: RunConfig, sequences: SequenceData) -> TrainingData:
 
 def print_data(config: RunConfig, data: TrainingData) -> None:
     split = data.split
-    print(
+    note(
         f"data: {config.data.dataset}  items {split.num_items:,}  train sequences {len(split.train.users):,}  "
-        f"valid users {len(split.valid.targets):,}  test users {len(split.test.targets):,}",
-        file=sys.stderr,
-    )
+        f"valid users {len(split.valid.targets):,}  test users {len(split.test.targets):,}")
 
 
 def create_run_folder(config: RunConfig) -> Path:
@@ -223,7 +220,7 @@ def train(config: RunConfig, sequences: SequenceData | None = None) -> Path:
             if signals.received:
                 raise RunStopped(f"stopped by {signals.name} before training started; nothing to resume",
                                  128 + signals.received)
-        print(f"run folder: {folder}", file=sys.stderr)
+        note(f"run folder: {folder}")
         torch.manual_seed(config.train.seed)
         state = new_state(config, data.split.num_items, device)
         return fit(config, folder, data, state, device)
@@ -258,9 +255,9 @@ def resume(folder: Path, file_values: dict[str, Any], overrides: list[str]) -> P
         )
     removed = remove_leftovers(folder)
     if removed:
-        print(f"removed {len(removed)} temporary file(s) left by an interrupted save", file=sys.stderr)
+        note(f"removed {len(removed)} temporary file(s) left by an interrupted save")
     device = resolve_device(config.train.device)
-    print(f"run folder: {folder} (resuming at step {saved['step']}, epoch {saved['epoch'] + 1})", file=sys.stderr)
+    note(f"run folder: {folder} (resuming at step {saved['step']}, epoch {saved['epoch'] + 1})")
     sequences = run_sequences(folder, config)
     if run_format(folder) == 1:  # from now on the folder holds its own data
         atomic_write_bytes(folder / DATA_NAME, lambda file: write_npz(file, sequences))
@@ -346,15 +343,8 @@ def fit(config: RunConfig, folder: Path, data: TrainingData, state: TrainState, 
                 epoch_started, setup_before = time.perf_counter(), step.setup_seconds
                 total = num_batches(state.epoch_order, batch_size)
                 model.train()
-                bar = tqdm(
-                    range(state.batches_done, total),
-                    desc=f"epoch {state.epoch + 1}",
-                    initial=state.batches_done,
-                    total=total,
-                    leave=False,
-                    disable=None if config.train.progress else True,  # None: only on a terminal
-                    file=sys.stderr,
-                )
+                bar = progress(range(state.batches_done, total), shown=config.train.progress,
+                               desc=f"epoch {state.epoch + 1}", initial=state.batches_done, total=total)
                 for batch in bar:
                     rows = state.epoch_order[batch * batch_size : (batch + 1) * batch_size]  # [B]
                     inputs, targets = model.training_batch(split.train, rows, state.batch_rng)  # [B, L], [B, L]
@@ -387,12 +377,11 @@ def fit(config: RunConfig, folder: Path, data: TrainingData, state: TrainState, 
         except NonFiniteStep as bad:
             raise CutrecError(_non_finite_message(bad, folder, state, config)) from None
     if step.eager_steps:
-        print(f"{step.eager_steps} step(s) had more than {step.rows} targets and ran outside the CUDA graph",
-              file=sys.stderr)
-    print(reason, file=sys.stderr)
+        note(f"{step.eager_steps} step(s) had more than {step.rows} targets and ran outside the CUDA graph")
+    note(reason)
     results = test_run(folder, device, data)
     print(format_table(results["test"], config.eval.ks))
-    print(f"run folder: {folder}", file=sys.stderr)
+    note(f"run folder: {folder}")
     return folder
 
 
@@ -428,11 +417,9 @@ def end_epoch(
         "epoch_seconds": f"{seconds:.3f}", "train_seconds": f"{train_seconds:.3f}",
         "setup_seconds": f"{setup_seconds:.3f}", "peak_train_gpu_mb": f"{peak_mb:.1f}",
     }
-    print(
+    note(
         f"epoch {state.epoch:3d}  loss {train_loss:.4f}  valid {config.eval.valid_metric} {current:.4f}"
-        f"{' *' if improved else '  '}  {seconds:.1f}s" + (f"  peak {peak_mb:.0f} MB" if peak_mb else ""),
-        file=sys.stderr,
-    )
+        f"{' *' if improved else '  '}  {seconds:.1f}s" + (f"  peak {peak_mb:.0f} MB" if peak_mb else ""))
 
 
 def _last_good(folder: Path) -> str:

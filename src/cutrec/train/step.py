@@ -25,13 +25,13 @@ by 16, never compile again after the first step.
 from __future__ import annotations
 
 import math
-import sys
 import time
 from typing import Any
 
 import numpy as np
 import torch
 
+from cutrec.console import note
 from cutrec.data.batches import IGNORE_INDEX
 from cutrec.losses.sampling import draw_key
 from cutrec.train.evaluate import autocast_context
@@ -217,8 +217,7 @@ class TrainStep:
             torch.cuda.synchronize(self.device)
         if self.graph is not None:
             self.graph_peak_bytes = torch.cuda.max_memory_allocated(self.device)
-        print(f"training step: {'one CUDA graph' if self.graph is not None else f'eager ({self.why_eager})'}",
-              file=sys.stderr)
+        note(f"training step: {'one CUDA graph' if self.graph is not None else f'eager ({self.why_eager})'}")
         self.prepared = True
         self.setup_seconds = time.perf_counter() - started
 
