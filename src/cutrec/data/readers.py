@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from operator import itemgetter
 from pathlib import Path
-from typing import IO, NoReturn
+from typing import IO, Any, NoReturn
 
 import numpy as np
 
@@ -58,6 +58,50 @@ class Interactions:
             lengths.add(len(self.ratings))
         if len(lengths) != 1 or self.users.ndim != 1 or self.items.ndim != 1 or self.timestamps.ndim != 1:
             raise CutrecError(f"Interactions arrays must be 1-D and of one length, got lengths {sorted(lengths)}")
+
+    @classmethod
+    def from_pandas(
+        cls, frame: Any, *, user: str, item: str, time: str | None = None, rating: str | None = None
+    ) -> Interactions:
+        """One event per row of a pandas DataFrame; `time=None` takes the row order as time (cutrec.data.frames)."""
+        from cutrec.data.frames import from_pandas
+
+        return from_pandas(frame, user=user, item=item, time=time, rating=rating)
+
+    @classmethod
+    def from_polars(
+        cls, frame: Any, *, user: str, item: str, time: str | None = None, rating: str | None = None
+    ) -> Interactions:
+        """One event per row of a Polars DataFrame (cutrec.data.frames)."""
+        from cutrec.data.frames import from_polars
+
+        return from_polars(frame, user=user, item=item, time=time, rating=rating)
+
+    @classmethod
+    def from_arrow(
+        cls, table: Any, *, user: str, item: str, time: str | None = None, rating: str | None = None
+    ) -> Interactions:
+        """One event per row of a pyarrow Table (cutrec.data.frames)."""
+        from cutrec.data.frames import from_arrow
+
+        return from_arrow(table, user=user, item=item, time=time, rating=rating)
+
+    @classmethod
+    def from_sequences(cls, sequences: Any) -> Interactions:
+        """Item lists in time order: a list (users 0, 1, ...) or a dict {user: items} (cutrec.data.frames)."""
+        from cutrec.data.frames import from_sequences
+
+        return from_sequences(sequences)
+
+    @classmethod
+    def from_file(
+        cls, path: str | Path, *, format: str | None = None, user: str = "user_id", item: str = "item_id",
+        time: str | None = "timestamp", rating: str | None = None,
+    ) -> Interactions:
+        """A CSV/TSV/Parquet log or a sequences file, read as `cutrec train --data PATH` reads it."""
+        if infer_format(path, format) == "sequences":
+            return read_sequences(path)
+        return read_interactions(path, format=format, user_col=user, item_col=item, time_col=time, rating_col=rating)
 
 
 def _checked_ids(values: np.ndarray, name: str) -> np.ndarray:

@@ -96,7 +96,12 @@ def keys_to_items(keys: torch.Tensor) -> torch.Tensor:
     excluded item or a score of -inf (one read of the device)."""
     short = (keys >> 32) <= _NEG_INF_ORDER  # [U, k] True where the pick scored -inf (excluded)
     refuse_short_users(short.any(dim=1), keys.shape[1], "lower k or exclude fewer items")
-    return _ID_FLIP - (keys & _ID_FLIP)  # [U, k]
+    return items_of_keys(keys)
+
+
+def items_of_keys(keys: torch.Tensor) -> torch.Tensor:
+    """Item ids [U, k] of rank keys [U, k], unchecked: a pick that scored -inf (excluded) decodes too."""
+    return _ID_FLIP - (keys & _ID_FLIP)
 
 
 def keys_to_scores(keys: torch.Tensor) -> torch.Tensor:
