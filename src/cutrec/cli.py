@@ -1,4 +1,4 @@
-"""The `cutrec` command: train | estimate | evaluate | datasets.
+"""The `cutrec` command: train | estimate | evaluate | recommend | export | datasets.
 
 Options are config keys: `--train.lr=0.001` (or `train.lr=0.001`) sets any key of cutrec.config; a few common ones
 have short names (`--loss CE`, `--data PATH`, ...). A user mistake prints one line `cutrec: error: ...` and exits
@@ -11,8 +11,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from pathlib import Path
 
+from cutrec.console import note, set_quiet
 from cutrec.errors import CutrecError
 from cutrec.train.interrupt import RunStopped
 
@@ -34,7 +36,11 @@ SHORT_OPTIONS = {
 
 
 def _parser() -> argparse.ArgumentParser:
+    from cutrec import __version__
+
     parser = argparse.ArgumentParser(prog="cutrec", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"cutrec {__version__}")
+    parser.add_argument("--quiet", action="store_true", help="print only results, warnings and errors")
     commands = parser.add_subparsers(dest="command", required=True)
     train = commands.add_parser(
         "train",
@@ -42,7 +48,9 @@ def _parser() -> argparse.ArgumentParser:
         description="Train, validate each epoch, keep the best checkpoint and test it. Pick the encoder with "
         "--model sasrec (causal, next-item targets; the default) or --model bert4rec (bidirectional, masked-item "
         "targets, --model.mask_prob=0.2), and the loss with --loss auto|CE|CCE|CE-|CCE-|BCE|BCE+|gBCE|SCE. Any "
-        "config key can be set with --section.key=value (see cutrec/config.py).",
+        "config key below can be set with --section.key=value.",
+        epilog=_config_keys_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_run_options(train)
     train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt")
@@ -58,8 +66,45 @@ def _parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="re-score a saved run on its test set")
     evaluate.add_argument("run_dir", help="a folder written by `cutrec train`")
     evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    recommend = commands.add_parser(
+        "recommend",
+        help="write the top-k items of users (or of item histories) in the data's own ids",
+        description="Rank the whole catalog for each user of a run folder (its whole history in the run's data) or "
+        "for each history of a file, and write one row per item: user, item, score, rank. Unknown users and items "
+        "are counted and named in one warning, then skipped.",
+    )
+    recommend.add_argument("run_dir", help="a folder written by `cutrec train` (or saved by the Python API)")
+    whom = recommend.add_mutually_exclusive_group(required=True)
+    whom.add_argument("--all", action="store_true", help="every user of the run's data")
+    whom.add_argument("--users", metavar="FILE", help="a text file of user ids, one per line")
+    whom.add_argument("--histories", metavar="FILE",
+                      help="a sequences file: one 'name item item ...' line per history, oldest item first")
+    recommend.add_argument("--k", type=int, default=10, help="items per user (default 10)")
+    recommend.add_argument("--no-exclude-seen", action="store_true",
+                           help="also recommend items of the user's own history")
+    recommend.add_argument("--out", required=True, help="the output file: .parquet or .csv")
+    recommend.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    export = commands.add_parser(
+        "export",
+        help="write the encoder as ONNX and the item vectors for serving without cutrec",
+        description="Write DIR/encoder.onnx (item ids [B, max_len] -> user vectors [B, D], dynamic batch), "
+        "DIR/items.npy ([N, D] float32), DIR/item_ids.npy (the raw id of each row) and DIR/metadata.json.",
+    )
+    export.add_argument("run_dir", help="a folder written by `cutrec train` (or saved by the Python API)")
+    export.add_argument("--format", choices=["onnx"], default="onnx", help="onnx (the only format)")
+    export.add_argument("--out", required=True, help="a new (or empty) folder")
     commands.add_parser("datasets", help="list the named datasets and their sources")
     return parser
+
+
+def _config_keys_help() -> str:
+    """Every config key with its type and default, from the dataclasses (cutrec.config.describe_keys)."""
+    from cutrec.config import describe_keys
+
+    lines = [f"  --{key}={default}  [{kind}]" + (f"  {comment}" if comment else "")
+             for key, kind, default, comment in describe_keys()]
+    return "config keys, with their defaults and types (set as --KEY=VALUE or in a .toml, .yaml or .json --config " \
+           "file):\n" + "\n".join(lines)
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
@@ -136,6 +181,63 @@ def _estimate(args: argparse.Namespace, extra: list[str]) -> None:
         print(f"largest batch within {memory.HEADROOM:.0%} of {where} ({budget / 2**20:,.0f} MB): {fits}")
 
 
+def _recommend(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from cutrec.recommend import TrainedRun, write_recommendations
+    from cutrec.train.loop import resolve_device
+
+    run = TrainedRun.load(Path(args.run_dir), resolve_device(args.device))
+    run.check_k(args.k)
+    if args.all:
+        keys, histories = run.all_histories()
+    elif args.users:
+        keys, histories = run.user_histories(run.users.parse(_words(args.users, "--users")))
+    else:
+        names, lists = _histories_file(args.histories)
+        keys = np.array(names, dtype=object)
+        histories = run.item_histories(keys, [run.items.parse(items) for items in lists])
+    batches = run.batches(keys, histories, args.k, exclude_seen=not args.no_exclude_seen)
+    rows = write_recommendations(batches, Path(args.out))
+    note(f"wrote {rows:,} recommendations for {len(keys):,} users to {args.out}")
+
+
+def _words(path: str, option: str) -> list[str]:
+    """The whitespace-separated words of a text file."""
+    try:
+        words = Path(path).read_text().split()
+    except (OSError, UnicodeDecodeError) as err:
+        raise CutrecError(f"{option} {path!r} cannot be read ({err}); pass a text file of ids") from None
+    if not words:
+        raise CutrecError(f"{option} {path!r} is empty; write one id per line")
+    return words
+
+
+def _histories_file(path: str) -> tuple[list[str], list[list[str]]]:
+    """(names, item words) of a sequences file: one 'name item item ...' line per history."""
+    try:
+        lines = [line.split() for line in Path(path).read_text().splitlines()]
+    except (OSError, UnicodeDecodeError) as err:
+        raise CutrecError(f"--histories {path!r} cannot be read ({err}); pass a sequences text file") from None
+    lines = [words for words in lines if words]
+    short = next((i for i, words in enumerate(lines) if len(words) < 2), None)
+    if short is not None:
+        raise CutrecError(f"--histories {path!r}: history {lines[short][0]!r} has no items; write 'name item ...'")
+    if not lines:
+        raise CutrecError(f"--histories {path!r} is empty; write one 'name item item ...' line per history")
+    return [words[0] for words in lines], [words[1:] for words in lines]
+
+
+def _export(args: argparse.Namespace) -> None:
+    import torch
+
+    from cutrec.export import export_onnx
+    from cutrec.recommend import TrainedRun
+
+    out = export_onnx(TrainedRun.load(Path(args.run_dir), torch.device("cpu")), Path(args.out))
+    note(f"exported {args.run_dir} to {out}")
+
+
 def _evaluate(args: argparse.Namespace) -> None:
     from cutrec.eval.metrics import format_table
     from cutrec.train.loop import resolve_device, test_run
@@ -151,6 +253,11 @@ def _cutoffs(table: dict[str, dict[str, float]]) -> set[int]:
     return {int(name.split("@")[1]) for row in table.values() for name in row}
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one line, without the source location that means nothing to a command-line user."""
+    print(f"cutrec: warning: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     # Batches have a different number of target positions each step, so the loss's large buffers change size every
     # step; with fixed-size segments the allocator fragments (a 1M-item CE run at batch 512 failed with 44 GiB
@@ -158,6 +265,13 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
+    set_quiet(args.quiet)
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        return _run(parser, args, extra)
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list[str]) -> int:
     try:
         if args.command == "train":
             _train(args, extra)
@@ -167,6 +281,10 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         elif args.command == "evaluate":
             _evaluate(args)
+        elif args.command == "recommend":
+            _recommend(args)
+        elif args.command == "export":
+            _export(args)
         else:
             from cutrec.data import registry
 

@@ -7,7 +7,10 @@ A key is dotted by section (`model.dim`, `train.lr`). Unknown keys and values of
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import json
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -105,6 +108,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model (the step then runs eagerly, without a CUDA graph)
     cuda_graph: bool = True  # on CUDA, capture the whole training step once and replay it (cutrec.train.step)
     progress: bool = True  # a progress bar per epoch on the terminal
+    tensorboard: bool = False  # write each epoch's loss, metrics and seconds to RUN_DIR/tensorboard (needs tensorboard)
 
 
 @dataclass
@@ -136,6 +140,33 @@ def to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
+def describe_keys(section: Any = RunConfig, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """(dotted key, type, default, comment) of every config key, from the dataclasses and their source."""
+    comments = dict(re.findall(r"^\s+(\w+):[^#\n]*#\s*(.*)$", inspect.getsource(section), flags=re.M))
+    hints = typing.get_type_hints(section)
+    rows = []
+    for spec in dataclasses.fields(section):
+        kind = hints[spec.name]
+        if dataclasses.is_dataclass(kind):
+            rows.extend(describe_keys(kind, f"{prefix}{spec.name}."))
+            continue
+        default = spec.default_factory() if spec.default is dataclasses.MISSING else spec.default
+        rows.append((f"{prefix}{spec.name}", _type_name(kind), repr(default), comments.get(spec.name, "")))
+    return rows
+
+
+def _type_name(annotation: Any) -> str:
+    """int, float | None, 'csv' | 'tsv', list[int], ..."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in args)
+    if origin in (Union, types.UnionType):
+        return " | ".join("None" if a is type(None) else _type_name(a) for a in args)
+    if origin is list:
+        return f"list[{_type_name(args[0])}]"
+    return getattr(annotation, "__name__", str(annotation))
+
+
 def merged_values(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     """Nested dict merge of config values: those of `top` win."""
     merged = dict(base)
@@ -159,7 +190,8 @@ def differing_keys(first: RunConfig, second: RunConfig) -> list[str]:
 
 
 def load_file(path: str | Path) -> dict[str, Any]:
-    """Read a TOML (.toml) or YAML (.yaml/.yml) config file into nested dicts."""
+    """Read a TOML (.toml), YAML (.yaml/.yml) or JSON (.json, e.g. a run's config.json) config file into nested
+    dicts."""
     path = Path(path)
     if not path.is_file():
         raise CutrecError(f"config file {str(path)!r} does not exist; pass an existing .toml or .yaml file")
@@ -187,7 +219,15 @@ def load_file(path: str | Path) -> dict[str, Any]:
         if not isinstance(loaded, dict):
             raise CutrecError(f"config file {str(path)!r} must hold a mapping of sections, not {type(loaded).__name__}")
         return loaded
-    raise CutrecError(f"config file {str(path)!r} has suffix {suffix!r}; use .toml, .yaml or .yml")
+    if suffix == ".json":
+        try:
+            loaded = json.loads(path.read_text())
+        except (ValueError, UnicodeDecodeError) as err:
+            raise CutrecError(f"config file {str(path)!r} is not valid JSON: {err}") from None
+        if not isinstance(loaded, dict):
+            raise CutrecError(f"config file {str(path)!r} must hold a mapping of sections, not {type(loaded).__name__}")
+        return loaded
+    raise CutrecError(f"config file {str(path)!r} has suffix {suffix!r}; use .toml, .yaml, .yml or .json")
 
 
 def build_config(file_values: dict[str, Any] | None = None, overrides: list[str] | None = None) -> RunConfig:

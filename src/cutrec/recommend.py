@@ -213,7 +213,8 @@ class TrainedRun:
 def _warn_unknown(unknown: np.ndarray, total: int, what: str, plural: str) -> None:
     if len(unknown) == 0:
         return
-    names = ", ".join(repr(v.item() if isinstance(v, np.generic) else v) for v in unknown[:SHOWN_UNKNOWN]) + (", ..." if len(unknown) > SHOWN_UNKNOWN else "")
+    shown = [repr(v.item() if isinstance(v, np.generic) else v) for v in unknown[:SHOWN_UNKNOWN]]
+    names = ", ".join(shown) + (", ..." if len(unknown) > SHOWN_UNKNOWN else "")
     warnings.warn(
         f"skipped {len(unknown)} of {total} {plural} unknown to this run ({names}): no {what} by those ids was in its "
         "data",

@@ -60,7 +60,8 @@ from cutrec.train.state import TrainState
 from cutrec.train.step import NonFiniteStep, TrainStep, make_optimizer
 
 # what --resume may change: nothing that changes what is computed
-RESUMABLE_KEYS = ("train.epochs", "train.time_limit_minutes", "train.progress", "train.check_memory")
+RESUMABLE_KEYS = ("train.epochs", "train.time_limit_minutes", "train.progress", "train.check_memory",
+                  "train.tensorboard")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -316,6 +317,7 @@ def fit(config: RunConfig, folder: Path, data: TrainingData, state: TrainState, 
     )
     if state.last_row is not None and int(state.last_row["epoch"]) not in log.epochs():
         log.append(state.last_row)  # stopped between saving last.pt and appending its row
+    scalars = tensorboard_writer(config, folder)
     session_start, seconds_before = time.perf_counter(), state.train_seconds
     every = 60 * config.train.checkpoint_every_minutes
     last_saved = time.monotonic()
@@ -372,10 +374,18 @@ def fit(config: RunConfig, folder: Path, data: TrainingData, state: TrainState, 
                 end_epoch(config, folder, data, state, device, log, train_seconds, setup_seconds, peak_mb)
                 checkpoint()
                 log.append(state.last_row)
+                if scalars is not None:
+                    for key, value in state.last_row.items():
+                        if key not in ("epoch", "step"):
+                            scalars.add_scalar(key, float(value), state.epoch)
+                    scalars.flush()
                 if signals.received:
                     raise RunStopped(_stopped_message(signals.name, folder, state, total), 128 + signals.received)
         except NonFiniteStep as bad:
             raise CutrecError(_non_finite_message(bad, folder, state, config)) from None
+        finally:
+            if scalars is not None:
+                scalars.close()
     if step.eager_steps:
         note(f"{step.eager_steps} step(s) had more than {step.rows} targets and ran outside the CUDA graph")
     note(reason)
@@ -383,6 +393,19 @@ def fit(config: RunConfig, folder: Path, data: TrainingData, state: TrainState, 
     print(format_table(results["test"], config.eval.ks))
     note(f"run folder: {folder}")
     return folder
+
+
+def tensorboard_writer(config: RunConfig, folder: Path) -> Any:
+    """A SummaryWriter on RUN_DIR/tensorboard when train.tensorboard is set, else None."""
+    if not config.train.tensorboard:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise CutrecError(
+            "train.tensorboard=true needs tensorboard: pip install 'cutrec[tensorboard]', or train.tensorboard=false"
+        ) from None
+    return SummaryWriter(str(folder / "tensorboard"))
 
 
 def end_epoch(
