@@ -28,7 +28,7 @@ from cutrec.data.load import preprocess_options
 from cutrec.data.preprocess import preprocess
 from cutrec.data.readers import Interactions
 from cutrec.errors import CutrecError
-from cutrec.recommend import Recommendations, TrainedRun
+from cutrec.recommend import Recommendations, TrainedRun, shown
 from cutrec.train.checkpoint import METRICS_NAME
 from cutrec.train.loop import resolve_device, train
 
@@ -131,7 +131,9 @@ class Recommender:
             raise CutrecError("histories is empty; pass at least one history of item ids")
         bad = next((i for i, h in enumerate(lists) if isinstance(h, (str, bytes)) or not hasattr(h, "__len__")), None)
         if bad is not None:
-            raise CutrecError(f"history {keys[bad]!r} is {lists[bad]!r}, not a list of item ids; wrap it in a list")
+            raise CutrecError(
+                f"history {shown(keys[bad])} is {lists[bad]!r}, not a list of item ids; wrap it in a list"
+            )
         sequences = run.item_histories(keys, [list(h) for h in lists])
         return _frame(run.batches(keys, sequences, k, exclude_seen=exclude_seen, progress=True), frame)
 

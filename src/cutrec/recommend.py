@@ -88,7 +88,7 @@ class IdMap:
                 return values.astype(str)
             example = values[0] if len(values) else None
             raise CutrecError(
-                f"{self.what} id {example!r} is a {type(example).__name__}, but this run's {self.what} ids are "
+                f"{self.what} id {shown(example)} is {_kind(example)}, but this run's {self.what} ids are "
                 f"strings (e.g. {str(self.raw[0])!r}); pass strings"
             )
         if kind in "iu" or (kind == "O" and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
@@ -98,7 +98,7 @@ class IdMap:
             return values.astype(np.int64)
         example = values[0]
         raise CutrecError(
-            f"{self.what} id {example!r} is a {type(example).__name__}, but this run's {self.what} ids are integers "
+            f"{self.what} id {shown(example)} is {_kind(example)}, but this run's {self.what} ids are integers "
             f"(e.g. {int(self.raw[0])}); pass integers"
         )
 
@@ -108,6 +108,15 @@ class IdMap:
         if self.is_text:
             return np.array(words, dtype=str)
         return np.array([int(w) if _is_int(w) else w for w in words], dtype=object)
+
+
+def shown(value: Any) -> str:
+    """repr of an id for messages: numpy scalars as the Python value they hold."""
+    return repr(value.item() if isinstance(value, np.generic) else value)
+
+
+def _kind(value: Any) -> str:
+    return "an integer" if isinstance(value, (int, np.integer)) else f"a {type(value).__name__}"
 
 
 def _is_int(word: str) -> bool:
@@ -155,8 +164,8 @@ class TrainedRun:
         _warn_unknown(raw[~known], len(raw), "user", "users")
         if not known.any():
             raise CutrecError(
-                f"none of the {len(raw)} users is in this run's data (e.g. {raw[0]!r}); pass users it was trained on, "
-                "or ask by history with recommend_histories"
+                f"none of the {len(raw)} users is in this run's data (e.g. {shown(raw[0])}); pass users it was "
+                "trained on, or ask by history with recommend_histories"
             )
         return raw[known], self._gather(dense[known])
 
@@ -178,8 +187,8 @@ class TrainedRun:
         empty = np.flatnonzero(kept == 0)
         if len(empty):
             raise CutrecError(
-                f"history {keys[empty[0]]!r} holds no item this run knows ({len(empty)} such histories); drop it or "
-                "give at least one item of the run's catalog"
+                f"history {shown(keys[empty[0]])} holds no item this run knows ({len(empty)} such histories); drop "
+                "it or give at least one item of the run's catalog"
             )
         offsets = np.zeros(len(histories) + 1, dtype=np.int64)
         np.cumsum(kept, out=offsets[1:])
@@ -213,8 +222,7 @@ class TrainedRun:
 def _warn_unknown(unknown: np.ndarray, total: int, what: str, plural: str) -> None:
     if len(unknown) == 0:
         return
-    shown = [repr(v.item() if isinstance(v, np.generic) else v) for v in unknown[:SHOWN_UNKNOWN]]
-    names = ", ".join(shown) + (", ..." if len(unknown) > SHOWN_UNKNOWN else "")
+    names = ", ".join(map(shown, unknown[:SHOWN_UNKNOWN])) + (", ..." if len(unknown) > SHOWN_UNKNOWN else "")
     warnings.warn(
         f"skipped {len(unknown)} of {total} {plural} unknown to this run ({names}): no {what} by those ids was in its "
         "data",
