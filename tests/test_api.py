@@ -7,7 +7,6 @@ import warnings
 
 import numpy as np
 import pandas as pd
-import polars as pl
 import pytest
 import torch
 
@@ -123,6 +122,7 @@ def test_save_load_and_a_moved_folder_give_identical_recommendations(fitted, tmp
 
 
 def test_polars_round_trip_and_frames(tmp_path):
+    pl = pytest.importorskip("polars")
     frame = pl.from_pandas(_frame(seed=1, users=80, items=70))
     data = cutrec.Interactions.from_polars(frame, user="user", item="item", time="ts")
     model = cutrec.BERT4Rec(**SMALL, num_heads=2, out=str(tmp_path)).fit(data)
@@ -255,6 +255,7 @@ def test_bad_frames(frame, columns, message):
 
 
 def test_frames_keep_types_and_read_times():
+    pl = pytest.importorskip("polars")
     times = pd.to_datetime(["2020-01-01 01:00", "2020-01-01 00:00"]).tz_localize("Europe/Berlin")
     frame = pd.DataFrame({"user": ["007", "7"], "item": pd.Categorical(["b", "a"]), "t": times})
     for data in (cutrec.Interactions.from_pandas(frame, user="user", item="item", time="t"),
@@ -289,3 +290,15 @@ def test_a_run_folder_of_a_newer_cutrec_is_refused(fitted, tmp_path, capsys):
         cutrec.load(folder)
     assert main(["recommend", str(folder), "--all", "--out", str(tmp_path / "r.csv")]) == 2
     assert "upgrade with pip install -U cutrec" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+def test_recommendations_on_the_gpu_equal_the_cpu(tmp_path):
+    data = cutrec.Interactions.from_pandas(_frame(seed=3), user="user", item="item", time="ts")
+    model = cutrec.SASRec(**{**SMALL, "device": "cuda", "loss": "CCE-", "amp": False}, out=str(tmp_path)).fit(data)
+    folder = model.save(tmp_path / "saved")
+    users = [f"u{u}" for u in range(0, 120, 3)]
+    on_gpu = cutrec.load(folder, device="cuda").recommend(users, k=10)
+    on_cpu = cutrec.load(folder, device="cpu").recommend(users, k=10)
+    assert on_gpu["item"].tolist() == on_cpu["item"].tolist()
+    np.testing.assert_allclose(on_gpu["score"], on_cpu["score"], rtol=1e-4, atol=1e-4)
