@@ -293,6 +293,7 @@ def test_a_run_folder_of_a_newer_cutrec_is_refused(fitted, tmp_path, capsys):
 
 
 @pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_recommendations_on_the_gpu_equal_the_cpu(tmp_path):
     data = cutrec.Interactions.from_pandas(_frame(seed=3), user="user", item="item", time="ts")
     model = cutrec.SASRec(**{**SMALL, "device": "cuda", "loss": "CCE-", "amp": False}, out=str(tmp_path)).fit(data)
