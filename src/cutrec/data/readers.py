@@ -5,10 +5,11 @@ Ids that all look like integers become int64, other ids stay strings; timestamps
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from operator import itemgetter
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import IO, Any, NoReturn
 
 import numpy as np
 
+from cutrec.console import progress
 from cutrec.errors import CutrecError
 
 FORMATS = ("csv", "tsv", "parquet", "sequences")
@@ -350,7 +352,10 @@ def _read_delimited(path: Path, columns: list[_Column], delimiter: str) -> dict[
         strings_can_be_null=True,
     )
     try:
-        table = pacsv.read_csv(path, parse_options=pacsv.ParseOptions(delimiter=delimiter), convert_options=options)
+        with _counted_bytes(path) as stream:  # a progress bar of the bytes read, with rate and time left
+            reader = pacsv.open_csv(stream, parse_options=pacsv.ParseOptions(delimiter=delimiter),
+                                    convert_options=options)
+            table = pa.Table.from_batches(list(reader), schema=reader.schema)
     except (pa.ArrowInvalid, OSError) as err:
         first_line = str(err).splitlines()[0]
         if "Empty CSV file" in first_line:  # a header without a line end and nothing after it
@@ -360,6 +365,26 @@ def _read_delimited(path: Path, columns: list[_Column], delimiter: str) -> dict[
         raise CutrecError(f"data file {str(path)!r} has a header but no rows; add events to it")
     by_name = {c.name: c for c in columns}
     return {name: _from_arrow(table.column(name), by_name[name]) for name in names}
+
+
+@contextlib.contextmanager
+def _counted_bytes(path: Path) -> Iterator[IO[bytes]]:
+    """The file's (decompressed) bytes as a stream, with a progress bar over the bytes read from disk."""
+    with open(path, "rb") as raw, progress(total=path.stat().st_size, unit="B", unit_scale=True, unit_divisor=1024,
+                                           desc=f"reading {path.name}") as bar:
+        read = raw.read
+
+        def counted(size: int = -1) -> bytes:
+            chunk = read(size)
+            bar.update(len(chunk))
+            return chunk
+
+        raw.read = counted
+        if path.suffix.lower() == ".gz":
+            with gzip.GzipFile(fileobj=raw) as unpacked:
+                yield unpacked
+        else:
+            yield raw
 
 
 def _read_delimited_stdlib(
