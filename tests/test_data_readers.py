@@ -2,6 +2,7 @@
 
 import csv
 import gzip
+import os
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 from cutrec.config import DataConfig, SyntheticConfig
-from cutrec.data import load, preprocess, read_interactions, read_sequences
+from cutrec.data import load, preprocess, read_interactions, read_sequences, readers
 from cutrec.data.readers import Interactions, infer_format
 from cutrec.errors import CutrecError
 
@@ -299,3 +300,22 @@ def test_load_registry_dataset(tmp_path, monkeypatch):
     monkeypatch.setitem(registry.DATASETS, "toy", SimpleNamespace(format="sequences"))
     data = load.load_sequences(DataConfig(dataset="toy", cache_dir=str(tmp_path / "cache")))
     np.testing.assert_array_equal(data.item_ids[data.items], [5, 6, 7, 6, 7])
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".csv.gz"])
+def test_reading_counts_every_byte_of_the_file_in_its_progress_bar(tmp_path, monkeypatch, suffix):
+    from tqdm import tqdm
+
+    text = "user_id,item_id,timestamp\n" + "".join(f"{i % 7},{i % 11},{i}\n" for i in range(5000))
+    path = tmp_path / f"log{suffix}"
+    path.write_bytes(gzip.compress(text.encode()) if suffix.endswith(".gz") else text.encode())
+    bars = []
+
+    def shown(**options):
+        bars.append(tqdm(disable=False, file=open(os.devnull, "w"), **options))
+        return bars[-1]
+
+    monkeypatch.setattr(readers, "progress", shown)
+    data = readers.read_interactions(path)
+    assert len(data.users) == 5000 and data.timestamps[-1] == 4999
+    assert bars[0].n == bars[0].total == path.stat().st_size
