@@ -303,3 +303,17 @@ def test_recommendations_on_the_gpu_equal_the_cpu(tmp_path):
     on_cpu = cutrec.load(folder, device="cpu").recommend(users, k=10)
     assert on_gpu["item"].tolist() == on_cpu["item"].tolist()
     np.testing.assert_allclose(on_gpu["score"], on_cpu["score"], rtol=1e-4, atol=1e-4)
+
+
+def test_integer_ids_from_a_file_and_from_python(tmp_path, capsys):
+    rng = np.random.default_rng()
+    sequences = {int(user): [int(i) for i in rng.integers(100, 160, 12)] for user in range(500, 560)}
+    model = cutrec.SASRec(**SMALL, out=str(tmp_path)).fit(cutrec.Interactions.from_sequences(sequences))
+    with pytest.raises(CutrecError, match="user id '501' is a str, but this run's user ids are integers"):
+        model.recommend(["501"])
+    (tmp_path / "users.txt").write_text("501\nabc\n502\n")
+    assert main(["recommend", str(model.run_dir), "--users", str(tmp_path / "users.txt"), "--k=4", "--out",
+                 str(tmp_path / "r.csv"), "--device=cpu"]) == 0
+    assert "skipped 1 of 3 users unknown to this run ('abc')" in capsys.readouterr().err
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "r.csv"), model.recommend([501, 502], k=4),
+                                  check_dtype=False, rtol=1e-6)

@@ -192,11 +192,11 @@ def _recommend(args: argparse.Namespace) -> None:
     if args.all:
         keys, histories = run.all_histories()
     elif args.users:
-        keys, histories = run.user_histories(run.users.parse(_words(args.users, "--users")))
+        keys, histories = run.user_histories(run.users.parse(_words(args.users, "--users")), strict=False)
     else:
         names, lists = _histories_file(args.histories)
         keys = np.array(names, dtype=object)
-        histories = run.item_histories(keys, [run.items.parse(items) for items in lists])
+        histories = run.item_histories(keys, [run.items.parse(items) for items in lists], strict=False)
     batches = run.batches(keys, histories, args.k, exclude_seen=not args.no_exclude_seen)
     rows = write_recommendations(batches, Path(args.out))
     note(f"wrote {rows:,} recommendations for {len(keys):,} users to {args.out}")

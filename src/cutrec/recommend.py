@@ -70,41 +70,41 @@ class IdMap:
         self.is_text = raw.dtype == object
         self._sorted = raw.astype(str) if self.is_text else raw  # [K] searchable
 
-    def dense(self, queries: Any) -> np.ndarray:
-        """[Q] int64 dense ids of raw ids `queries` (-1 for unknown ones); ids of the wrong type are refused."""
+    def dense(self, queries: Any, *, strict: bool = True) -> np.ndarray:
+        """[Q] int64 dense ids of raw ids `queries`, -1 for unknown ones. An id of the wrong type (an integer where
+        the run's ids are strings, or the reverse) is refused when `strict`, else unknown (words of a text file)."""
         values = np.asarray(queries if not isinstance(queries, (str, int)) else [queries])
         if values.ndim != 1:
             raise CutrecError(f"{self.what} ids have shape {values.shape}; pass a flat list of ids")
-        values = self._checked(values)
-        if len(values) == 0:
-            return np.zeros(0, dtype=np.int64)
-        places = np.searchsorted(self._sorted, values).clip(max=len(self._sorted) - 1)  # [Q]
-        return np.where(self._sorted[places] == values, places, -1).astype(np.int64)
+        fits = self._fits(values)  # [Q] bool
+        if strict and not fits.all():
+            example = values[int(np.flatnonzero(~fits)[0])]
+            wanted = f"strings (e.g. {str(self.raw[0])!r}); pass strings" if self.is_text else (
+                f"integers (e.g. {int(self.raw[0])}); pass integers")
+            raise CutrecError(f"{self.what} id {shown(example)} is {_kind(example)}, but this run's {self.what} ids "
+                              f"are {wanted}")
+        dense = np.full(len(values), -1, dtype=np.int64)  # [Q]
+        if fits.any():
+            typed = values[fits].astype(str if self.is_text else np.int64)  # [F]
+            places = np.searchsorted(self._sorted, typed).clip(max=len(self._sorted) - 1)  # [F]
+            dense[fits] = np.where(self._sorted[places] == typed, places, -1)
+        return dense
 
-    def _checked(self, values: np.ndarray) -> np.ndarray:
+    def _fits(self, values: np.ndarray) -> np.ndarray:
+        """[Q] bool: which values are ids of this run's type."""
         kind = values.dtype.kind
+        if kind in "Uiu":
+            return np.full(len(values), (kind == "U") == self.is_text)
+        if kind != "O":
+            return np.zeros(len(values), dtype=bool)  # floats, booleans: never ids
         if self.is_text:
-            if kind == "U" or (kind == "O" and all(isinstance(v, str) for v in values)):
-                return values.astype(str)
-            example = values[0] if len(values) else None
-            raise CutrecError(
-                f"{self.what} id {shown(example)} is {_kind(example)}, but this run's {self.what} ids are "
-                f"strings (e.g. {str(self.raw[0])!r}); pass strings"
-            )
-        if kind in "iu" or (kind == "O" and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-                                                for v in values)):
-            return values.astype(np.int64)
-        if len(values) == 0:
-            return values.astype(np.int64)
-        example = values[0]
-        raise CutrecError(
-            f"{self.what} id {shown(example)} is {_kind(example)}, but this run's {self.what} ids are integers "
-            f"(e.g. {int(self.raw[0])}); pass integers"
-        )
+            return np.array([isinstance(v, str) for v in values], dtype=bool)
+        return np.array([isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) for v in values],
+                        dtype=bool)
 
     def parse(self, words: list[str]) -> np.ndarray:
         """Ids read from a text file, as this run's type: integers where the run's ids are integers (a word that is
-        no integer is kept as text and so is unknown)."""
+        no integer stays text, which `dense(strict=False)` counts as unknown)."""
         if self.is_text:
             return np.array(words, dtype=str)
         return np.array([int(w) if _is_int(w) else w for w in words], dtype=object)
@@ -156,10 +156,11 @@ class TrainedRun:
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= self.model.num_items:
             raise CutrecError(f"k={k!r} is out of range; use 1 <= k <= {self.model.num_items} (the catalog size)")
 
-    def user_histories(self, users: Any) -> tuple[np.ndarray, Sequences]:
-        """(raw ids [H] of the known users among `users`, their whole histories); unknown ones warned, skipped."""
+    def user_histories(self, users: Any, *, strict: bool = True) -> tuple[np.ndarray, Sequences]:
+        """(raw ids [H] of the known users among `users`, their whole histories); unknown ones warned, skipped.
+        `strict`: as in IdMap.dense."""
         raw = np.asarray(users if not isinstance(users, (str, int)) else [users])
-        dense = self.users.dense(raw)  # [Q]
+        dense = self.users.dense(raw, strict=strict)  # [Q]
         known = dense >= 0
         _warn_unknown(raw[~known], len(raw), "user", "users")
         if not known.any():
@@ -173,13 +174,13 @@ class TrainedRun:
         data = self.sequences
         return data.user_ids, Sequences(data.offsets, data.items, np.arange(data.num_users))
 
-    def item_histories(self, keys: np.ndarray, histories: list[list]) -> Sequences:
+    def item_histories(self, keys: np.ndarray, histories: list[list], *, strict: bool = True) -> Sequences:
         """Histories of raw item ids -> dense Sequences; unknown items are warned about and skipped, and a
-        history with no known item is refused."""
+        history with no known item is refused. `strict`: as in IdMap.dense."""
         lengths = np.array([len(h) for h in histories], dtype=np.int64)  # [H]
         flat = np.empty(int(lengths.sum()), dtype=object)
         flat[:] = [item for history in histories for item in history]
-        dense = self.items.dense(flat)  # [E]
+        dense = self.items.dense(flat, strict=strict)  # [E]
         known = dense >= 0
         _warn_unknown(flat[~known], len(flat), "item", "history items")
         owner = np.repeat(np.arange(len(histories)), lengths)  # [E]
