@@ -6,7 +6,7 @@ import torch
 
 from cutrec.errors import CutrecError
 from cutrec.eval import most_popular_top_k, popularity_scores, top_k_items
-from cutrec.eval.ranking import PopularityOrder, _rank_keys
+from cutrec.eval.ranking import PopularityOrder, _rank_keys, keys_to_scores, top_k_keys
 
 
 def brute_top_k(users, items, k, bias=None, exclude=None):
@@ -83,6 +83,39 @@ def test_random_floats_match_brute_force(dtype):
     assert torch.equal(result, expected)
 
 
+def test_candidates_give_the_keys_of_every_score_and_flag_ties():
+    """Fresh random inputs, odd shapes: the 2k candidates of each chunk give exactly the keys that keying every
+    score gives; a tie between a chunk's k-th and 2k-th score is flagged (and top_k_items still matches the
+    brute force)."""
+    rng = np.random.default_rng()
+    num_users, num_items, dim = int(rng.integers(1, 40)), int(rng.integers(30, 400)), int(rng.integers(1, 9))
+    k, chunk = int(rng.integers(1, 12)), int(rng.integers(25, 120))
+    users, items = torch.randn(num_users, dim), torch.randn(num_items, dim)
+    exclude = random_exclusions(torch.Generator().manual_seed(int(rng.integers(1 << 30))), num_users, num_items)
+    fast, exact = top_k_keys(users, items, k, exclude=exclude, item_chunk=chunk)
+    every, _ = top_k_keys(users, items, k, exclude=exclude, item_chunk=chunk, every_key=True)
+    assert bool(exact) and torch.equal(fast, every)
+    scores = users.double() @ items.double().T  # [U, N]
+    offsets, excluded = exclude
+    for u in range(num_users):
+        scores[u, excluded[offsets[u] : offsets[u + 1]]] = float("-inf")
+    best = torch.sort(scores, dim=1, descending=True).values[:, :k]  # [U, k]
+    torch.testing.assert_close(keys_to_scores(fast).double(), best, rtol=1e-5, atol=1e-5)
+    assert torch.equal(top_k_items(users, items, k, exclude=exclude, item_chunk=chunk),
+                       brute_top_k(users, items, k, exclude=exclude))
+    tied = torch.ones(3, 1)  # every score 1.0: the candidates cannot tell which ids come first
+    _, exact = top_k_keys(tied, torch.ones(50, 1), 4, item_chunk=20)
+    assert not bool(exact)
+    assert top_k_items(tied, torch.ones(50, 1), 4, item_chunk=20).tolist() == [[0, 1, 2, 3]] * 3
+
+
+def test_keys_to_scores_gives_back_the_scores():
+    scores = torch.cat([torch.randn(1, 300) * 10 ** torch.randint(-30, 30, (1, 300)),
+                        torch.tensor([[0.0, -0.0, float("inf"), float("-inf"), 1e-45, -1e-45]])], dim=1)
+    keys = _rank_keys(scores, torch.arange(scores.shape[1]))
+    assert torch.equal(keys_to_scores(keys), scores + 0.0)  # -0.0 comes back as 0.0
+
+
 def test_excluded_items_never_appear():
     generator = torch.Generator().manual_seed(3)
     num_users, num_items, k = 20, 40, 30
@@ -110,7 +143,7 @@ def test_rank_keys_order_like_stable_descending_sort():
     generator = torch.Generator().manual_seed(0)
     values = torch.tensor(special + torch.randn(200, generator=generator).tolist()[:100] * 2)
     scores = values[torch.randperm(len(values), generator=generator)][None, :]  # [1, 220] with repeats
-    keys = _rank_keys(scores.clone(), start=5)
+    keys = _rank_keys(scores.clone(), torch.arange(5, 5 + scores.shape[1]))
     by_key = torch.argsort(keys, dim=1, descending=True)
     by_score = torch.sort(scores, dim=1, descending=True, stable=True).indices  # -0.0 == 0.0 here too
     assert torch.equal(by_key, by_score)

@@ -29,7 +29,7 @@ from cutrec.data.splits import Sequences
 from cutrec.errors import CutrecError
 from cutrec.eval.ranking import items_of_keys, keys_to_scores
 from cutrec.models import SequenceModel
-from cutrec.train.evaluate import ranked_batches, refuse_non_finite
+from cutrec.train.evaluate import ranked_batches, settled_keys
 from cutrec.train.loop import load_run_model, run_sequences
 
 SHOWN_UNKNOWN = 5  # unknown ids named in a warning
@@ -116,7 +116,9 @@ def shown(value: Any) -> str:
 
 
 def _kind(value: Any) -> str:
-    return "an integer" if isinstance(value, (int, np.integer)) else f"a {type(value).__name__}"
+    if isinstance(value, np.generic):
+        value = value.item()
+    return "an integer" if isinstance(value, int) and not isinstance(value, bool) else f"a {type(value).__name__}"
 
 
 def _is_int(word: str) -> bool:
@@ -204,20 +206,19 @@ class TrainedRun:
         return Sequences(offsets, data.items[flat], rows.astype(np.int64))
 
     def batches(
-        self, keys: np.ndarray, histories: Sequences, k: int, *, exclude_seen: bool = True, progress: bool = True
+        self, names: np.ndarray, histories: Sequences, k: int, *, exclude_seen: bool = True, progress: bool = True
     ) -> Iterator[Recommendations]:
-        """Recommendations for each history (keys [H] name them), one batch of eval.batch_size at a time."""
+        """Recommendations for each history (names [H]: the user ids, or the histories' names), one batch of
+        eval.batch_size at a time."""
         self.check_k(k)
         config = replace(self.config.eval, exclude_seen=exclude_seen)
-        for rows, batch_keys, finite in ranked_batches(
-            self.model, histories, k, config, self.device, amp=self.config.train.amp,
-            progress="recommending" if progress else None,
-        ):
-            refuse_non_finite(finite)
-            scores = keys_to_scores(batch_keys).cpu().numpy()  # [B, k]
+        for batch in ranked_batches(self.model, histories, k, config, self.device, amp=self.config.train.amp,
+                                    progress="recommending" if progress else None):
+            (keys,) = settled_keys([batch])  # [B, k]
+            scores = keys_to_scores(keys).cpu().numpy()  # [B, k]
             counts = (scores > float("-inf")).sum(axis=1)  # [B] excluded items score -inf and come last
-            dense = items_of_keys(batch_keys).cpu().numpy()  # [B, k]
-            yield Recommendations(keys[rows], self.items.raw[dense], scores, counts.astype(np.int64))
+            dense = items_of_keys(keys).cpu().numpy()  # [B, k]
+            yield Recommendations(names[batch.rows], self.items.raw[dense], scores, counts.astype(np.int64))
 
 
 def _warn_unknown(unknown: np.ndarray, total: int, what: str, plural: str) -> None:

@@ -47,12 +47,16 @@ def top_k_items(
 
     Raises CutrecError when a user has fewer than k items with a score above -inf (too many excluded for this k).
 
-    Memory: each chunk holds scores [U, C] float32 (4 bytes an entry) and their rank keys [U, C] int64 (8 bytes),
-    about 12 * U * C bytes at peak (0.8 GB for U = 1024, C = 65536); the running top-k is [U, k] int64.
+    Memory: each chunk holds scores [U, C] float32 (4 bytes an entry), about 4 * U * C bytes at peak (0.27 GB for
+    U = 1024, C = 65536; three times that where a tie needs the exact pass); the running top-k is [U, k] int64.
     """
-    keys = top_k_keys(user_vectors, item_vectors, k, item_bias=item_bias, exclude=exclude, item_chunk=item_chunk)
+    keys, exact = top_k_keys(user_vectors, item_vectors, k, item_bias=item_bias, exclude=exclude,
+                             item_chunk=item_chunk)
     if not torch.isfinite(user_vectors).all() or not torch.isfinite(item_vectors).all():
         raise CutrecError("user or item vectors hold NaN or inf: the model diverged; lower train.lr and retrain")
+    if not bool(exact):
+        keys = top_k_keys(user_vectors, item_vectors, k, item_bias=item_bias, exclude=exclude, item_chunk=item_chunk,
+                          every_key=True)[0]
     return keys_to_items(keys)
 
 
@@ -64,10 +68,17 @@ def top_k_keys(
     item_bias: torch.Tensor | None = None,
     exclude: tuple[torch.Tensor, torch.Tensor] | None = None,
     item_chunk: int = 65536,
-) -> torch.Tensor:
-    """`top_k_items` before its checks of the scores: [U, k] int64 rank keys, best first (`keys_to_items` decodes
-    them). With `exclude` on the CPU (checked there) nothing here waits for the device, so an evaluation can queue
-    every batch and check and copy once."""
+    every_key: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`top_k_items` before its checks of the scores: ([U, k] int64 rank keys, best first (`keys_to_items` decodes
+    them), exact [] bool). With `exclude` on the CPU (checked there) nothing here waits for the device, so an
+    evaluation can queue every batch and check and copy once.
+
+    Each chunk's 2k best scores (float32 top-k, ties in any order) are the candidates, and only they get rank keys
+    (score and item id in one int64). That is exact unless a chunk's k-th best score ties its 2k-th (then the tied
+    items beyond the candidates could have lower ids): `exact` says whether any such tie occurred, and the caller
+    reruns with `every_key=True`, which keys every score of every chunk (about three times slower).
+    """
     _check_vectors(user_vectors, item_vectors, k, item_bias, item_chunk)
     num_users, num_items = user_vectors.shape[0], item_vectors.shape[0]
     device = user_vectors.device
@@ -75,6 +86,7 @@ def top_k_keys(
     starts = list(range(0, num_items, item_chunk))
     excluded = None if exclude is None else _exclusions_by_chunk(exclude, num_users, num_items, starts, device)
     best = torch.empty(num_users, 0, dtype=torch.int64, device=device)  # running top keys [U, <= k]
+    exact = torch.ones((), dtype=torch.bool, device=device)
     for chunk_index, start in enumerate(starts):
         stop = min(start + item_chunk, num_items)
         scores = users @ item_vectors[start:stop].float().T  # [U, C]
@@ -84,11 +96,17 @@ def top_k_keys(
             rows, items, bounds = excluded
             lo, hi = bounds[chunk_index], bounds[chunk_index + 1]
             scores[rows[lo:hi], items[lo:hi] - start] = float("-inf")
-        keys = _rank_keys(scores, start)  # [U, C]
-        chunk_best = torch.topk(keys, min(k, stop - start), dim=1).values  # [U, min(k, C)]
+        width = stop - start if every_key else min(2 * k, stop - start)
+        if width < stop - start:
+            values, places = torch.topk(scores, width, dim=1)  # [U, 2k] candidates, ties in any order
+            exact &= (values[:, min(k, width) - 1] > values[:, -1]).all()
+            keys = _rank_keys(values, places + start)  # [U, 2k]
+        else:
+            keys = _rank_keys(scores, torch.arange(start, stop, device=device))  # [U, C]
+        chunk_best = torch.topk(keys, min(k, width), dim=1).values  # [U, min(k, C)]
         merged = torch.cat([best, chunk_best], dim=1)  # [U, <= 2k]
         best = torch.topk(merged, min(k, merged.shape[1]), dim=1).values  # [U, <= k]
-    return best
+    return best, exact
 
 
 def keys_to_items(keys: torch.Tensor) -> torch.Tensor:
@@ -223,15 +241,15 @@ def popularity_scores(train_items: np.ndarray | torch.Tensor, num_items: int) ->
     return torch.bincount(items.long(), minlength=num_items).float()  # [N]
 
 
-def _rank_keys(scores: torch.Tensor, start: int) -> torch.Tensor:
-    """One int64 key per score that orders like the score, then by item id (lower first): no two keys tie.
+def _rank_keys(scores: torch.Tensor, item_ids: torch.Tensor) -> torch.Tensor:
+    """One int64 key per score [U, C] of the items `item_ids` ([C], or [U, C]) that orders like the score, then by
+    item id (lower first): no two keys tie.
 
     The high 32 bits hold the float32 bits made to sort as signed integers (a negative float is sign and magnitude,
     so its magnitude is negated; -0.0 becomes 0), the low 32 bits `_ID_FLIP - item id`.
     """
-    bits = scores.view(torch.int32)  # [U, C]
+    bits = scores.contiguous().view(torch.int32)  # [U, C]
     ordered = torch.where(bits < 0, (bits & 0x7FFFFFFF).neg_(), bits)  # [U, C]
-    item_ids = torch.arange(start, start + scores.shape[1], device=scores.device)  # [C]
     return ordered.to(torch.int64).mul_(1 << 32).add_(_ID_FLIP - item_ids)  # [U, C]
 
 

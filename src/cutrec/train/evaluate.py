@@ -8,7 +8,9 @@ once per evaluation.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
@@ -42,17 +44,25 @@ def autocast_context(device: torch.device, enabled: bool) -> contextlib.Abstract
     return contextlib.nullcontext()
 
 
+@dataclass
+class RankedBatch:
+    """One batch of histories ranked against the catalog, nothing read from the device yet."""
+
+    rows: np.ndarray  # [B] rows of the histories
+    keys: torch.Tensor  # [B, k] rank keys of each history's k best items, on the device (see `exact`)
+    finite: torch.Tensor  # [] bool: the batch's user vectors and the item table are finite
+    exact: torch.Tensor  # [] bool: no tie made the candidates' keys inexact (ranking.top_k_keys)
+    exact_keys: Callable[[], tuple[torch.Tensor, torch.Tensor]]  # reranks with every score keyed
+
+
 @torch.no_grad()
 def ranked_batches(
     model: SequenceModel, histories: Sequences, k: int, config: EvalConfig, device: torch.device, *,
     amp: bool = True, progress: str | None = None,
-) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
-    """Per batch of config.batch_size histories: (rows [B], rank keys [B, k] of each history's k best items on the
-    device, finite [] bool: whether the batch's user vectors and the item table are finite).
-
-    Items of the history are excluded when config.exclude_seen. Nothing waits for the device: the caller decides
-    when to check and copy (`ranking.keys_to_items`, `ranking.keys_to_scores`). `progress` names a progress bar
-    (shown on a terminal only); None shows none."""
+) -> Iterator[RankedBatch]:
+    """Every config.batch_size histories ranked against the whole catalog, queued without waiting for the device;
+    `settled_keys` then checks and settles them. Items of the history are excluded when config.exclude_seen.
+    `progress` names a progress bar (shown on a terminal only); None shows none."""
     model.eval()
     items = model.item_table.float()  # [N, D]
     items_finite = torch.isfinite(items).all()
@@ -61,16 +71,22 @@ def ranked_batches(
     for inputs, lengths, rows in console.progress(batches, shown=bool(progress), desc=progress, total=total,
                                                   unit="batch"):
         with autocast_context(device, amp):
-            users = model.user_vectors(to_device(inputs, device), to_device(lengths, device))  # [B, D]
+            users = model.user_vectors(to_device(inputs, device), to_device(lengths, device)).float()  # [B, D]
         exclude = _batch_exclusion(histories, rows.numpy()) if config.exclude_seen else None
-        keys = top_k_keys(users.float(), items, k, exclude=exclude, item_chunk=config.item_chunk)  # [B, k]
-        yield rows.numpy(), keys, items_finite & torch.isfinite(users).all()
+        rank = partial(top_k_keys, users, items, k, exclude=exclude, item_chunk=config.item_chunk)
+        keys, exact = rank()  # [B, k], []
+        yield RankedBatch(rows.numpy(), keys, items_finite & torch.isfinite(users).all(), exact,
+                          partial(rank, every_key=True))
 
 
-def refuse_non_finite(finite: torch.Tensor) -> None:
-    """Raise CutrecError unless `finite` [] bool holds (one read of the device)."""
-    if not bool(finite):
+def settled_keys(batches: list[RankedBatch]) -> list[torch.Tensor]:
+    """The exact keys [B, k] of each batch: one read of every batch's flags, a CutrecError if any vectors are not
+    finite, and a rerun with every score keyed for a batch whose candidates met a tie."""
+    flags = torch.stack([torch.stack([batch.finite, batch.exact]) for batch in batches]).cpu()  # [batches, 2]
+    if not bool(flags[:, 0].all()):
         raise CutrecError("user or item vectors hold NaN or inf: the model diverged; lower train.lr and retrain")
+    return [batch.keys if exact else batch.exact_keys()[0] for batch, exact in zip(batches, flags[:, 1].tolist(),
+                                                                                       strict=True)]
 
 
 def model_top_items(
@@ -79,14 +95,9 @@ def model_top_items(
     """[U, max(ks)] top items of every user of the eval set, best first (on the CPU).
 
     Every batch is queued without waiting for the device; the scores are checked and the top items copied once."""
-    keys, finite = [], []
-    for _, batch_keys, batch_finite in ranked_batches(
-        model, evalset.inputs, max(config.ks), config, device, amp=amp, progress="evaluating"
-    ):
-        keys.append(batch_keys)  # [B, k]
-        finite.append(batch_finite)
-    refuse_non_finite(torch.stack(finite).all())
-    return keys_to_items(torch.cat(keys)).cpu()  # [U, k]
+    batches = list(ranked_batches(model, evalset.inputs, max(config.ks), config, device, amp=amp,
+                                  progress="evaluating"))
+    return keys_to_items(torch.cat(settled_keys(batches))).cpu()  # [U, k]
 
 
 @torch.no_grad()
