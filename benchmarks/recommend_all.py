@@ -10,6 +10,7 @@ peak resident memory (ru_maxrss) is that of the measured work alone (it includes
   end to end from before cutrec and torch are imported: loading the folder, ranking, writing;
 - `phases`: the same work through cutrec.recommend, timed by phase: load the folder, rank (every batch's top-k
   decoded on the host), write the Parquet file;
+- `every key`: the previous ranking (before the candidates of ranking.top_k_keys), every score keyed;
 - `plain torch`: the obvious alternative per batch of the same users: scores = U @ W^T over the whole catalog, seen
   items set to -inf, torch.topk (a [B, N] float32 matrix per batch; the same user vectors).
 
@@ -101,12 +102,14 @@ def phases(folder: Path, device: str, out: Path) -> dict:
             "users": len(keys), **_peaks(device)}
 
 
-def plain_torch(folder: Path, device: str) -> dict:
-    """Per batch: full [B, N] scores, seen items -inf, torch.topk; the same users, vectors and batch size."""
+def baseline(folder: Path, device: str, how: str) -> dict:
+    """The same users, vectors and batches ranked another way: `plain` (full [B, N] float32 scores, seen items
+    -inf, torch.topk) or `every key` (cutrec's ranking before the candidates: every score gets an int64 rank key)."""
     import numpy as np
     import torch
 
     from cutrec.data.batches import eval_batches
+    from cutrec.eval.ranking import top_k_keys
     from cutrec.recommend import TrainedRun
     from cutrec.train.evaluate import autocast_context
     from cutrec.train.loop import resolve_device
@@ -121,12 +124,16 @@ def plain_torch(folder: Path, device: str) -> dict:
         for inputs, lengths, rows in eval_batches(histories, max_len=model.max_len, batch_size=1024,
                                                   padding_id=model.padding_id):
             with autocast_context(dev, run.config.train.amp):
-                users = model.user_vectors(inputs.to(dev), lengths.to(dev))
-            scores = users.float() @ items.T  # [B, N]
+                users = model.user_vectors(inputs.to(dev), lengths.to(dev)).float()
             offsets = histories.offsets[rows[0] : rows[-1] + 2]
-            seen = torch.from_numpy(histories.items[offsets[0] : offsets[-1]].astype(np.int64)).to(dev)
+            seen = torch.from_numpy(histories.items[offsets[0] : offsets[-1]].astype(np.int64))
+            if how == "every key":
+                exclude = (torch.from_numpy(offsets - offsets[0]), seen)
+                tops.append(top_k_keys(users, items, K, exclude=exclude, every_key=True)[0].cpu())
+                continue
+            scores = users @ items.T  # [B, N]
             owner = torch.from_numpy(np.repeat(np.arange(len(rows)), np.diff(offsets))).to(dev)
-            scores[owner, seen] = float("-inf")
+            scores[owner, seen.to(dev)] = float("-inf")
             tops.append(torch.topk(scores, K, dim=1).indices.cpu())
     return {"rank_s": time.perf_counter() - started, "users": int(sum(len(t) for t in tops)), **_peaks(device)}
 
@@ -164,10 +171,11 @@ def main() -> None:
         build(Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
         print("{}")
         return
-    if sys.argv[1:2] in (["phases"], ["plain"], ["cli"]):
+    if sys.argv[1:2] in (["phases"], ["plain"], ["every"], ["cli"]):
         folder, device = Path(sys.argv[2]), sys.argv[3]
         measure = {"phases": lambda: phases(folder, device, folder / "recs-phases.parquet"),
-                   "plain": lambda: plain_torch(folder, device),
+                   "plain": lambda: baseline(folder, device, "plain"),
+                   "every": lambda: baseline(folder, device, "every key"),
                    "cli": lambda: cli(folder, device, folder / "recs-cli.parquet")}[sys.argv[1]]
         print(json.dumps(measure()))
         return
@@ -176,7 +184,8 @@ def main() -> None:
     parser.add_argument("--work", default="/tmp/recommend_all", help="where the run folder is built")
     parser.add_argument("--items", type=int, default=NUM_ITEMS)
     parser.add_argument("--users", type=int, default=NUM_USERS)
-    parser.add_argument("--skip", nargs="*", default=[], choices=["cli", "plain"], help="measurements to leave out")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["cli", "plain", "every"],
+                        help="measurements to leave out")
     parser.add_argument("--commit", default=None, help="the measured commit (the device's tree has no .git)")
     parser.add_argument("--out", required=True, help="results path without suffix (.json and .md are written)")
     args = parser.parse_args()
@@ -187,9 +196,10 @@ def main() -> None:
         print(f"built {folder} in {time.perf_counter() - started:.1f} s", file=sys.stderr)
     results = {"phases": _child("phases", str(folder), args.device)}
     print(results, file=sys.stderr)
-    if "plain" not in args.skip:
-        results["plain torch"] = _child("plain", str(folder), args.device)
-        print(results, file=sys.stderr)
+    for name, label in (("every", "every key (previous ranking)"), ("plain", "plain torch")):
+        if name not in args.skip:
+            results[label] = _child(name, str(folder), args.device)
+            print(results, file=sys.stderr)
     if "cli" not in args.skip:
         results["cli"] = _child("cli", str(folder), args.device)
     commit = args.commit or subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
