@@ -23,7 +23,7 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from cutrec.config import LossConfig, ModelConfig, RunConfig, TrainConfig, build_config, merged_values, to_dict
+from cutrec.config import LossConfig, ModelConfig, RunConfig, TrainConfig, build_config, merged_values
 from cutrec.data.load import preprocess_options
 from cutrec.data.preprocess import preprocess
 from cutrec.data.readers import Interactions
@@ -156,8 +156,7 @@ class Recommender:
 
     def __repr__(self) -> str:
         where = f"run {str(self.run.folder)!r}" if self.run is not None else "unfitted"
-        model = to_dict(self.config.model)
-        return f"{type(self).__name__}({where}, dim={model['dim']}, loss={self.config.loss.name!r})"
+        return f"{type(self).__name__}({where}, dim={self.config.model.dim}, loss={self.config.loss.name!r})"
 
 
 class SASRec(Recommender):

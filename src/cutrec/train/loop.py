@@ -5,9 +5,10 @@ Everything that changes while a run trains lives in one `TrainState` (cutrec.tra
 else. The model is used only through cutrec.models.SequenceModel; each step runs through cutrec.train.step (static
 shapes, no host sync, one CUDA graph where it applies), whose loss seed is derived from (run seed, step). The
 loop reads the device only at epoch ends, checkpoints and through the step's non-waiting readout. The run folder holds
-config.json, log.csv (one row per finished epoch; rows are only added, each time atomically), last.pt (the whole
-state, at every epoch end and every train.checkpoint_every_minutes), best.pt (the model of the best validation
-epoch, the one tested) and metrics.json (test metrics). SIGTERM and SIGINT stop after the current step with last.pt
+data.npz (the run's own copy of its preprocessed data, raw ids included), run.json (its format), config.json,
+log.csv (one row per finished epoch; rows are only added, each time atomically), last.pt (the whole state, at every
+epoch end and every train.checkpoint_every_minutes), best.pt (the model of the best validation epoch, the one
+tested) and metrics.json (test metrics). SIGTERM and SIGINT stop after the current step with last.pt
 written (see interrupt.py).
 """
 
