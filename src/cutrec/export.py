@@ -1,7 +1,8 @@
 """Export a trained run for serving without cutrec or torch: the sequence encoder as ONNX, the item table as a
 NumPy array with its raw ids, and a JSON file that says how to feed and score them.
 
-    OUT/encoder.onnx     item ids [B, max_len] int64 -> user vectors [B, D] float32 (the batch axis is dynamic)
+    OUT/encoder.onnx     item ids [B, max_len] int64 -> user vectors [B, D] float32 (the batch axis is dynamic;
+                         weights over 1 GiB go to encoder.onnx.data beside it)
     OUT/items.npy        [N, D] float32 item vectors; row i is dense item i
     OUT/item_ids.npy     [N] the raw id of each row (int64, or fixed-width unicode)
     OUT/metadata.json    inputs, padding, scoring
@@ -37,6 +38,7 @@ from cutrec.recommend import TrainedRun
 
 EXPORT_FORMAT = 1
 CHECKED_HISTORIES = 64  # random histories the exported encoder is compared on
+EXTERNAL_DATA_BYTES = 2**30  # larger weights go to encoder.onnx.data beside encoder.onnx
 
 
 class HistoryEncoder(nn.Module):
@@ -74,7 +76,7 @@ def export_onnx(run: TrainedRun, out: Path) -> Path:
             torch.onnx.export(
                 encoder, (example,), str(staging / "encoder.onnx"), dynamo=True, input_names=["item_ids"],
                 output_names=["user_vectors"], dynamic_shapes={"item_ids": {0: torch.export.Dim("batch")}},
-                external_data=False,
+                external_data=_weight_bytes(model) > EXTERNAL_DATA_BYTES,  # protobuf caps one file at 2 GiB
             )
         items = model.item_table.detach().float().numpy()  # [N, D]
         np.save(staging / "items.npy", items)
@@ -85,9 +87,15 @@ def export_onnx(run: TrainedRun, out: Path) -> Path:
         if out.exists():
             out.rmdir()
         staging.rename(out)
+    except OSError as err:
+        raise CutrecError(f"cannot write {str(out)!r} ({err}); free space or pass --out elsewhere") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out
+
+
+def _weight_bytes(model: SequenceModel) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
 def _metadata(run: TrainedRun, model: SequenceModel) -> dict:
