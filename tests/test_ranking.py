@@ -233,3 +233,21 @@ def test_non_finite_vectors_are_refused():
     users[1, 2] = float("nan")
     with pytest.raises(CutrecError, match="NaN or inf"):
         top_k_items(users, items, 2)
+
+
+def test_settled_keys_reranks_only_batches_whose_candidates_met_a_tie():
+    from cutrec.train.evaluate import RankedBatch, settled_keys
+
+    calls = []
+    true, false = torch.tensor(True), torch.tensor(False)
+
+    def batch(name, exact, finite=true):
+        keys = torch.full((2, 3), 7)  # the candidates' keys; a rerun gives zeros
+        return RankedBatch(np.arange(2), keys, finite, exact, lambda: (calls.append(name) or torch.zeros(2, 3), true))
+
+    settled = settled_keys([batch("a", true), batch("b", false), batch("c", true)])
+    assert calls == ["b"] and torch.equal(settled[1], torch.zeros(2, 3))
+    assert torch.equal(settled[0], torch.full((2, 3), 7)) and torch.equal(settled[2], torch.full((2, 3), 7))
+    with pytest.raises(CutrecError, match="NaN or inf"):
+        settled_keys([batch("d", false, finite=false)])
+    assert calls == ["b"]  # a non-finite evaluation is refused before any rerun

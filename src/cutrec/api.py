@@ -16,6 +16,7 @@ Any other key goes through `config`, nested like a config file: `config={"eval":
 from __future__ import annotations
 
 import dataclasses
+import secrets
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -142,11 +143,14 @@ class Recommender:
         source, target = self._fitted().folder, Path(path).expanduser()
         if target.exists():
             raise CutrecError(f"{str(target)!r} already exists; save to a new folder")
+        staging = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")  # complete, then renamed
         try:
-            shutil.copytree(source, target, ignore=shutil.ignore_patterns(".*.tmp"))
+            shutil.copytree(source, staging, ignore=shutil.ignore_patterns(".*.tmp"))
+            staging.rename(target)
         except OSError as err:
-            shutil.rmtree(target, ignore_errors=True)
             raise CutrecError(f"cannot save to {str(target)!r} ({err}); pass a writable path") from None
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
         return target
 
     def _fitted(self) -> TrainedRun:

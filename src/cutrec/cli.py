@@ -42,8 +42,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cutrec {__version__}")
     parser.add_argument("--quiet", action="store_true", help="print only results, warnings and errors")
     commands = parser.add_subparsers(dest="command", required=True)
+    # --quiet also after the command; SUPPRESS keeps a subcommand from resetting the flag given before it
+    quiet = argparse.ArgumentParser(add_help=False)
+    quiet.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     train = commands.add_parser(
         "train",
+        parents=[quiet],
         help="train a model and report full-catalog test metrics",
         description="Train, validate each epoch, keep the best checkpoint and test it. Pick the encoder with "
         "--model sasrec (causal, next-item targets; the default) or --model bert4rec (bidirectional, masked-item "
@@ -56,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt")
     estimate = commands.add_parser(
         "estimate",
+        parents=[quiet],
         help="print the predicted peak GPU memory of training, and the largest batch that fits",
         description="Read the data and predict the peak GPU memory of a training step for the same options as "
         "`cutrec train` (parameters, gradients, optimizer state, activations, the loss's buffers), without "
@@ -63,11 +68,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_run_options(estimate)
     estimate.add_argument("--memory-gb", type=float, help="memory to fit into (default: the GPU's free memory)")
-    evaluate = commands.add_parser("evaluate", help="re-score a saved run on its test set")
+    evaluate = commands.add_parser("evaluate", parents=[quiet], help="re-score a saved run on its test set")
     evaluate.add_argument("run_dir", help="a folder written by `cutrec train`")
     evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     recommend = commands.add_parser(
         "recommend",
+        parents=[quiet],
         help="write the top-k items of users (or of item histories) in the data's own ids",
         description="Rank the whole catalog for each user of a run folder (its whole history in the run's data) or "
         "for each history of a file, and write one row per item: user, item, score, rank. Unknown users and items "
@@ -86,6 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     recommend.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     export = commands.add_parser(
         "export",
+        parents=[quiet],
         help="write the encoder as ONNX and the item vectors for serving without cutrec",
         description="Write DIR/encoder.onnx (item ids [B, max_len] -> user vectors [B, D], dynamic batch), "
         "DIR/items.npy ([N, D] float32), DIR/item_ids.npy (the raw id of each row) and DIR/metadata.json.",
@@ -93,7 +100,7 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("run_dir", help="a folder written by `cutrec train` (or saved by the Python API)")
     export.add_argument("--format", choices=["onnx"], default="onnx", help="onnx (the only format)")
     export.add_argument("--out", required=True, help="a new (or empty) folder")
-    commands.add_parser("datasets", help="list the named datasets and their sources")
+    commands.add_parser("datasets", parents=[quiet], help="list the named datasets and their sources")
     return parser
 
 

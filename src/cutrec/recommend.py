@@ -12,13 +12,12 @@ skipped. `write_recommendations` streams the batches into a Parquet or CSV file 
 from __future__ import annotations
 
 import csv
-import os
-import tempfile
+import io
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -29,6 +28,7 @@ from cutrec.data.splits import Sequences
 from cutrec.errors import CutrecError
 from cutrec.eval.ranking import items_of_keys, keys_to_scores
 from cutrec.models import SequenceModel
+from cutrec.train.checkpoint import atomic_write_bytes
 from cutrec.train.evaluate import ranked_batches, settled_keys
 from cutrec.train.loop import load_run_model, run_sequences
 
@@ -99,8 +99,8 @@ class IdMap:
             return np.zeros(len(values), dtype=bool)  # floats, booleans: never ids
         if self.is_text:
             return np.array([isinstance(v, str) for v in values], dtype=bool)
-        return np.array([isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) for v in values],
-                        dtype=bool)
+        return np.array([isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+                         and -(2**63) <= v < 2**63 for v in values], dtype=bool)
 
     def parse(self, words: list[str]) -> np.ndarray:
         """Ids read from a text file, as this run's type: integers where the run's ids are integers (a word that is
@@ -162,6 +162,8 @@ class TrainedRun:
         """(raw ids [H] of the known users among `users`, their whole histories); unknown ones warned, skipped.
         `strict`: as in IdMap.dense."""
         raw = np.asarray(users if not isinstance(users, (str, int)) else [users])
+        if raw.size == 0:
+            raise CutrecError("users is empty; pass at least one user id")
         dense = self.users.dense(raw, strict=strict)  # [Q]
         known = dense >= 0
         _warn_unknown(raw[~known], len(raw), "user", "users")
@@ -234,52 +236,42 @@ def _warn_unknown(unknown: np.ndarray, total: int, what: str, plural: str) -> No
 
 
 def write_recommendations(batches: Iterable[Recommendations], path: Path) -> int:
-    """Stream batches into `path` (.parquet or .csv: user, item, score, rank), written to a temporary file and
-    renamed into place when complete; returns the rows written."""
+    """Stream batches into `path` (.parquet or .csv: user, item, score, rank) through a temporary file that is
+    fsynced and renamed into place when complete (checkpoint.atomic_write_bytes); returns the rows written."""
     suffix = path.suffix.lower()
     if suffix not in (".parquet", ".csv"):
         raise CutrecError(f"--out {str(path)!r} has suffix {suffix!r}; use .parquet or .csv")
-    if not path.parent.is_dir():
-        raise CutrecError(f"--out {str(path)!r}: folder {str(path.parent)!r} does not exist; create it first")
-    try:
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as err:
-        raise CutrecError(f"cannot write {str(path)!r} ({err.strerror}); pass --out in a writable folder") from None
-    os.close(handle)
+    if path.is_dir() or not path.parent.is_dir():
+        raise CutrecError(f"--out {str(path)!r} is a folder or lies in none; pass a file in an existing folder")
+    if suffix == ".parquet":
+        try:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise CutrecError("writing parquet needs pyarrow: pip install 'cutrec[parquet]', or write a .csv") from None
     rows = 0
-    try:
-        if suffix == ".parquet":
-            rows = _write_parquet(batches, Path(temporary))
-        else:
-            with open(temporary, "w", newline="") as file:
-                writer = csv.writer(file)
-                writer.writerow(["user", "item", "score", "rank"])
-                for batch in batches:
-                    columns = batch.columns()
-                    writer.writerows(zip(columns["user"], columns["item"], columns["score"].tolist(),
-                                         columns["rank"], strict=True))
-                    rows += len(columns["rank"])
-        os.replace(temporary, path)
-    finally:
-        Path(temporary).unlink(missing_ok=True)
-    return rows
 
-
-def _write_parquet(batches: Iterable[Recommendations], path: Path) -> int:
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise CutrecError("writing parquet needs pyarrow: pip install 'cutrec[parquet]', or write a .csv") from None
-    writer, rows = None, 0
-    try:
+    def write(file: BinaryIO) -> None:
+        nonlocal rows
+        if suffix == ".csv":
+            text = io.TextIOWrapper(file, newline="", write_through=True)
+            writer = csv.writer(text)
+            writer.writerow(["user", "item", "score", "rank"])
         for batch in batches:
-            table = pa.table(batch.columns())
-            if writer is None:
-                writer = pq.ParquetWriter(path, table.schema)
-            writer.write_table(table)
-            rows += table.num_rows
-    finally:
-        if writer is not None:
+            columns = batch.columns()
+            if suffix == ".csv":
+                writer.writerows(zip(columns["user"], columns["item"], columns["score"].tolist(), columns["rank"],
+                                     strict=True))
+            else:
+                table = pa.table(columns)
+                if rows == 0:
+                    writer = pq.ParquetWriter(file, table.schema)
+                writer.write_table(table)
+            rows += len(columns["rank"])
+        if suffix == ".csv":
+            text.detach()  # leave the file open for atomic_write_bytes to fsync
+        elif rows:
             writer.close()
+
+    atomic_write_bytes(path, write)
     return rows

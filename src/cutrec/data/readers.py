@@ -356,7 +356,7 @@ def _read_delimited(path: Path, columns: list[_Column], delimiter: str) -> dict[
             reader = pacsv.open_csv(stream, parse_options=pacsv.ParseOptions(delimiter=delimiter),
                                     convert_options=options)
             table = pa.Table.from_batches(list(reader), schema=reader.schema)
-    except (pa.ArrowInvalid, OSError) as err:
+    except (pa.ArrowInvalid, OSError, EOFError) as err:  # EOFError: a truncated gzip file
         first_line = str(err).splitlines()[0]
         if "Empty CSV file" in first_line:  # a header without a line end and nothing after it
             raise CutrecError(f"data file {str(path)!r} has a header but no rows; add events to it") from None

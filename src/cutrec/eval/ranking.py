@@ -99,7 +99,8 @@ def top_k_keys(
         width = stop - start if every_key else min(2 * k, stop - start)
         if width < stop - start:
             values, places = torch.topk(scores, width, dim=1)  # [U, 2k] candidates, ties in any order
-            exact &= (values[:, min(k, width) - 1] > values[:, -1]).all()
+            kth = values[:, k - 1]  # [U]; -inf: fewer than k unexcluded items, the caller drops those picks
+            exact &= ((kth > values[:, -1]) | (kth == float("-inf"))).all()
             keys = _rank_keys(values, places + start)  # [U, 2k]
         else:
             keys = _rank_keys(scores, torch.arange(start, stop, device=device))  # [U, C]

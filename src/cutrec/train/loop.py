@@ -261,9 +261,6 @@ def resume(folder: Path, file_values: dict[str, Any], overrides: list[str]) -> P
     device = resolve_device(config.train.device)
     note(f"run folder: {folder} (resuming at step {saved['step']}, epoch {saved['epoch'] + 1})")
     sequences = run_sequences(folder, config)
-    if run_format(folder) == 1:  # from now on the folder holds its own data
-        atomic_write_bytes(folder / DATA_NAME, lambda file: write_npz(file, sequences))
-        write_run_info(folder)
     data = training_data(config, sequences)
     print_data(config, data)
     now = _data_shape(data)
@@ -274,6 +271,9 @@ def resume(folder: Path, file_values: dict[str, Any], overrides: list[str]) -> P
             f"{saved['data_shape']['sequences']:,} and {saved['data_shape']['events']:,}; the data changed since "
             "training, so the run cannot continue"
         )
+    if run_format(folder) == 1:  # the data checked against last.pt: from now on the folder holds its own copy
+        atomic_write_bytes(folder / DATA_NAME, lambda file: write_npz(file, sequences))
+        write_run_info(folder)
     checked_batch_size(config, data.split.num_items, data.train_lengths, device)  # this GPU may have less free
     state = new_state(config, data.split.num_items, device)
     state.load_state_dict(saved)
