@@ -16,7 +16,6 @@ Any other key goes through `config`, nested like a config file: `config={"eval":
 from __future__ import annotations
 
 import dataclasses
-import secrets
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,7 +29,7 @@ from cutrec.data.preprocess import preprocess
 from cutrec.data.readers import Interactions
 from cutrec.errors import CutrecError
 from cutrec.recommend import Recommendations, TrainedRun, shown
-from cutrec.train.checkpoint import METRICS_NAME
+from cutrec.train.checkpoint import METRICS_NAME, staged_folder
 from cutrec.train.loop import resolve_device, train
 
 Frame = Literal["pandas", "polars", "arrow"]
@@ -143,14 +142,8 @@ class Recommender:
         source, target = self._fitted().folder, Path(path).expanduser()
         if target.exists():
             raise CutrecError(f"{str(target)!r} already exists; save to a new folder")
-        staging = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")  # complete, then renamed
-        try:
-            shutil.copytree(source, staging, ignore=shutil.ignore_patterns(".*.tmp"))
-            staging.rename(target)
-        except OSError as err:
-            raise CutrecError(f"cannot save to {str(target)!r} ({err}); pass a writable path") from None
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+        with staged_folder(target) as staging:  # complete, then renamed into place
+            shutil.copytree(source, staging, ignore=shutil.ignore_patterns(".*.tmp"), dirs_exist_ok=True)
         return target
 
     def _fitted(self) -> TrainedRun:

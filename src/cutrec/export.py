@@ -21,8 +21,6 @@ import copy
 import io
 import json
 import logging
-import secrets
-import shutil
 import warnings
 from pathlib import Path
 
@@ -35,6 +33,7 @@ from cutrec.console import note
 from cutrec.errors import CutrecError
 from cutrec.models import SequenceModel
 from cutrec.recommend import TrainedRun
+from cutrec.train.checkpoint import staged_folder
 
 EXPORT_FORMAT = 1
 CHECKED_HISTORIES = 64  # random histories the exported encoder is compared on
@@ -65,13 +64,7 @@ def export_onnx(run: TrainedRun, out: Path) -> Path:
     model = copy.deepcopy(run.model).to("cpu").float().eval()  # the run keeps its own model on its device
     encoder = HistoryEncoder(model)
     example = _random_histories(model, 4, np.random.default_rng(0))  # [4, L]
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        staging = out.parent / f".{out.name}.{secrets.token_hex(4)}.tmp"
-        staging.mkdir()
-    except OSError as err:
-        raise CutrecError(f"cannot write {str(out)!r} ({err.strerror}); pass --out in a writable folder") from None
-    try:
+    with staged_folder(out) as staging:  # complete and checked, then renamed into place
         with _quiet_exporter():
             torch.onnx.export(
                 encoder, (example,), str(staging / "encoder.onnx"), dynamo=True, input_names=["item_ids"],
@@ -84,13 +77,6 @@ def export_onnx(run: TrainedRun, out: Path) -> Path:
         np.save(staging / "item_ids.npy", ids.astype(str) if ids.dtype == object else ids, allow_pickle=False)
         (staging / "metadata.json").write_text(json.dumps(_metadata(run, model), indent=2) + "\n")
         _check_with_onnxruntime(encoder, staging / "encoder.onnx")
-        if out.exists():
-            out.rmdir()
-        staging.rename(out)
-    except OSError as err:
-        raise CutrecError(f"cannot write {str(out)!r} ({err}); free space or pass --out elsewhere") from None
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return out
 
 

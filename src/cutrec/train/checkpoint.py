@@ -9,10 +9,14 @@ loaded with `weights_only=True`; a file holding anything else is refused before 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
+import secrets
+import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +64,27 @@ def atomic_write_bytes(path: Path, write: Any) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def staged_folder(target: Path) -> Iterator[Path]:
+    """A new temporary folder beside `target` to fill; renamed onto `target` (which may be an empty folder) when
+    the block completes, removed when it fails, so `target` ends complete or as it was."""
+    staging = target.parent / f".{target.name}.{secrets.token_hex(4)}.tmp"
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging.mkdir()
+    except OSError as err:
+        raise CutrecError(f"cannot write {str(target)!r} ({err.strerror}); pass a path in a writable folder") from None
+    try:
+        yield staging
+        if target.exists():
+            target.rmdir()
+        staging.rename(target)
+    except OSError as err:
+        raise CutrecError(f"cannot write {str(target)!r} ({err}); free space or pass a writable path") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def remove_leftovers(folder: Path) -> list[Path]:
