@@ -1,4 +1,4 @@
-"""The `cutrec` command: train | estimate | evaluate | recommend | export | datasets.
+"""The `cutrec` command: train | estimate | evaluate | recommend | export | experiment | datasets.
 
 Options are config keys: `--train.lr=0.001` (or `train.lr=0.001`) sets any key of cutrec.config; a few common ones
 have short names (`--loss CE`, `--data PATH`, ...). A user mistake prints one line `cutrec: error: ...` and exits
@@ -100,6 +100,16 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("run_dir", help="a folder written by `cutrec train` (or saved by the Python API)")
     export.add_argument("--format", choices=["onnx"], default="onnx", help="onnx (the only format)")
     export.add_argument("--out", required=True, help="a new (or empty) folder")
+    experiment = commands.add_parser(
+        "experiment",
+        parents=[quiet],
+        help="train every configuration of a grid file and collect a results table",
+        description="Run a grid (a TOML/YAML/JSON file with [axes] dataset, model, loss, batch_size, max_len, "
+        "negatives, seed, a [base] of config values and optional named [datasets]; see cutrec/experiment.py) and "
+        "write OUT/NAME/results.csv and results.md, one row per run. Rerunning the same command skips finished rows.",
+    )
+    experiment.add_argument("grid", help="the grid file")
+    experiment.add_argument("--commit", help="the commit to name in the table (default: git rev-parse here)")
     commands.add_parser("datasets", parents=[quiet], help="list the named datasets and their sources")
     return parser
 
@@ -292,6 +302,10 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list[
             _recommend(args)
         elif args.command == "export":
             _export(args)
+        elif args.command == "experiment":
+            from cutrec.experiment import run_grid
+
+            print(f"results: {run_grid(args.grid, commit=args.commit) / 'results.md'}")
         else:
             from cutrec.data import registry
 
