@@ -1,4 +1,4 @@
-"""The `cutrec` command: train | estimate | evaluate | recommend | export | experiment | datasets.
+"""The `cutrec` command: train | estimate | evaluate | recommend | export | experiment | report | datasets.
 
 Options are config keys: `--train.lr=0.001` (or `train.lr=0.001`) sets any key of cutrec.config; a few common ones
 have short names (`--loss CE`, `--data PATH`, ...). A user mistake prints one line `cutrec: error: ...` and exits
@@ -110,6 +110,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     experiment.add_argument("grid", help="the grid file")
     experiment.add_argument("--commit", help="the commit to name in the table (default: git rev-parse here)")
+    report = commands.add_parser(
+        "report", parents=[quiet], help="summarise an experiment's results.csv in markdown and PNG plots",
+        description="Write OUT/summary.md (the best configuration per loss within --budget-gb, Spearman "
+        "correlations of NDCG@10 with negatives, batch size, their product and max_len) and PNG plots.",
+    )
+    report.add_argument("results", help="a results.csv written by `cutrec experiment`")
+    report.add_argument("--budget-gb", type=float, default=40.0, help="the memory budget (default 40)")
+    report.add_argument("--out", help="the report folder (default: report/ beside the results)")
     commands.add_parser("datasets", parents=[quiet], help="list the named datasets and their sources")
     return parser
 
@@ -302,6 +310,11 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list[
             _recommend(args)
         elif args.command == "export":
             _export(args)
+        elif args.command == "report":
+            from cutrec.report import write_report
+
+            results = Path(args.results)
+            print(f"report: {write_report(results, Path(args.out or results.parent / 'report'), args.budget_gb)}")
         elif args.command == "experiment":
             from cutrec.experiment import run_grid
 

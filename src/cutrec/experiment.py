@@ -44,16 +44,19 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from cutrec.config import build_config, load_file, merged_values, to_dict
 from cutrec.console import note
 from cutrec.errors import CutrecError
 from cutrec.losses import LOSS_KEYS
-from cutrec.train.checkpoint import LAST_NAME, LOG_NAME, METRICS_NAME, atomic_write_bytes, write_json
+from cutrec.train.checkpoint import DATA_NAME, LAST_NAME, LOG_NAME, METRICS_NAME, atomic_write_bytes, write_json
 
 AXES = ("dataset", "model", "loss", "batch_size", "max_len", "negatives", "seed")
 GRID_KEYS = ("name", "out", "gpus", "base", "datasets", "axes")
 COLUMNS = [
-    "run", "status", "dataset", "model", "loss", "batch_size", "max_len", "negatives", "seed", "NDCG@10", "HR@10",
+    "run", "status", "dataset", "model", "loss", "batch_size", "max_len", "negatives", "seed", "items", "NDCG@10",
+    "HR@10",
     "Coverage@10", "Surprisal@10", "MostPopular NDCG@10", "peak_train_gpu_mb", "mean_train_seconds", "epochs_run",
     "sharing", "machine", "commit", "date", "note",
 ]
@@ -201,8 +204,10 @@ def _row(run: Run, folder: Path) -> dict[str, Any]:
     with (folder / LOG_NAME).open(newline="") as file:
         log = list(csv.DictReader(file))
     model = next(scores for name, scores in metrics["test"].items() if name != "MostPopular")
+    with np.load(folder / DATA_NAME, allow_pickle=False) as data:
+        items = len(data["item_ids"])
     return {
-        "run": run.id, **run.axes, "status": "ok",
+        "run": run.id, **run.axes, "status": "ok", "items": str(items),
         **{name: f"{model[name]:.6f}" for name in ("NDCG@10", "HR@10", "Coverage@10", "Surprisal@10")},
         "MostPopular NDCG@10": f"{metrics['test']['MostPopular']['NDCG@10']:.6f}",
         "peak_train_gpu_mb": f"{max(float(row['peak_train_gpu_mb'] or 0) for row in log):.1f}",
