@@ -32,6 +32,7 @@ class SyntheticConfig:
     stay_probability: float = 0.7  # chance that the next item comes from the same cluster
     zipf_exponent: float = 1.1
     seed: int = 0
+    cold_items: bool = True  # items no user touched stay in the catalog, so num_items is the catalog's size
 
 
 @dataclass
