@@ -97,3 +97,12 @@ def test_an_unknown_grid_key_is_refused(tmp_path, capsys):
     path.write_text('runs = 3\n[axes]\nseed = [0]\n')
     assert main(["experiment", str(path)]) == 2
     assert "has unknown key 'runs'" in capsys.readouterr().err
+
+
+def test_out_of_memory_and_a_refused_estimate_are_oom_rows():
+    from cutrec.experiment import failure
+
+    assert failure("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB") == "OOM"
+    assert failure("cutrec: error: predicted peak 208,459 MB exceeds the 142,629 MB free on cuda; use --batch-size "
+                   "65 or auto (or set train.check_memory=false to try anyway: ...)") == "OOM"
+    assert failure("cutrec: error: data.path='x.csv' does not exist") == "failed"

@@ -195,8 +195,14 @@ def _train(run: Run, runs: Path, gpu: int | None) -> dict[str, Any]:
     if done.returncode == 0:
         return _row(run, folder)
     last = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
-    out_of_memory = "out of memory" in done.stderr.lower() or "exceeds the free memory" in done.stderr
-    return {"run": run.id, **run.axes, "status": "OOM" if out_of_memory else "failed", "note": last[-300:]}
+    return {"run": run.id, **run.axes, "status": failure(done.stderr), "note": last[-300:]}
+
+
+def failure(stderr: str) -> str:
+    """OOM for a run that ran out of GPU memory or whose estimated peak did not fit (train.check_memory), else
+    failed."""
+    out_of_memory = "out of memory" in stderr.lower() or "train.check_memory=false" in stderr
+    return "OOM" if out_of_memory else "failed"
 
 
 def _row(run: Run, folder: Path) -> dict[str, Any]:
