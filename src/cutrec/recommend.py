@@ -24,7 +24,7 @@ import torch
 
 from cutrec.config import RunConfig
 from cutrec.data.preprocess import SequenceData
-from cutrec.data.splits import Sequences
+from cutrec.data.splits import Sequences, slices
 from cutrec.errors import CutrecError
 from cutrec.eval.ranking import items_of_keys, keys_to_scores
 from cutrec.models import SequenceModel
@@ -172,7 +172,9 @@ class TrainedRun:
                 f"none of the {len(raw)} users is in this run's data (e.g. {shown(raw[0])}); pass users it was "
                 "trained on, or ask by history with recommend_histories"
             )
-        return raw[known], self._gather(dense[known])
+        rows = dense[known]
+        data = self.sequences
+        return raw[known], slices(data, rows, data.offsets[rows], data.offsets[rows + 1])
 
     def all_histories(self) -> tuple[np.ndarray, Sequences]:
         data = self.sequences
@@ -198,14 +200,6 @@ class TrainedRun:
         offsets = np.zeros(len(histories) + 1, dtype=np.int64)
         np.cumsum(kept, out=offsets[1:])
         return Sequences(offsets, dense[known].astype(np.int32), np.arange(len(histories)))
-
-    def _gather(self, rows: np.ndarray) -> Sequences:
-        data = self.sequences
-        starts, lengths = data.offsets[rows], np.diff(data.offsets)[rows]  # [H], [H]
-        offsets = np.zeros(len(rows) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=offsets[1:])
-        flat = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1])  # [E] index into data.items
-        return Sequences(offsets, data.items[flat], rows.astype(np.int64))
 
     def batches(
         self, names: np.ndarray, histories: Sequences, k: int, *, exclude_seen: bool = True, progress: bool = True

@@ -54,7 +54,7 @@ def leave_one_out(data: SequenceData) -> Split:
     if len(test_users) == 0:
         raise CutrecError("leave_one_out needs users with 2 or more events, but every user has 1; use longer histories")
     valid_users = users[lengths >= 3]
-    train = _slices(data, users, starts, np.maximum(ends - 2, starts))
+    train = slices(data, users, starts, np.maximum(ends - 2, starts))
     valid = _eval_set(data, valid_users, ends[valid_users] - 2)
     test = _eval_set(data, test_users, ends[test_users] - 1)
     return Split(train=train, valid=valid, test=test, num_items=data.num_items)
@@ -100,7 +100,7 @@ def global_temporal(
     is_valid = np.zeros(data.num_users, dtype=bool)
     is_valid[valid_users] = True
     train_users = np.flatnonzero(~is_valid)
-    train = _slices(data, train_users, starts[train_users], starts[train_users] + before[train_users])
+    train = slices(data, train_users, starts[train_users], starts[train_users] + before[train_users])
     test_users = np.flatnonzero(is_test & (lengths >= 2))
     valid_users = valid_users[lengths[valid_users] >= 2]
     valid = _eval_set(data, valid_users, ends[valid_users] - 1)
@@ -110,11 +110,11 @@ def global_temporal(
 
 def _eval_set(data: SequenceData, users: np.ndarray, target_at: np.ndarray) -> EvalSet:
     """Targets items[target_at] with inputs = each user's events from its first up to (not including) the target."""
-    inputs = _slices(data, users, data.offsets[users], target_at)
+    inputs = slices(data, users, data.offsets[users], target_at)
     return EvalSet(inputs=inputs, targets=data.items[target_at].astype(np.int32))
 
 
-def _slices(data: SequenceData, users: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> Sequences:
+def slices(data: SequenceData, users: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> Sequences:
     """The events [starts[i], ends[i]) of each chosen user, gathered into new flat arrays without a Python loop."""
     lengths = ends - starts  # [K]
     offsets = np.zeros(len(users) + 1, dtype=np.int64)  # [K + 1]

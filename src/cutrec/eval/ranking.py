@@ -7,6 +7,7 @@ handling are identical for both.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
@@ -50,13 +51,12 @@ def top_k_items(
     Memory: each chunk holds scores [U, C] float32 (4 bytes an entry), about 4 * U * C bytes at peak (0.27 GB for
     U = 1024, C = 65536; three times that where a tie needs the exact pass); the running top-k is [U, k] int64.
     """
-    keys, exact = top_k_keys(user_vectors, item_vectors, k, item_bias=item_bias, exclude=exclude,
-                             item_chunk=item_chunk)
-    if not torch.isfinite(user_vectors).all() or not torch.isfinite(item_vectors).all():
-        raise CutrecError("user or item vectors hold NaN or inf: the model diverged; lower train.lr and retrain")
+    rank = partial(top_k_keys, user_vectors, item_vectors, k, item_bias=item_bias, exclude=exclude,
+                   item_chunk=item_chunk)
+    keys, exact = rank()
+    refuse_non_finite(torch.isfinite(user_vectors).all() & torch.isfinite(item_vectors).all())
     if not bool(exact):
-        keys = top_k_keys(user_vectors, item_vectors, k, item_bias=item_bias, exclude=exclude, item_chunk=item_chunk,
-                          every_key=True)[0]
+        keys = rank(every_key=True)[0]
     return keys_to_items(keys)
 
 
@@ -128,6 +128,12 @@ def keys_to_scores(keys: torch.Tensor) -> torch.Tensor:
     ordered = keys >> 32  # [U, k] the score's bits made to sort as signed integers (see `_rank_keys`)
     bits = torch.where(ordered < 0, -ordered - 2**31, ordered)  # [U, k] the float32 bits as a signed int32 value
     return bits.to(torch.int32).view(torch.float32)
+
+
+def refuse_non_finite(finite: torch.Tensor) -> None:
+    """Raise CutrecError unless `finite` [] bool holds (one read of the device)."""
+    if not bool(finite):
+        raise CutrecError("user or item vectors hold NaN or inf: the model diverged; lower train.lr and retrain")
 
 
 def refuse_short_users(short: torch.Tensor, k: int, fix: str) -> None:

@@ -17,11 +17,10 @@ import torch
 
 from cutrec import console
 from cutrec.config import EvalConfig
-from cutrec.data.batches import eval_batches
+from cutrec.data.batches import eval_batches, num_batches
 from cutrec.data.splits import EvalSet, Sequences
-from cutrec.errors import CutrecError
 from cutrec.eval.metrics import ranking_metrics
-from cutrec.eval.ranking import PopularityOrder, keys_to_items, refuse_short_users, top_k_keys
+from cutrec.eval.ranking import PopularityOrder, keys_to_items, refuse_non_finite, refuse_short_users, top_k_keys
 from cutrec.models import SequenceModel
 from cutrec.transfer import to_device
 
@@ -67,7 +66,7 @@ def ranked_batches(
     items = model.item_table.float()  # [N, D]
     items_finite = torch.isfinite(items).all()
     batches = eval_batches(histories, max_len=model.max_len, batch_size=config.batch_size, padding_id=model.padding_id)
-    total = -(-len(histories.users) // config.batch_size)
+    total = num_batches(histories.users, config.batch_size)
     for inputs, lengths, rows in console.progress(batches, shown=bool(progress), desc=progress, total=total,
                                                   unit="batch"):
         with autocast_context(device, amp):
@@ -83,8 +82,7 @@ def settled_keys(batches: list[RankedBatch]) -> list[torch.Tensor]:
     """The exact keys [B, k] of each batch: one read of every batch's flags, a CutrecError if any vectors are not
     finite, and a rerun with every score keyed for a batch whose candidates met a tie."""
     flags = torch.stack([torch.stack([batch.finite, batch.exact]) for batch in batches]).cpu()  # [batches, 2]
-    if not bool(flags[:, 0].all()):
-        raise CutrecError("user or item vectors hold NaN or inf: the model diverged; lower train.lr and retrain")
+    refuse_non_finite(flags[:, 0].all())
     return [batch.keys if exact else batch.exact_keys()[0] for batch, exact in zip(batches, flags[:, 1].tolist(),
                                                                                        strict=True)]
 

@@ -236,7 +236,7 @@ def resume(folder: Path, file_values: dict[str, Any], overrides: list[str]) -> P
     """Continue the run in `folder` from its last.pt, with its own config (only RESUMABLE_KEYS may change)."""
     if not folder.is_dir():
         raise CutrecError(f"--resume {str(folder)!r} is not a folder; pass a run folder that `cutrec train` wrote")
-    run_format(folder)  # refuses a folder of a newer cutrec
+    folder_format = run_format(folder)  # refuses a folder of a newer cutrec
     if not (folder / LAST_NAME).exists():
         raise CutrecError(
             f"run {str(folder)!r} has no last.pt (it stopped before its first epoch end or timed checkpoint); "
@@ -271,7 +271,7 @@ def resume(folder: Path, file_values: dict[str, Any], overrides: list[str]) -> P
             f"{saved['data_shape']['sequences']:,} and {saved['data_shape']['events']:,}; the data changed since "
             "training, so the run cannot continue"
         )
-    if run_format(folder) == 1:  # the data checked against last.pt: from now on the folder holds its own copy
+    if folder_format == 1:  # the data checked against last.pt: from now on the folder holds its own copy
         atomic_write_bytes(folder / DATA_NAME, lambda file: write_npz(file, sequences))
         write_run_info(folder)
     checked_batch_size(config, data.split.num_items, data.train_lengths, device)  # this GPU may have less free
