@@ -62,6 +62,30 @@ def test_a_half_finished_run_resumes_and_a_folder_without_last_pt_restarts(tmp_p
     assert (runs / "seed=1" / "best.pt").stat().st_mtime_ns != replaced  # trained again from the start
 
 
+def test_a_model_and_a_loss_carry_their_settings_into_the_run_config(tmp_path):
+    _, runs = load_grid(_grid(tmp_path, 'model = ["sasrec", "bert4rec:num_blocks=2,mask_prob=0.3"]\n'
+                                        'loss = ["CCE-:share=block"]\nnegatives = [5]\n'))
+    assert [run.id for run in runs] == ["model=sasrec-loss=CCE-_share=block-negatives=5",
+                                        "model=bert4rec_num_blocks=2_mask_prob=0.3-loss=CCE-_share=block-negatives=5"]
+    sasrec, bert4rec = (run.values for run in runs)
+    assert (sasrec["model"]["name"], sasrec["model"]["num_blocks"], sasrec["model"]["dim"]) == ("sasrec", 1, 8)
+    assert (bert4rec["model"]["name"], bert4rec["model"]["num_blocks"], bert4rec["model"]["mask_prob"]) == (
+        "bert4rec", 2, 0.3)
+    assert bert4rec["loss"] == {**bert4rec["loss"], "name": "CCE-", "share": "block", "num_negatives": 5}
+
+
+def test_runs_sharing_the_device_give_the_metrics_of_runs_one_at_a_time(tmp_path):
+    serial = _grid(tmp_path, 'seed = [0, 1]\n')
+    run_grid(serial)
+    alone = _rows(tmp_path)
+    shared = tmp_path / "shared.toml"
+    shared.write_text(serial.read_text().replace('name = "tiny"', 'name = "tiny"\nruns_per_gpu = 2')
+                      .replace("experiments", "shared"))
+    rows = {row["run"]: row for row in csv.DictReader((run_grid(shared) / "results.csv").open(newline=""))}
+    assert {row["sharing"] for row in rows.values()} == {"2 runs at a time on one device"}
+    assert [rows[row["run"]]["NDCG@10"] for row in alone] == [row["NDCG@10"] for row in alone]
+
+
 def test_values_are_checked_before_the_first_run_and_a_failing_run_is_a_row(tmp_path):
     with pytest.raises(CutrecError, match=r"train.batch_size=0 is out of range"):
         load_grid(_grid(tmp_path, 'batch_size = [0, 4]\n'))
@@ -83,6 +107,7 @@ def test_values_are_checked_before_the_first_run_and_a_failing_run_is_a_row(tmp_
         ('loss = ["CE-:share=block"]\n', "loss.share does not apply to CE-"),
         ('loss = ["CE-:share"]\n', "setting 'share' has no '='"),
         ('model = ["gru4rec"]\n', "config key 'model.name' is 'gru4rec'"),
+        ('model = ["sasrec:colour=red"]\n', "grid model 'sasrec:colour=red': model.colour does not apply to sasrec"),
     ],
 )
 def test_bad_grids_are_refused_with_the_key_named(tmp_path, capsys, axes, message):
@@ -97,6 +122,9 @@ def test_an_unknown_grid_key_is_refused(tmp_path, capsys):
     path.write_text('runs = 3\n[axes]\nseed = [0]\n')
     assert main(["experiment", str(path)]) == 2
     assert "has unknown key 'runs'" in capsys.readouterr().err
+    path.write_text('runs_per_gpu = 0\n[axes]\nseed = [0]\n')
+    assert main(["experiment", str(path)]) == 2
+    assert "grid key 'runs_per_gpu' is 0; give 1 or more" in capsys.readouterr().err
 
 
 def test_out_of_memory_and_a_refused_estimate_are_oom_rows():

@@ -189,7 +189,7 @@ def _estimate(args: argparse.Namespace, extra: list[str]) -> None:
     if args.memory_gb is not None:
         budget, where = int(args.memory_gb * 2**30), f"--memory-gb {args.memory_gb:g}"
     elif device.type == "cuda":
-        budget, where = memory.free_memory(device), f"the free memory of {device}"
+        budget, where = memory.available_memory(config, device)
     else:
         budget, where = None, ""
     fits = None if budget is None else memory.largest_batch(config, num_items, lengths, int(memory.HEADROOM * budget))

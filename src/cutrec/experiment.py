@@ -5,6 +5,7 @@ A grid file:
     name = "balance"                 # results go to OUT/NAME/results.{csv,md}, runs to OUT/NAME/runs/RUN_ID
     out = "experiments"
     gpus = [0, 1]                    # one run per GPU at a time; leave out for one run at a time (clean timings)
+    runs_per_gpu = 1                 # runs sharing each GPU (or the CPU) at a time; 1 for clean timings
     [base]                           # config values every run shares, nested like a config file
     train = { epochs = 50 }
     [datasets.beauty]                # a named data section (else: a registry name or "synthetic")
@@ -12,7 +13,7 @@ A grid file:
     format = "sequences"
     [axes]                           # every combination is one run
     dataset = ["beauty"]
-    model = ["sasrec"]
+    model = ["sasrec", "bert4rec:num_blocks=2,num_heads=2"]   # a model, optionally with model settings
     loss = ["CE", "CE-", "CCE-:share=block"]     # a loss, optionally with loss settings
     batch_size = [128, 256]
     max_len = [50]
@@ -22,7 +23,8 @@ A grid file:
 Every run is checked (types, ranges, loss settings that its loss does not use) before the first one starts. Each
 runs as `cutrec train` in its own process; a finished row is written to results.csv at once (an atomic rewrite), so
 an interrupted grid restarted with the same command skips its finished rows, resumes a run that has a last.pt and
-restarts one that has none. A run that runs out of GPU memory (or whose estimated peak does not fit) is a row with
+restarts one that has none. Runs that share the machine get an equal share of its CPU cores (OMP_NUM_THREADS), and
+every row says how the runs shared it, since shared runs time slower. A run that runs out of GPU memory (or whose estimated peak does not fit) is a row with
 status OOM, and the grid goes on.
 """
 
@@ -39,27 +41,28 @@ import subprocess
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import date
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from cutrec.config import build_config, load_file, merged_values, to_dict
+from cutrec.config import ModelConfig, build_config, load_file, merged_values, to_dict
 from cutrec.console import note
 from cutrec.errors import CutrecError
 from cutrec.losses import LOSS_KEYS
 from cutrec.train.checkpoint import DATA_NAME, LAST_NAME, LOG_NAME, METRICS_NAME, atomic_write_bytes, write_json
 
 AXES = ("dataset", "model", "loss", "batch_size", "max_len", "negatives", "seed")
-GRID_KEYS = ("name", "out", "gpus", "base", "datasets", "axes")
+GRID_KEYS = ("name", "out", "gpus", "runs_per_gpu", "base", "datasets", "axes")
 COLUMNS = [
     "run", "status", "dataset", "model", "loss", "batch_size", "max_len", "negatives", "seed", "items", "NDCG@10",
     "HR@10",
     "Coverage@10", "Surprisal@10", "MostPopular NDCG@10", "peak_train_gpu_mb", "mean_train_seconds", "epochs_run",
     "sharing", "machine", "commit", "date", "note",
 ]
+MODEL_KEYS = tuple(field.name for field in fields(ModelConfig) if field.name != "name")
 SAMPLED = {loss for loss, keys in LOSS_KEYS.items() if "num_negatives" in keys}
 
 
@@ -92,6 +95,9 @@ def load_grid(path: str | Path) -> tuple[dict[str, Any], list[Run]]:
     gpus = grid.get("gpus", [])
     if not isinstance(gpus, list) or not all(isinstance(g, int) and not isinstance(g, bool) for g in gpus):
         raise CutrecError(f"grid key 'gpus' is {gpus!r}; give a list of GPU indices, e.g. gpus = [0, 1]")
+    runs_per_gpu = grid.get("runs_per_gpu", 1)
+    if not isinstance(runs_per_gpu, int) or isinstance(runs_per_gpu, bool) or runs_per_gpu < 1:
+        raise CutrecError(f"grid key 'runs_per_gpu' is {runs_per_gpu!r}; give 1 or more (1: clean timings)")
     runs, seen = [], set()
     names = list(axes)
     for combination in itertools.product(*(axes[name] for name in names)):
@@ -100,7 +106,7 @@ def load_grid(path: str | Path) -> tuple[dict[str, Any], list[Run]]:
             seen.add(run.id)
             runs.append(run)
     return {"name": str(grid.get("name", Path(path).stem)), "out": str(grid.get("out", "experiments")),
-            "gpus": gpus}, runs
+            "gpus": gpus, "runs_per_gpu": runs_per_gpu}, runs
 
 
 def _run(axes: dict[str, Any], base: dict[str, Any], datasets: dict[str, Any]) -> Run:
@@ -110,27 +116,15 @@ def _run(axes: dict[str, Any], base: dict[str, Any], datasets: dict[str, Any]) -
         values["data"] = dict(datasets[name]) if name in datasets else {"dataset": name}
         values["data"].setdefault("dataset", str(name))
     if "model" in axes:
-        values["model"] = {"name": axes["model"]}
+        values["model"] = _spec("model", str(axes["model"]), MODEL_KEYS)
     if "max_len" in axes:
         values.setdefault("model", {})["max_len"] = axes["max_len"]
     train = {key: axes[key] for key in ("batch_size", "seed") if key in axes}
     if train:
         values["train"] = train
     if "loss" in axes:
-        spec = str(axes["loss"])
-        loss, _, settings = spec.partition(":")
-        section: dict[str, Any] = {"name": loss}
-        for pair in filter(None, settings.split(",")):
-            key, sep, value = pair.partition("=")
-            if not sep:
-                raise CutrecError(f"grid loss {spec!r}: setting {pair!r} has no '='; write LOSS:key=value,key=value")
-            if key not in LOSS_KEYS.get(loss, ()):
-                raise CutrecError(
-                    f"grid loss {spec!r}: loss.{key} does not apply to {loss} (it uses "
-                    f"{', '.join(LOSS_KEYS.get(loss, ())) or 'no settings'}); drop it"
-                )
-            section[key] = value
-        values["loss"] = section
+        loss = str(axes["loss"]).partition(":")[0]
+        values["loss"] = _spec("loss", str(axes["loss"]), LOSS_KEYS.get(loss, ()))
     merged = merged_values(base, values)
     loss_name = merged.get("loss", {}).get("name", "auto")
     if "negatives" in axes and loss_name in SAMPLED:
@@ -144,6 +138,24 @@ def _run(axes: dict[str, Any], base: dict[str, Any], datasets: dict[str, Any]) -
     return Run(run_id, shown, to_dict(config))
 
 
+def _spec(axis: str, spec: str, keys: tuple[str, ...]) -> dict[str, Any]:
+    """The config section of an axis value `NAME[:key=value,key=value]`: {"name": NAME, key: value, ...}, with every
+    key checked against the keys that NAME uses."""
+    name, _, settings = spec.partition(":")
+    section: dict[str, Any] = {"name": name}
+    for pair in filter(None, settings.split(",")):
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise CutrecError(f"grid {axis} {spec!r}: setting {pair!r} has no '='; write NAME:key=value,key=value")
+        if key not in keys:
+            raise CutrecError(
+                f"grid {axis} {spec!r}: {axis}.{key} does not apply to {name} (it uses "
+                f"{', '.join(keys) or 'no settings'}); drop it"
+            )
+        section[key] = value
+    return section
+
+
 def run_grid(path: str | Path, *, commit: str | None = None) -> Path:
     """Run every configuration of the grid that results.csv does not hold yet; returns the results folder."""
     settings, runs = load_grid(path)
@@ -152,31 +164,41 @@ def run_grid(path: str | Path, *, commit: str | None = None) -> Path:
     results = Results(folder)
     todo = [run for run in runs if run.id not in results.finished()]
     note(f"grid {settings['name']}: {len(runs)} runs, {len(runs) - len(todo)} already finished, in {folder}")
-    gpus = settings["gpus"]
-    sharing = f"{len(gpus)} GPUs, one run each" if len(gpus) > 1 else "one run at a time"
-    context = {"sharing": sharing, "machine": _machine(), "commit": commit or _commit(), "date": str(date.today())}
-    free = list(gpus) or [None]
+    free = [gpu for gpu in settings["gpus"] or [None] for _ in range(settings["runs_per_gpu"])]  # one slot per run
+    context = {"sharing": _sharing(settings["gpus"], settings["runs_per_gpu"]), "machine": _machine(),
+               "commit": commit or _commit(), "date": str(date.today())}
+    slots = len(free)
+    threads = max(1, (os.cpu_count() or 1) // slots) if slots > 1 else None
     lock = threading.Lock()
 
     def one(run: Run) -> None:
         with lock:
             gpu = free.pop()
         try:
-            row = _train(run, folder / "runs", gpu)
+            row = _train(run, folder / "runs", gpu, threads)
         finally:
             with lock:
                 free.append(gpu)
         results.add({**row, **context})
         note(f"{run.id}: {row['status']}" + (f" NDCG@10 {row['NDCG@10']}" if row["status"] == "ok" else ""))
 
-    with ThreadPoolExecutor(max_workers=max(1, len(gpus))) as pool:
+    with ThreadPoolExecutor(max_workers=slots) as pool:
         for future in [pool.submit(one, run) for run in todo]:
             future.result()
     return folder
 
 
-def _train(run: Run, runs: Path, gpu: int | None) -> dict[str, Any]:
-    """Train one run in its own process (resuming a half-finished one) and read its row."""
+def _sharing(gpus: list[int], runs_per_gpu: int) -> str:
+    """How the runs shared the machine, for the results table: timings of shared runs are slower."""
+    if len(gpus) <= 1 and runs_per_gpu == 1:
+        return "one run at a time"
+    per = "one run each" if runs_per_gpu == 1 else f"{runs_per_gpu} runs each at a time"
+    return f"{len(gpus)} GPUs, {per}" if len(gpus) > 1 else f"{runs_per_gpu} runs at a time on one device"
+
+
+def _train(run: Run, runs: Path, gpu: int | None, threads: int | None) -> dict[str, Any]:
+    """Train one run in its own process (resuming a half-finished one; `threads` CPU threads when runs share the
+    machine) and read its row."""
     folder = runs / run.id
     if (folder / METRICS_NAME).exists():
         return _row(run, folder)
@@ -189,6 +211,8 @@ def _train(run: Run, runs: Path, gpu: int | None) -> dict[str, Any]:
     environment = dict(os.environ)
     if gpu is not None:
         environment["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    if threads is not None:
+        environment["OMP_NUM_THREADS"] = str(threads)
     done = subprocess.run([sys.executable, "-m", "cutrec.cli", "--quiet", *command], capture_output=True, text=True,
                           env=environment)
     (runs / f"{run.id}.stderr.txt").write_text(done.stderr[-20000:])
