@@ -24,8 +24,8 @@ Every run is checked (types, ranges, loss settings that its loss does not use) b
 runs as `cutrec train` in its own process; a finished row is written to results.csv at once (an atomic rewrite), so
 an interrupted grid restarted with the same command skips its finished rows, resumes a run that has a last.pt and
 restarts one that has none. Runs that share the machine get an equal share of its CPU cores (OMP_NUM_THREADS), and
-every row says how the runs shared it, since shared runs time slower. A run that runs out of GPU memory (or whose estimated peak does not fit) is a row with
-status OOM, and the grid goes on.
+every row says how the runs shared it, since shared runs time slower. A run that runs out of GPU memory (or whose
+estimated peak does not fit) is a row with status OOM, and the grid goes on.
 """
 
 from __future__ import annotations
