@@ -52,7 +52,15 @@ from cutrec.config import ModelConfig, build_config, load_file, merged_values, t
 from cutrec.console import note
 from cutrec.errors import CutrecError
 from cutrec.losses import LOSS_KEYS
-from cutrec.train.checkpoint import DATA_NAME, LAST_NAME, LOG_NAME, METRICS_NAME, atomic_write_bytes, write_json
+from cutrec.train.checkpoint import (
+    CONFIG_NAME,
+    DATA_NAME,
+    LAST_NAME,
+    LOG_NAME,
+    METRICS_NAME,
+    atomic_write_bytes,
+    write_json,
+)
 
 AXES = ("dataset", "model", "loss", "batch_size", "max_len", "negatives", "seed")
 GRID_KEYS = ("name", "out", "gpus", "runs_per_gpu", "base", "datasets", "axes")
@@ -236,7 +244,9 @@ def _row(run: Run, folder: Path) -> dict[str, Any]:
     model = next(scores for name, scores in metrics["test"].items() if name != "MostPopular")
     with np.load(folder / DATA_NAME, allow_pickle=False) as data:
         items = len(data["item_ids"])
+    trained = json.loads((folder / CONFIG_NAME).read_text())["train"]["batch_size"]  # "auto" resolved
     return {
+        **({"note": f"batch_size auto: {trained}"} if run.axes.get("batch_size") == "auto" else {}),
         "run": run.id, **run.axes, "status": "ok", "items": str(items),
         **{name: f"{model[name]:.6f}" for name in ("NDCG@10", "HR@10", "Coverage@10", "Surprisal@10")},
         "MostPopular NDCG@10": f"{metrics['test']['MostPopular']['NDCG@10']:.6f}",

@@ -53,8 +53,10 @@ def _factor(row: dict[str, str], name: str) -> float | None:
     if name == "negatives x batch_size":
         a, b = _factor(row, "negatives"), _factor(row, "batch_size")
         return None if a is None or b is None else a * b
-    value = row.get(name, "")
-    return float(value) if value not in ("", None) else None
+    try:
+        return float(row.get(name) or "")
+    except ValueError:  # unset, or batch_size "auto"
+        return None
 
 
 def correlations(rows: list[dict[str, str]]) -> list[tuple[str, float, int]]:
