@@ -182,7 +182,8 @@ def available_memory(config: RunConfig, device: torch.device) -> tuple[int, str]
     limit = config.train.memory_limit_gb
     if limit is None or limit * 2**30 >= free:
         return int(free), f"the {free / 2**20:,.0f} MB free on {device}"
-    torch.cuda.set_per_process_memory_fraction(limit * 2**30 / total, device)
+    index = torch.cuda.current_device() if device.index is None else device.index  # "cuda" has no index
+    torch.cuda.set_per_process_memory_fraction(limit * 2**30 / total, index)
     return int(limit * 2**30), f"train.memory_limit_gb={limit:g} on {device}"
 
 
