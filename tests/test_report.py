@@ -10,7 +10,7 @@ from scipy.stats import spearmanr
 from cutrec.cli import main
 from cutrec.errors import CutrecError
 from cutrec.experiment import COLUMNS
-from cutrec.report import best_within, correlations, spearman, write_report
+from cutrec.report import balance_section, balance_tables, best_within, correlations, spearman, write_report
 
 
 def _results(tmp_path, rng):
@@ -72,4 +72,37 @@ def test_report_errors(tmp_path, capsys):
         path, _ = _results(tmp_path, np.random.default_rng())
         text = path.read_text().replace(",ok,", ",OOM,")
         path.write_text(text)
-        write_report(path, tmp_path / "r", 40)
+        write_report([path], tmp_path / "r", 40)
+
+
+def _balance(ndcg):
+    """Rows of a batch x negatives grid, two seeds a cell: ndcg(batch, negatives) -/+ 5e-5 (a seed spread of 1e-4)."""
+    return [{"loss": "CCE-", "batch_size": str(b), "negatives": str(n), "NDCG@10": str(ndcg(b, n) + noise)}
+            for b in (64, 128, 256, 512) for n in (16, 64, 256, 1024) for noise in (-5e-5, 5e-5)]
+
+
+@pytest.mark.parametrize(
+    "ndcg,answer",
+    [
+        (lambda b, n: 0.01 * np.log(b * n), "yes: the best cell raises both"),
+        (lambda b, n: 0.01 * np.log(n) - 0.001 * np.log(b), "no: the best cell keeps one of them"),
+        (lambda b, n: 0.01 * np.log(n) + 2e-5 * (b > 64), "not clearly: the best cell raises both"),
+    ],
+)
+def test_the_balance_answer_follows_the_best_cell_and_the_seed_spread(ndcg, answer):
+    tables = balance_tables(_balance(ndcg))
+    assert list(tables) == ["CCE-"] and len(tables["CCE-"]) == 16
+    text = "\n".join(balance_section("CCE-", tables["CCE-"]))
+    assert f"Does scaling both beat maximising one? {answer}" in text
+    assert "| 512 | " in text and "(2 per cell)" in text
+
+
+def test_several_results_tables_are_read_as_one(tmp_path):
+    rng = np.random.default_rng()
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first, _ = _results(tmp_path / "a", rng)
+    second, _ = _results(tmp_path / "b", rng)
+    assert main(["report", str(first), str(second), "--out", str(tmp_path / "report")]) == 0
+    summary = (tmp_path / "report" / "summary.md").read_text()
+    assert "48 finished runs of 50" in summary and str(second) in summary

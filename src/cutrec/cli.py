@@ -115,7 +115,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Write OUT/summary.md (the best configuration per loss within --budget-gb, Spearman "
         "correlations of NDCG@10 with negatives, batch size, their product and max_len) and PNG plots.",
     )
-    report.add_argument("results", help="a results.csv written by `cutrec experiment`")
+    report.add_argument("results", nargs="+", help="results.csv files written by `cutrec experiment`, read as one")
     report.add_argument("--budget-gb", type=float, default=40.0, help="the memory budget (default 40)")
     report.add_argument("--out", help="the report folder (default: report/ beside the results)")
     commands.add_parser("datasets", parents=[quiet], help="list the named datasets and their sources")
@@ -313,8 +313,9 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list[
         elif args.command == "report":
             from cutrec.report import write_report
 
-            results = Path(args.results)
-            print(f"report: {write_report(results, Path(args.out or results.parent / 'report'), args.budget_gb)}")
+            results = [Path(path) for path in args.results]
+            out = Path(args.out or results[0].parent / "report")
+            print(f"report: {write_report(results, out, args.budget_gb)}")
         elif args.command == "experiment":
             from cutrec.experiment import run_grid
 

@@ -1,8 +1,10 @@
 """`cutrec report RESULTS.csv`: a markdown summary and PNG plots of an experiment's results table.
 
 The summary gives, for a memory budget, the best configuration of each loss (highest test NDCG@10 among the runs
-whose peak training memory fits), and the Spearman rank correlation of NDCG@10 with negatives, batch size, their
-product and sequence length, each with the number of runs behind it. Plots (matplotlib, the optional `plots`
+whose peak training memory fits), the Spearman rank correlation of NDCG@10 with negatives, batch size, their
+product and sequence length, each with the number of runs behind it, and, for each loss run at several batch sizes
+and negatives, the table of mean NDCG@10 over seeds with the answer to "does scaling both beat maximising one?".
+Several results tables (grids run apart) are read as one. Plots (matplotlib, the optional `plots`
 extra, imported only here): NDCG@10 against negatives per batch size, peak memory against negatives per loss,
 NDCG@10 against peak memory per loss (with each loss's frontier), and training seconds per epoch against catalog
 size per loss. Only rows with status ok count; OOM rows are listed.
@@ -11,8 +13,10 @@ size per loss. Only rows with status ok count; OOM rows are listed.
 from __future__ import annotations
 
 import csv
+import re
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -84,15 +88,16 @@ def best_within(rows: list[dict[str, str]], budget_gb: float) -> dict[str, dict[
     return best
 
 
-def write_report(results: Path, out: Path, budget_gb: float) -> Path:
-    """summary.md and the plots in `out`; returns the summary's path."""
-    rows = read_results(results)
+def write_report(results: list[Path], out: Path, budget_gb: float) -> Path:
+    """summary.md and the plots in `out`, from one or more results tables; returns the summary's path."""
+    rows = [row for path in results for row in read_results(path)]
     ok = [r for r in rows if r["status"] == "ok"]
     if not ok:
-        raise CutrecError(f"{str(results)!r} has no finished run (status ok); run the grid first")
+        raise CutrecError(f"{', '.join(map(str, results))} hold no finished run (status ok); run the grid first")
     out.mkdir(parents=True, exist_ok=True)
-    lines = [f"# Experiment report: {results}", "", f"{len(ok)} finished runs of {len(rows)}; machine "
-             f"{', '.join(sorted({r['machine'] for r in ok}))}; commits {', '.join(sorted({r['commit'] for r in ok}))}",
+    lines = [f"# Experiment report: {', '.join(map(str, results))}", "", f"{len(ok)} finished runs of {len(rows)}; "
+             f"machine {', '.join(sorted({r['machine'] for r in ok}))}; commits "
+             f"{', '.join(sorted({r['commit'] for r in ok}))}",
              "", f"## Best configuration per loss within {budget_gb:g} GB of peak training memory", "",
              "| loss | NDCG@10 | HR@10 | peak MB | train s / epoch | run |", "|---|---|---|---|---|---|"]
     for loss, row in sorted(best_within(ok, budget_gb).items()):
@@ -100,6 +105,8 @@ def write_report(results: Path, out: Path, budget_gb: float) -> Path:
                      f"{row['mean_train_seconds']} | {row['run']} |")
     lines += ["", "## Spearman correlation of NDCG@10", "", "| factor | Spearman | runs |", "|---|---|---|"]
     lines += [f"| {name} | {rho:.3f} | {n} |" for name, rho, n in correlations(ok)]
+    for loss, table in balance_tables(ok).items():
+        lines += ["", *balance_section(loss, table)]
     failed = [r for r in rows if r["status"] != "ok"]
     if failed:
         lines += ["", "## Runs that did not finish", ""]
@@ -108,6 +115,55 @@ def write_report(results: Path, out: Path, budget_gb: float) -> Path:
     summary = out / "summary.md"
     summary.write_text("\n".join(lines) + "\n")
     return summary
+
+
+def balance_tables(rows: list[dict[str, str]]) -> dict[str, dict[tuple[float, float], list[float]]]:
+    """Per loss run at two or more batch sizes and two or more negatives: (batch, negatives) -> NDCG@10 of each
+    seed."""
+    tables: dict[str, dict[tuple[float, float], list[float]]] = defaultdict(lambda: defaultdict(list))
+    for row in rows:
+        batch, negatives = _factor(row, "batch_size"), _factor(row, "negatives")
+        if batch is not None and negatives is not None:
+            tables[row["loss"]][batch, negatives].append(float(row["NDCG@10"]))
+    return {loss: table for loss, table in tables.items()
+            if len({b for b, _ in table}) >= 2 and len({n for _, n in table}) >= 2}
+
+
+def balance_section(loss: str, table: dict[tuple[float, float], list[float]]) -> list[str]:
+    """The mean NDCG@10 over seeds of each batch size x negatives, and whether the best cell scales both: it does
+    when neither its batch size nor its negatives is the smallest of the grid."""
+    batches, negatives = sorted({b for b, _ in table}), sorted({n for _, n in table})
+    mean = {cell: float(np.mean(values)) for cell, values in table.items()}
+    seeds = sorted({len(values) for values in table.values()})
+    lines = [f"## {loss}: mean test NDCG@10 over seeds ({'/'.join(map(str, seeds))} per cell), batch size x negatives",
+             "", "| batch \\ negatives | " + " | ".join(f"{n:g}" for n in negatives) + " |",
+             "|---|" + "---|" * len(negatives)]
+    for b in batches:
+        lines.append(f"| {b:g} | " + " | ".join(f"{mean[b, n]:.4f}" if (b, n) in mean else "" for n in negatives)
+                     + " |")
+    (best_b, best_n), best = max(mean.items(), key=lambda item: item[1])
+    one_negatives = max((value, cell) for cell, value in mean.items() if cell[0] == batches[0])  # smallest batch
+    one_batch = max((value, cell) for cell, value in mean.items() if cell[1] == negatives[0])  # fewest negatives
+    spreads = [max(values) - min(values) for values in table.values() if len(values) >= 2]
+    spread = float(np.mean(spreads)) if spreads else float("nan")
+    gain = best - max(one_negatives[0], one_batch[0])
+    if best_b == batches[0] or best_n == negatives[0]:
+        answer = "no: the best cell keeps one of them at the grid's smallest"
+    elif not gain > spread:
+        answer = (f"not clearly: the best cell raises both, but its gain over maximising one ({gain:.4f}) is within "
+                  f"the seed spread ({spread:.4f}, the mean max - min of a cell over seeds)")
+    else:
+        answer = f"yes: the best cell raises both, {gain:.4f} above maximising one (seed spread {spread:.4f})"
+    lines += ["", f"Best cell: batch {best_b:g} x {best_n:g} negatives, {best:.4f}. At the smallest batch "
+              f"({batches[0]:g}) the best is {one_negatives[0]:.4f} ({one_negatives[1][1]:g} negatives); with the "
+              f"fewest negatives ({negatives[0]:g}) the best is {one_batch[0]:.4f} (batch {one_batch[1][0]:g}).",
+              "", f"Does scaling both beat maximising one? {answer}."]
+    return lines
+
+
+def _natural(label: str) -> list[Any]:
+    """A sort key that orders "batch 64" before "batch 128"."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", label)]
 
 
 def _plots(rows: list[dict[str, str]], out: Path) -> list[str]:
@@ -126,7 +182,7 @@ def _plots(rows: list[dict[str, str]], out: Path) -> list[str]:
         if not series:
             return
         figure, axes = plt.subplots(figsize=(6, 4))
-        for label, points in sorted(series.items()):
+        for label, points in sorted(series.items(), key=lambda item: _natural(item[0])):
             x, y = np.array(points).T
             if frontier:
                 axes.scatter(x, y, s=12)
