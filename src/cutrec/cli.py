@@ -27,6 +27,7 @@ SHORT_OPTIONS = {
     "--share": "loss.share",
     "--epochs": "train.epochs",
     "--batch-size": "train.batch_size",
+    "--memory-gb": "train.memory_limit_gb",
     "--lr": "train.lr",
     "--seed": "train.seed",
     "--device": "train.device",
@@ -64,10 +65,10 @@ def _parser() -> argparse.ArgumentParser:
         help="print the predicted peak GPU memory of training, and the largest batch that fits",
         description="Read the data and predict the peak GPU memory of a training step for the same options as "
         "`cutrec train` (parameters, gradients, optimizer state, activations, the loss's buffers), without "
-        "training. With a GPU visible, or --memory-gb, also print the largest batch size that fits.",
+        "training. With a GPU visible, or --memory-gb (train.memory_limit_gb), also print the largest batch size that "
+        "fits.",
     )
     _add_run_options(estimate)
-    estimate.add_argument("--memory-gb", type=float, help="memory to fit into (default: the GPU's free memory)")
     evaluate = commands.add_parser("evaluate", parents=[quiet], help="re-score a saved run on its test set")
     evaluate.add_argument("run_dir", help="a folder written by `cutrec train`")
     evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -184,10 +185,9 @@ def _estimate(args: argparse.Namespace, extra: list[str]) -> None:
     num_items, lengths = data.split.num_items, data.train_lengths
     config = replace(config, loss=replace(config.loss, name=resolve_loss_name(config.loss.name, num_items)))
     device = resolve_device(config.train.device)
-    if args.memory_gb is not None and not 0 < args.memory_gb < float("inf"):
-        raise CutrecError(f"--memory-gb {args.memory_gb} is out of range; give a positive, finite number of GB")
-    if args.memory_gb is not None:
-        budget, where = int(args.memory_gb * 2**30), f"--memory-gb {args.memory_gb:g}"
+    limit = config.train.memory_limit_gb
+    if limit is not None:  # a budget needs no GPU here: plan for another machine
+        budget, where = int(limit * 2**30), f"train.memory_limit_gb={limit:g}"
     elif device.type == "cuda":
         budget, where = memory.available_memory(config, device)
     else:
