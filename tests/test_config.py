@@ -33,6 +33,7 @@ def test_yaml_file(tmp_path):
         ("loss.name=XE", "config key 'loss.name' is 'XE'; choose one of"),
         ("model.max_len=0", "model.max_len=0 is out of range"),
         ("loss.num_negatives=0", "loss.num_negatives=0 is out of range"),
+        ("train.memory_limit_gb=0", "train.memory_limit_gb=0.0 is out of range"),
         ("model=3", "is a section"),
         ("train.lr", "has no '='"),
         ("eval.valid_metric=NDCG@7", "eval.valid_metric='NDCG@7' is not computed"),

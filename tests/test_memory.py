@@ -81,5 +81,5 @@ def test_estimate_command(capsys, tmp_path):
     assert main(["estimate", "--loss=CE", "--batch-size=64", *common, "--memory-gb=1"]) == 0
     out = capsys.readouterr().out
     assert "estimated peak training memory" in out and "at batch 64" in out
-    assert "largest batch within 90% of --memory-gb 1" in out
+    assert "largest batch within 90% of train.memory_limit_gb=1" in out
     assert main(["estimate", "--batch-size=auto", *common]) in (0, 2)  # 2 without a GPU: nothing to fit into

@@ -101,3 +101,18 @@ def test_scales_to_millions_of_items():
 def test_config_checked(change, message):
     with pytest.raises(CutrecError, match=message):
         synthetic_interactions(replace(SyntheticConfig(), **change))
+
+
+def test_the_synthetic_catalog_keeps_cold_items():
+    from cutrec.config import DataConfig
+    from cutrec.data.load import load_sequences
+
+    rng = np.random.default_rng()
+    num_items = int(rng.integers(2000, 6000))
+    synthetic = SyntheticConfig(num_users=30, num_items=num_items, num_clusters=10, mean_length=8)
+    data = load_sequences(DataConfig(synthetic=synthetic))
+    assert data.num_items == num_items and np.array_equal(data.item_ids, np.arange(num_items))
+    raw = synthetic_interactions(synthetic)
+    assert sorted(data.items.tolist()) == sorted(raw.items.tolist())  # dense ids are the raw ids
+    touched = load_sequences(DataConfig(synthetic=replace(synthetic, cold_items=False)))
+    assert touched.num_items == len(np.unique(raw.items)) < num_items

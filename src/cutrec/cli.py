@@ -1,4 +1,4 @@
-"""The `cutrec` command: train | estimate | evaluate | recommend | export | datasets.
+"""The `cutrec` command: train | estimate | evaluate | recommend | export | experiment | report | datasets.
 
 Options are config keys: `--train.lr=0.001` (or `train.lr=0.001`) sets any key of cutrec.config; a few common ones
 have short names (`--loss CE`, `--data PATH`, ...). A user mistake prints one line `cutrec: error: ...` and exits
@@ -27,6 +27,7 @@ SHORT_OPTIONS = {
     "--share": "loss.share",
     "--epochs": "train.epochs",
     "--batch-size": "train.batch_size",
+    "--memory-gb": "train.memory_limit_gb",
     "--lr": "train.lr",
     "--seed": "train.seed",
     "--device": "train.device",
@@ -64,10 +65,10 @@ def _parser() -> argparse.ArgumentParser:
         help="print the predicted peak GPU memory of training, and the largest batch that fits",
         description="Read the data and predict the peak GPU memory of a training step for the same options as "
         "`cutrec train` (parameters, gradients, optimizer state, activations, the loss's buffers), without "
-        "training. With a GPU visible, or --memory-gb, also print the largest batch size that fits.",
+        "training. With a GPU visible, or --memory-gb (train.memory_limit_gb), also print the largest batch size that "
+        "fits.",
     )
     _add_run_options(estimate)
-    estimate.add_argument("--memory-gb", type=float, help="memory to fit into (default: the GPU's free memory)")
     evaluate = commands.add_parser("evaluate", parents=[quiet], help="re-score a saved run on its test set")
     evaluate.add_argument("run_dir", help="a folder written by `cutrec train`")
     evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -100,6 +101,24 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("run_dir", help="a folder written by `cutrec train` (or saved by the Python API)")
     export.add_argument("--format", choices=["onnx"], default="onnx", help="onnx (the only format)")
     export.add_argument("--out", required=True, help="a new (or empty) folder")
+    experiment = commands.add_parser(
+        "experiment",
+        parents=[quiet],
+        help="train every configuration of a grid file and collect a results table",
+        description="Run a grid (a TOML/YAML/JSON file with [axes] dataset, model, loss, batch_size, max_len, "
+        "negatives, seed, a [base] of config values and optional named [datasets]; see cutrec/experiment.py) and "
+        "write OUT/NAME/results.csv and results.md, one row per run. Rerunning the same command skips finished rows.",
+    )
+    experiment.add_argument("grid", help="the grid file")
+    experiment.add_argument("--commit", help="the commit to name in the table (default: git rev-parse here)")
+    report = commands.add_parser(
+        "report", parents=[quiet], help="summarise an experiment's results.csv in markdown and PNG plots",
+        description="Write OUT/summary.md (the best configuration per loss within --budget-gb, Spearman "
+        "correlations of NDCG@10 with negatives, batch size, their product and max_len) and PNG plots.",
+    )
+    report.add_argument("results", nargs="+", help="results.csv files written by `cutrec experiment`, read as one")
+    report.add_argument("--budget-gb", type=float, default=40.0, help="the memory budget (default 40)")
+    report.add_argument("--out", help="the report folder (default: report/ beside the results)")
     commands.add_parser("datasets", parents=[quiet], help="list the named datasets and their sources")
     return parser
 
@@ -166,12 +185,11 @@ def _estimate(args: argparse.Namespace, extra: list[str]) -> None:
     num_items, lengths = data.split.num_items, data.train_lengths
     config = replace(config, loss=replace(config.loss, name=resolve_loss_name(config.loss.name, num_items)))
     device = resolve_device(config.train.device)
-    if args.memory_gb is not None and not 0 < args.memory_gb < float("inf"):
-        raise CutrecError(f"--memory-gb {args.memory_gb} is out of range; give a positive, finite number of GB")
-    if args.memory_gb is not None:
-        budget, where = int(args.memory_gb * 2**30), f"--memory-gb {args.memory_gb:g}"
+    limit = config.train.memory_limit_gb
+    if limit is not None:  # a budget needs no GPU here: plan for another machine
+        budget, where = int(limit * 2**30), f"train.memory_limit_gb={limit:g}"
     elif device.type == "cuda":
-        budget, where = memory.free_memory(device), f"the free memory of {device}"
+        budget, where = memory.available_memory(config, device)
     else:
         budget, where = None, ""
     fits = None if budget is None else memory.largest_batch(config, num_items, lengths, int(memory.HEADROOM * budget))
@@ -292,6 +310,16 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list[
             _recommend(args)
         elif args.command == "export":
             _export(args)
+        elif args.command == "report":
+            from cutrec.report import write_report
+
+            results = [Path(path) for path in args.results]
+            out = Path(args.out or results[0].parent / "report")
+            print(f"report: {write_report(results, out, args.budget_gb)}")
+        elif args.command == "experiment":
+            from cutrec.experiment import run_grid
+
+            print(f"results: {run_grid(args.grid, commit=args.commit) / 'results.md'}")
         else:
             from cutrec.data import registry
 

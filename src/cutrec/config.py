@@ -32,6 +32,7 @@ class SyntheticConfig:
     stay_probability: float = 0.7  # chance that the next item comes from the same cluster
     zipf_exponent: float = 1.1
     seed: int = 0
+    cold_items: bool = True  # items no user touched stay in the catalog, so num_items is the catalog's size
 
 
 @dataclass
@@ -102,6 +103,7 @@ class TrainConfig:
     grad_clip: float | None = None  # clip the global gradient norm to this; none: no clipping
     checkpoint_every_minutes: float = 10.0  # last.pt also between epoch ends, this often; 0: only at epoch ends
     check_memory: bool = True  # on a GPU, refuse a batch whose estimated peak exceeds the free memory
+    memory_limit_gb: float | None = None  # on a GPU, use at most this much of it (a budget on a shared card)
     seed: int = 0
     device: str = "auto"  # "auto" (cuda when present), "cpu", "cuda", "cuda:1", ...
     amp: bool = True  # bf16 autocast on CUDA; ignored on the CPU
@@ -403,6 +405,8 @@ def validate(config: RunConfig) -> None:
         (0.0 <= config.train.checkpoint_every_minutes < math.inf, "train.checkpoint_every_minutes",
          config.train.checkpoint_every_minutes, "use 0 (only at epoch ends) or a positive number of minutes"),
         (config.train.patience >= 1, "train.patience", config.train.patience, "use a patience of 1 or more"),
+        (config.train.memory_limit_gb is None or 0 < config.train.memory_limit_gb < float("inf"),
+         "train.memory_limit_gb", config.train.memory_limit_gb, "use a positive, finite number of GB, or none"),
         (config.train.time_limit_minutes is None or config.train.time_limit_minutes > 0, "train.time_limit_minutes",
          config.train.time_limit_minutes, "use a positive number of minutes, or none"),
         (len(config.eval.ks) >= 1 and all(k >= 1 for k in config.eval.ks), "eval.ks", config.eval.ks,

@@ -12,7 +12,7 @@ from cutrec.config import DataConfig
 from cutrec.data.cache import cached_sequences
 from cutrec.data.preprocess import SequenceData, preprocess
 from cutrec.data.readers import infer_format, read_interactions, read_sequences
-from cutrec.data.synthetic import synthetic_interactions
+from cutrec.data.synthetic import synthetic_interactions, with_cold_items
 from cutrec.errors import CutrecError
 
 CACHE_VERSION = 1  # bump when reading or preprocessing changes what a cached file holds
@@ -26,7 +26,10 @@ def load_sequences(config: DataConfig) -> SequenceData:
     """
     options = preprocess_options(config)
     if config.path is None and config.dataset == "synthetic":
-        return preprocess(synthetic_interactions(config.synthetic), **options)
+        data = preprocess(synthetic_interactions(config.synthetic), **options)
+        if config.synthetic.cold_items and config.min_item_count <= 1:
+            return with_cold_items(data, config.synthetic.num_items)
+        return data
     cache_dir = Path(config.cache_dir).expanduser()
     if config.path is not None:
         path = Path(config.path).expanduser()

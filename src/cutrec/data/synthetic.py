@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from cutrec.config import SyntheticConfig
+from cutrec.data.preprocess import SequenceData
 from cutrec.data.readers import Interactions
 from cutrec.errors import CutrecError
 
@@ -88,6 +89,18 @@ def synthetic_interactions(config: SyntheticConfig) -> Interactions:
         users=np.repeat(by_length.astype(np.int64), lengths),
         items=item_ids[hidden].astype(np.int64),
         timestamps=timestamps,
+    )
+
+
+def with_cold_items(data: SequenceData, num_items: int) -> SequenceData:
+    """The preprocessed synthetic data over its whole catalog: raw ids 0..N-1 (so dense id = raw id), the items
+    that no user touched included, as a real catalog holds items without interactions."""
+    return SequenceData(
+        offsets=data.offsets,
+        items=data.item_ids[data.items].astype(np.int32),  # [E] raw ids, which are the dense ids now
+        timestamps=data.timestamps,
+        item_ids=np.arange(num_items, dtype=np.int64),
+        user_ids=data.user_ids,
     )
 
 

@@ -67,6 +67,21 @@ def resolve_loss_name(name: str, num_items: int) -> str:
     return "CE" if num_items <= LARGE_CATALOG_ITEMS else "CCE-"
 
 
+# the loss-section keys each loss uses (besides name)
+_SAMPLING = ("num_negatives", "distribution", "alpha")
+LOSS_KEYS = {
+    "auto": (),
+    "CE": (),
+    "CCE": (),
+    "CE-": (*_SAMPLING, "logq_correction"),
+    "CCE-": (*_SAMPLING, "logq_correction", "share"),
+    "BCE": ("distribution", "alpha"),
+    "BCE+": _SAMPLING,
+    "gBCE": (*_SAMPLING, "gbce_t"),
+    "SCE": ("sce_buckets", "sce_bucket_size_x", "sce_bucket_size_y", "sce_mix"),
+}
+
+
 def build_loss(config: LossConfig, num_items: int, item_counts: torch.Tensor | None = None) -> LossFn:
     """The loss named by config.name (resolved by `resolve_loss_name`) as `loss(hidden, items, targets, *, seed)`."""
     name = resolve_loss_name(config.name, num_items)

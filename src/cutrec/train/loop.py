@@ -62,7 +62,7 @@ from cutrec.train.step import NonFiniteStep, TrainStep, make_optimizer
 
 # what --resume may change: nothing that changes what is computed
 RESUMABLE_KEYS = ("train.epochs", "train.time_limit_minutes", "train.progress", "train.check_memory",
-                  "train.tensorboard")
+                  "train.memory_limit_gb", "train.tensorboard")
 
 
 def resolve_device(name: str) -> torch.device:

@@ -175,10 +175,16 @@ def auto_batch_size(config: RunConfig, num_items: int, lengths: np.ndarray, memo
     return fits
 
 
-def free_memory(device: torch.device) -> int:
-    """Bytes the CUDA device has free now."""
-    free, _ = torch.cuda.mem_get_info(device)
-    return int(free)
+def available_memory(config: RunConfig, device: torch.device) -> tuple[int, str]:
+    """Bytes this run may use on the CUDA device, and where they are, for messages: the device's free memory, or
+    less under train.memory_limit_gb, which also caps PyTorch's allocator so that the run cannot exceed it."""
+    free, total = torch.cuda.mem_get_info(device)
+    limit = config.train.memory_limit_gb
+    if limit is None or limit * 2**30 >= free:
+        return int(free), f"the {free / 2**20:,.0f} MB free on {device}"
+    index = torch.cuda.current_device() if device.index is None else device.index  # "cuda" has no index
+    torch.cuda.set_per_process_memory_fraction(limit * 2**30 / total, index)
+    return int(limit * 2**30), f"train.memory_limit_gb={limit:g} on {device}"
 
 
 def checked_batch_size(config: RunConfig, num_items: int, lengths: np.ndarray, device: torch.device) -> int:
@@ -191,8 +197,7 @@ def checked_batch_size(config: RunConfig, num_items: int, lengths: np.ndarray, d
         if batch == "auto":
             raise CutrecError("train.batch_size=auto sizes the batch to a GPU's free memory; on the CPU give a number")
         return int(batch)
-    free = free_memory(device)
-    where = f"the {free / 2**20:,.0f} MB free on {device}"
+    free, where = available_memory(config, device)
     if batch == "auto":
         return auto_batch_size(config, num_items, lengths, free, where)
     predicted = estimate(config, num_items, lengths, int(batch))

@@ -1,0 +1,218 @@
+"""`cutrec report RESULTS.csv`: a markdown summary and PNG plots of an experiment's results table.
+
+The summary gives, for a memory budget, the best configuration of each loss (highest test NDCG@10 among the runs
+whose peak training memory fits), the Spearman rank correlation of NDCG@10 with negatives, batch size, their
+product and sequence length, each with the number of runs behind it, and, for each loss run at several batch sizes
+and negatives, the table of mean NDCG@10 over seeds with the answer to "does scaling both beat maximising one?".
+Several results tables (grids run apart) are read as one. Plots (matplotlib, the optional `plots`
+extra, imported only here): NDCG@10 against negatives per batch size, peak memory against negatives per loss,
+NDCG@10 against peak memory per loss (with each loss's frontier), and training seconds per epoch against catalog
+size per loss. Only rows with status ok count; OOM rows are listed.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cutrec.errors import CutrecError
+
+FACTORS = ("negatives", "batch_size", "negatives x batch_size", "max_len")
+
+
+def read_results(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        raise CutrecError(f"results {str(path)!r} do not exist; pass the results.csv that `cutrec experiment` wrote")
+    with path.open(newline="") as file:
+        rows = list(csv.DictReader(file))
+    if not rows or "NDCG@10" not in rows[0]:
+        raise CutrecError(f"{str(path)!r} holds no results rows; pass a results.csv of `cutrec experiment`")
+    return rows
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman's rank correlation (average ranks for ties); NaN when either side is constant."""
+    rx, ry = _ranks(x), _ranks(y)
+    if rx.std() == 0 or ry.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def _ranks(values: np.ndarray) -> np.ndarray:
+    order = np.argsort(values, kind="stable")
+    ranks = np.empty(len(values))
+    ranks[order] = np.arange(len(values))
+    for value in np.unique(values):  # ties share their average rank
+        tied = values == value
+        ranks[tied] = ranks[tied].mean()
+    return ranks
+
+
+def _factor(row: dict[str, str], name: str) -> float | None:
+    if name == "negatives x batch_size":
+        a, b = _factor(row, "negatives"), _factor(row, "batch_size")
+        return None if a is None or b is None else a * b
+    try:
+        return float(row.get(name) or "")
+    except ValueError:  # unset, or batch_size "auto"
+        return None
+
+
+def correlations(rows: list[dict[str, str]]) -> list[tuple[str, float, int]]:
+    """(factor, Spearman of NDCG@10 with it, runs) over the ok rows where the factor is set."""
+    out = []
+    for name in FACTORS:
+        pairs = [(_factor(r, name), float(r["NDCG@10"])) for r in rows if _factor(r, name) is not None]
+        if len(pairs) >= 2:
+            x, y = np.array(pairs).T
+            out.append((name, spearman(x, y), len(pairs)))
+        else:
+            out.append((name, float("nan"), len(pairs)))
+    return out
+
+
+def best_within(rows: list[dict[str, str]], budget_gb: float) -> dict[str, dict[str, str]]:
+    """Per loss, the ok row of highest NDCG@10 whose peak training memory is within the budget."""
+    best: dict[str, dict[str, str]] = {}
+    for row in rows:
+        if float(row["peak_train_gpu_mb"] or 0) > budget_gb * 1024:
+            continue
+        loss = row["loss"].split(":")[0]
+        if loss not in best or float(row["NDCG@10"]) > float(best[loss]["NDCG@10"]):
+            best[loss] = row
+    return best
+
+
+def write_report(results: list[Path], out: Path, budget_gb: float) -> Path:
+    """summary.md and the plots in `out`, from one or more results tables; returns the summary's path."""
+    rows = [row for path in results for row in read_results(path)]
+    ok = [r for r in rows if r["status"] == "ok"]
+    if not ok:
+        raise CutrecError(f"{', '.join(map(str, results))} hold no finished run (status ok); run the grid first")
+    out.mkdir(parents=True, exist_ok=True)
+    lines = [f"# Experiment report: {', '.join(map(str, results))}", "", f"{len(ok)} finished runs of {len(rows)}; "
+             f"machine {', '.join(sorted({r['machine'] for r in ok}))}; commits "
+             f"{', '.join(sorted({r['commit'] for r in ok}))}",
+             "", f"## Best configuration per loss within {budget_gb:g} GB of peak training memory", "",
+             "| loss | NDCG@10 | HR@10 | peak MB | train s / epoch | run |", "|---|---|---|---|---|---|"]
+    for loss, row in sorted(best_within(ok, budget_gb).items()):
+        lines.append(f"| {loss} | {row['NDCG@10']} | {row['HR@10']} | {row['peak_train_gpu_mb']} | "
+                     f"{row['mean_train_seconds']} | {row['run']} |")
+    lines += ["", "## Spearman correlation of NDCG@10", "", "| factor | Spearman | runs |", "|---|---|---|"]
+    lines += [f"| {name} | {rho:.3f} | {n} |" for name, rho, n in correlations(ok)]
+    for loss, table in balance_tables(ok).items():
+        lines += ["", *balance_section(loss, table)]
+    failed = [r for r in rows if r["status"] != "ok"]
+    if failed:
+        lines += ["", "## Runs that did not finish", ""]
+        lines += [f"- {r['run']}: {r['status']} ({r['note']})" for r in failed]
+    lines += ["", *(f"![{name}]({name}.png)" for name in _plots(ok, out))]
+    summary = out / "summary.md"
+    summary.write_text("\n".join(lines) + "\n")
+    return summary
+
+
+def balance_tables(rows: list[dict[str, str]]) -> dict[str, dict[tuple[float, float], list[float]]]:
+    """Per loss run at two or more batch sizes and two or more negatives: (batch, negatives) -> NDCG@10 of each
+    seed."""
+    tables: dict[str, dict[tuple[float, float], list[float]]] = defaultdict(lambda: defaultdict(list))
+    for row in rows:
+        batch, negatives = _factor(row, "batch_size"), _factor(row, "negatives")
+        if batch is not None and negatives is not None:
+            tables[row["loss"]][batch, negatives].append(float(row["NDCG@10"]))
+    return {loss: table for loss, table in tables.items()
+            if len({b for b, _ in table}) >= 2 and len({n for _, n in table}) >= 2}
+
+
+def balance_section(loss: str, table: dict[tuple[float, float], list[float]]) -> list[str]:
+    """The mean NDCG@10 over seeds of each batch size x negatives, and whether the best cell scales both: it does
+    when neither its batch size nor its negatives is the smallest of the grid."""
+    batches, negatives = sorted({b for b, _ in table}), sorted({n for _, n in table})
+    mean = {cell: float(np.mean(values)) for cell, values in table.items()}
+    seeds = sorted({len(values) for values in table.values()})
+    lines = [f"## {loss}: mean test NDCG@10 over seeds ({'/'.join(map(str, seeds))} per cell), batch size x negatives",
+             "", "| batch \\ negatives | " + " | ".join(f"{n:g}" for n in negatives) + " |",
+             "|---|" + "---|" * len(negatives)]
+    for b in batches:
+        lines.append(f"| {b:g} | " + " | ".join(f"{mean[b, n]:.4f}" if (b, n) in mean else "" for n in negatives)
+                     + " |")
+    (best_b, best_n), best = max(mean.items(), key=lambda item: item[1])
+    one_negatives = max((value, cell) for cell, value in mean.items() if cell[0] == batches[0])  # smallest batch
+    one_batch = max((value, cell) for cell, value in mean.items() if cell[1] == negatives[0])  # fewest negatives
+    spreads = [max(values) - min(values) for values in table.values() if len(values) >= 2]
+    spread = float(np.mean(spreads)) if spreads else float("nan")
+    gain = best - max(one_negatives[0], one_batch[0])
+    if best_b == batches[0] or best_n == negatives[0]:
+        answer = "no: the best cell keeps one of them at the grid's smallest"
+    elif not gain > spread:
+        answer = (f"not clearly: the best cell raises both, but its gain over maximising one ({gain:.4f}) is within "
+                  f"the seed spread ({spread:.4f}, the mean max - min of a cell over seeds)")
+    else:
+        answer = f"yes: the best cell raises both, {gain:.4f} above maximising one (seed spread {spread:.4f})"
+    lines += ["", f"Best cell: batch {best_b:g} x {best_n:g} negatives, {best:.4f}. At the smallest batch "
+              f"({batches[0]:g}) the best is {one_negatives[0]:.4f} ({one_negatives[1][1]:g} negatives); with the "
+              f"fewest negatives ({negatives[0]:g}) the best is {one_batch[0]:.4f} (batch {one_batch[1][0]:g}).",
+              "", f"Does scaling both beat maximising one? {answer}."]
+    return lines
+
+
+def _natural(label: str) -> list[Any]:
+    """A sort key that orders "batch 64" before "batch 128"."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", label)]
+
+
+def _plots(rows: list[dict[str, str]], out: Path) -> list[str]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise CutrecError("plots need matplotlib: pip install 'cutrec[plots]'") from None
+    made = []
+
+    def plot(name: str, xlabel: str, ylabel: str, series: dict[str, list[tuple[float, float]]], *, logx: bool,
+             frontier: bool = False) -> None:
+        series = {label: sorted(points) for label, points in series.items() if points}
+        if not series:
+            return
+        figure, axes = plt.subplots(figsize=(6, 4))
+        for label, points in sorted(series.items(), key=lambda item: _natural(item[0])):
+            x, y = np.array(points).T
+            if frontier:
+                axes.scatter(x, y, s=12)
+                best = np.maximum.accumulate(y)  # the highest NDCG@10 reachable within each memory
+                axes.step(x, best, where="post", label=label)
+            else:
+                xs = np.unique(x)
+                axes.plot(xs, [y[x == value].mean() for value in xs], marker="o", label=label)  # mean over seeds
+        axes.set_xscale("log" if logx else "linear")
+        axes.set_xlabel(xlabel)
+        axes.set_ylabel(ylabel)
+        axes.legend(fontsize=7)
+        figure.tight_layout()
+        figure.savefig(out / f"{name}.png", dpi=120)
+        plt.close(figure)
+        made.append(name)
+
+    def grouped(key, x: str, y: str) -> dict[str, list[tuple[float, float]]]:
+        groups: dict[str, list[tuple[float, float]]] = defaultdict(list)
+        for row in rows:
+            if row.get(x) not in ("", None) and row.get(y) not in ("", None):
+                groups[key(row)].append((float(row[x]), float(row[y])))
+        return groups
+
+    plot("ndcg_vs_negatives", "negatives", "test NDCG@10",
+         grouped(lambda r: f"{r['loss']} batch {r['batch_size'] or 'base'}", "negatives", "NDCG@10"), logx=True)
+    plot("memory_vs_negatives", "negatives", "peak training GPU MB",
+         grouped(lambda r: r["loss"], "negatives", "peak_train_gpu_mb"), logx=True)
+    plot("ndcg_vs_memory", "peak training GPU MB", "test NDCG@10",
+         grouped(lambda r: r["loss"].split(":")[0], "peak_train_gpu_mb", "NDCG@10"), logx=True, frontier=True)
+    plot("epoch_time_vs_catalog", "items", "training s / epoch",
+         grouped(lambda r: r["loss"], "items", "mean_train_seconds"), logx=True)
+    return made

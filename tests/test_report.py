@@ -1,0 +1,108 @@
+"""`cutrec report`: the budget's best configuration per loss, Spearman correlations against scipy on fresh random
+results, the plots, and one-line errors."""
+
+import csv
+
+import numpy as np
+import pytest
+from scipy.stats import spearmanr
+
+from cutrec.cli import main
+from cutrec.errors import CutrecError
+from cutrec.experiment import COLUMNS
+from cutrec.report import balance_section, balance_tables, best_within, correlations, spearman, write_report
+
+
+def _results(tmp_path, rng):
+    rows = []
+    for i, (loss, negatives, batch) in enumerate(
+        (loss, n, b) for loss in ("CE-", "CCE-") for n in (15, 63, 255, 1023) for b in (64, 128, 256)
+    ):
+        memory = negatives * batch * (40.0 if loss == "CE-" else 2.0) / 1024
+        rows.append({"run": f"r{i}", "status": "ok", "loss": loss, "negatives": str(negatives),
+                     "batch_size": str(batch), "max_len": "50", "items": "1000",
+                     "NDCG@10": f"{rng.uniform(0, 0.1):.6f}", "HR@10": "0.1",
+                     "peak_train_gpu_mb": f"{memory:.1f}", "mean_train_seconds": f"{rng.uniform(1, 3):.3f}",
+                     "machine": "test", "commit": "abc", "note": ""})
+    rows.append({"run": "big", "status": "OOM", "loss": "CE", "note": "CUDA out of memory", "NDCG@10": "",
+                 "machine": "test", "commit": "abc"})
+    path = tmp_path / "results.csv"
+    with path.open("w", newline="") as file:
+        writer = csv.DictWriter(file, COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path, rows
+
+
+def test_spearman_matches_scipy_with_ties():
+    rng = np.random.default_rng()
+    x = rng.integers(0, 5, int(rng.integers(5, 40))).astype(float)
+    y = rng.normal(size=len(x))
+    assert spearman(x, y) == pytest.approx(spearmanr(x, y).statistic, abs=1e-12)
+    assert np.isnan(spearman(np.ones(4), y[:4]))
+
+
+def test_report_budget_correlations_and_plots(tmp_path):
+    path, rows = _results(tmp_path, np.random.default_rng())
+    ok = [r for r in rows if r["status"] == "ok"]
+    best = best_within(ok, budget_gb=1.0)
+    for loss in ("CE-", "CCE-"):
+        fitting = [r for r in ok if r["loss"] == loss and float(r["peak_train_gpu_mb"]) <= 1024]
+        assert best[loss]["NDCG@10"] == max((r["NDCG@10"] for r in fitting), key=float)
+    table = {name: (rho, n) for name, rho, n in correlations(ok)}
+    product = [float(r["negatives"]) * float(r["batch_size"]) for r in ok]
+    assert table["negatives x batch_size"][0] == pytest.approx(
+        spearmanr(product, [float(r["NDCG@10"]) for r in ok]).statistic)
+    assert table["negatives"][1] == len(ok)
+    assert main(["report", str(path), "--budget-gb", "1", "--out", str(tmp_path / "report")]) == 0
+    summary = (tmp_path / "report" / "summary.md").read_text()
+    assert "within 1 GB" in summary and "big: OOM" in summary
+    for name in ("ndcg_vs_negatives", "memory_vs_negatives", "ndcg_vs_memory", "epoch_time_vs_catalog"):
+        assert (tmp_path / "report" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+        assert f"({name}.png)" in summary
+
+
+def test_report_errors(tmp_path, capsys):
+    assert main(["report", str(tmp_path / "none.csv")]) == 2
+    assert "do not exist" in capsys.readouterr().err
+    (tmp_path / "empty.csv").write_text("a,b\n")
+    assert main(["report", str(tmp_path / "empty.csv")]) == 2
+    assert "holds no results rows" in capsys.readouterr().err
+    with pytest.raises(CutrecError, match="no finished run"):
+        path, _ = _results(tmp_path, np.random.default_rng())
+        text = path.read_text().replace(",ok,", ",OOM,")
+        path.write_text(text)
+        write_report([path], tmp_path / "r", 40)
+
+
+def _balance(ndcg):
+    """Rows of a batch x negatives grid, two seeds a cell: ndcg(batch, negatives) -/+ 5e-5 (a seed spread of 1e-4)."""
+    return [{"loss": "CCE-", "batch_size": str(b), "negatives": str(n), "NDCG@10": str(ndcg(b, n) + noise)}
+            for b in (64, 128, 256, 512) for n in (16, 64, 256, 1024) for noise in (-5e-5, 5e-5)]
+
+
+@pytest.mark.parametrize(
+    "ndcg,answer",
+    [
+        (lambda b, n: 0.01 * np.log(b * n), "yes: the best cell raises both"),
+        (lambda b, n: 0.01 * np.log(n) - 0.001 * np.log(b), "no: the best cell keeps one of them"),
+        (lambda b, n: 0.01 * np.log(n) + 2e-5 * (b > 64), "not clearly: the best cell raises both"),
+    ],
+)
+def test_the_balance_answer_follows_the_best_cell_and_the_seed_spread(ndcg, answer):
+    tables = balance_tables(_balance(ndcg))
+    assert list(tables) == ["CCE-"] and len(tables["CCE-"]) == 16
+    text = "\n".join(balance_section("CCE-", tables["CCE-"]))
+    assert f"Does scaling both beat maximising one? {answer}" in text
+    assert "| 512 | " in text and "(2 per cell)" in text
+
+
+def test_several_results_tables_are_read_as_one(tmp_path):
+    rng = np.random.default_rng()
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first, _ = _results(tmp_path / "a", rng)
+    second, _ = _results(tmp_path / "b", rng)
+    assert main(["report", str(first), str(second), "--out", str(tmp_path / "report")]) == 0
+    summary = (tmp_path / "report" / "summary.md").read_text()
+    assert "48 finished runs of 50" in summary and str(second) in summary
