@@ -295,22 +295,28 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     set_quiet(args.quiet)
     if args.command == "train" and args.devices != 1:
-        return _launch(args.devices, sys.argv[1:] if argv is None else argv)
+        return _launch(args, extra, sys.argv[1:] if argv is None else argv)
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning
         return _run(parser, args, extra)
 
 
-def _launch(devices: int, argv: list[str]) -> int:
+def _launch(args: argparse.Namespace, extra: list[str], argv: list[str]) -> int:
     """`cutrec train --devices G ...` as `torchrun --standalone --nproc-per-node=G -m cutrec train ...` (one
-    machine; for several, run torchrun yourself, see docs/training.md)."""
-    from cutrec.distributed import world_size
+    machine; for several, run torchrun yourself, see docs/training.md). The config is checked here first, so a
+    mistake is one line, not one per process."""
+    from cutrec.distributed import check_batch, world_size
 
-    if devices < 1:
-        print(f"cutrec: error: --devices {devices} is out of range; give 1 or more", file=sys.stderr)
-        return 2
-    if world_size() > 1:
-        print("cutrec: error: --devices starts torchrun itself; under torchrun leave --devices out", file=sys.stderr)
+    devices = args.devices
+    try:
+        if devices < 1:
+            raise CutrecError(f"--devices {devices} is out of range; give 1 or more")
+        if world_size() > 1:
+            raise CutrecError("--devices starts torchrun itself; under torchrun leave --devices out")
+        if args.resume is None:
+            check_batch(_run_config(args, extra).train.batch_size, devices)
+    except CutrecError as err:
+        print(f"cutrec: error: {err}", file=sys.stderr)
         return 2
     rest = [arg for i, arg in enumerate(argv) if not arg.startswith("--devices")
             and not (i > 0 and argv[i - 1] == "--devices")]

@@ -93,6 +93,15 @@ def start(device: torch.device, timeout_minutes: float) -> Ranks:
     return Ranks(ranks.rank, ranks.world, ranks.local, host_group)
 
 
+def check_batch(batch: int | str, world: int) -> None:
+    """A global batch size must split evenly over the ranks ("auto" is sized per rank)."""
+    if batch != "auto" and int(batch) % world:
+        raise CutrecError(
+            f"train.batch_size={batch} does not split evenly over {world} ranks; use a multiple of {world} (the "
+            f"batch size is the global one: each rank trains batch_size / {world} rows)"
+        )
+
+
 def rank_device(device: torch.device, ranks: Ranks) -> torch.device:
     """The device of this rank: on CUDA, GPU LOCAL_RANK of its machine; the CPU is shared."""
     if device.type != "cuda" or not ranks.distributed:

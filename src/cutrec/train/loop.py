@@ -253,11 +253,7 @@ def global_batch_size(config: RunConfig, data: TrainingData, device: torch.devic
     """The batch size of the run, over all ranks: train.batch_size (each rank trains an equal share of every batch,
     checked against its device's memory), or with "auto" the largest share that fits rank 0 times the ranks."""
     batch = config.train.batch_size
-    if batch != "auto" and int(batch) % ranks.world:
-        raise CutrecError(
-            f"train.batch_size={batch} does not split evenly over {ranks.world} ranks; use a multiple of "
-            f"{ranks.world} (the batch size is the global one: each rank trains batch_size / {ranks.world} rows)"
-        )
+    distributed.check_batch(batch, ranks.world)
     share = config if batch == "auto" else replace(config, train=replace(config.train,
                                                                           batch_size=int(batch) // ranks.world))
     fits = checked_batch_size(share, data.split.num_items, data.train_lengths, device)
