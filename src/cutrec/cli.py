@@ -167,12 +167,14 @@ def _run_config(args: argparse.Namespace, extra: list[str]):
 
 def _train(args: argparse.Namespace, extra: list[str]) -> None:
     from cutrec.config import load_file
+    from cutrec.distributed import finish
     from cutrec.train.loop import resume, train
 
     if args.resume:
         resume(Path(args.resume), load_file(args.config) if args.config else {}, _overrides(args, extra))
     else:
         train(_run_config(args, extra))
+    finish()  # a data-parallel run leaves its process group
 
 
 def _estimate(args: argparse.Namespace, extra: list[str]) -> None:

@@ -182,3 +182,9 @@ def barrier(ranks: Ranks) -> None:
     if ranks.distributed:
         with collective(ranks):
             dist.barrier(group=ranks.host_group)
+
+
+def finish() -> None:
+    """Leave the process group after a run that ended well on every rank (a process that exits inside one aborts)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
