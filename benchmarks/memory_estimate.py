@@ -97,7 +97,7 @@ def measure(case: dict, files: dict[str, str | None], max_steps: int) -> dict:
     state = new_state(config, num_items, device)
     loss_fn = build_loss(config.loss, num_items, torch.ones(num_items, device=device))
     step = TrainStep(state, state.model, loss_fn, config, device, num_items,
-                     rows=batch_positions(config, lengths, case["batch"]))
+                     rows=batch_positions(config, lengths, case["batch"]), batch_size=case["batch"])
     order = epoch_order(train, min_length=state.model.min_train_length, rng=state.batch_rng)
     steps = min(num_batches(order, case["batch"]), max_steps)
     largest_m = 0

@@ -33,7 +33,8 @@ def _setup(device, loss="CCE-", model="sasrec", graph=True, share="none", batch_
     torch.manual_seed(seed)
     state = new_state(config, NUM_ITEMS, torch.device(device))
     loss_fn = build_loss(config.loss, NUM_ITEMS, torch.ones(NUM_ITEMS, device=device))
-    step = TrainStep(state, state.model, loss_fn, config, torch.device(device), NUM_ITEMS, rows=rows)
+    step = TrainStep(state, state.model, loss_fn, config, torch.device(device), NUM_ITEMS, rows=rows,
+                     batch_size=batch_size)
     return config, state, step
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -59,6 +60,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_run_options(train)
     train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt")
+    train.add_argument("--devices", type=int, default=1, metavar="G",
+                       help="data parallel over G GPUs of this machine (G processes on the CPU): starts torchrun")
     estimate = commands.add_parser(
         "estimate",
         parents=[quiet],
@@ -164,12 +167,14 @@ def _run_config(args: argparse.Namespace, extra: list[str]):
 
 def _train(args: argparse.Namespace, extra: list[str]) -> None:
     from cutrec.config import load_file
+    from cutrec.distributed import finish
     from cutrec.train.loop import resume, train
 
     if args.resume:
         resume(Path(args.resume), load_file(args.config) if args.config else {}, _overrides(args, extra))
     else:
         train(_run_config(args, extra))
+    finish()  # a data-parallel run leaves its process group
 
 
 def _estimate(args: argparse.Namespace, extra: list[str]) -> None:
@@ -291,9 +296,35 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
     set_quiet(args.quiet)
+    if args.command == "train" and args.devices != 1:
+        return _launch(args, extra, sys.argv[1:] if argv is None else argv)
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning
         return _run(parser, args, extra)
+
+
+def _launch(args: argparse.Namespace, extra: list[str], argv: list[str]) -> int:
+    """`cutrec train --devices G ...` as `torchrun --standalone --nproc-per-node=G -m cutrec train ...` (one
+    machine; for several, run torchrun yourself, see docs/training.md). The config is checked here first, so a
+    mistake is one line, not one per process."""
+    from cutrec.distributed import check_batch, world_size
+
+    devices = args.devices
+    try:
+        if devices < 1:
+            raise CutrecError(f"--devices {devices} is out of range; give 1 or more")
+        if world_size() > 1:
+            raise CutrecError("--devices starts torchrun itself; under torchrun leave --devices out")
+        if args.resume is None:
+            check_batch(_run_config(args, extra).train.batch_size, devices)
+    except CutrecError as err:
+        print(f"cutrec: error: {err}", file=sys.stderr)
+        return 2
+    rest = [arg for i, arg in enumerate(argv) if not arg.startswith("--devices")
+            and not (i > 0 and argv[i - 1] == "--devices")]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={devices}",
+               "-m", "cutrec", *rest]
+    return subprocess.run(command).returncode
 
 
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list[str]) -> int:

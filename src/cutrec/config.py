@@ -111,6 +111,7 @@ class TrainConfig:
     cuda_graph: bool = True  # on CUDA, capture the whole training step once and replay it (cutrec.train.step)
     progress: bool = True  # a progress bar per epoch on the terminal
     tensorboard: bool = False  # write each epoch's loss, metrics and seconds to RUN_DIR/tensorboard (needs tensorboard)
+    dist_timeout_minutes: float = 10.0  # data parallel: a collective waiting this long fails (a rank was lost)
 
 
 @dataclass
@@ -405,6 +406,8 @@ def validate(config: RunConfig) -> None:
         (0.0 <= config.train.checkpoint_every_minutes < math.inf, "train.checkpoint_every_minutes",
          config.train.checkpoint_every_minutes, "use 0 (only at epoch ends) or a positive number of minutes"),
         (config.train.patience >= 1, "train.patience", config.train.patience, "use a patience of 1 or more"),
+        (config.train.dist_timeout_minutes > 0, "train.dist_timeout_minutes", config.train.dist_timeout_minutes,
+         "use a positive number of minutes"),
         (config.train.memory_limit_gb is None or 0 < config.train.memory_limit_gb < float("inf"),
          "train.memory_limit_gb", config.train.memory_limit_gb, "use a positive, finite number of GB, or none"),
         (config.train.time_limit_minutes is None or config.train.time_limit_minutes > 0, "train.time_limit_minutes",

@@ -21,6 +21,12 @@ class Sequences:
     items: np.ndarray  # [E] int32
     users: np.ndarray  # [U] int64: row of each sequence in SequenceData (so results map back to raw user ids)
 
+    def rows(self, start: int, stop: int) -> Sequences:
+        """Sequences start..stop-1, as their own flat arrays (views of these)."""
+        first, last = self.offsets[start], self.offsets[stop]
+        return Sequences(offsets=self.offsets[start : stop + 1] - first, items=self.items[first:last],
+                         users=self.users[start:stop])
+
 
 @dataclass
 class EvalSet:
@@ -28,6 +34,10 @@ class EvalSet:
 
     inputs: Sequences  # each user's history the model sees (never empty)
     targets: np.ndarray  # [U] int32: the one item to predict for each user
+
+    def rows(self, start: int, stop: int) -> EvalSet:
+        """Users start..stop-1 of the eval set."""
+        return EvalSet(inputs=self.inputs.rows(start, stop), targets=self.targets[start:stop])
 
 
 @dataclass

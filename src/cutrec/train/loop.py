@@ -27,13 +27,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from cutrec import distributed
 from cutrec.config import RunConfig, build_config, differing_keys, merged_values, to_dict
-from cutrec.console import note, progress
-from cutrec.data.batches import epoch_order, num_batches
+from cutrec.console import note, progress, set_quiet
+from cutrec.data.batches import IGNORE_INDEX, epoch_order, num_batches
 from cutrec.data.cache import read_npz, write_npz
 from cutrec.data.load import load_sequences
 from cutrec.data.preprocess import SequenceData
-from cutrec.data.splits import Split, global_temporal, leave_one_out
+from cutrec.data.splits import EvalSet, Split, global_temporal, leave_one_out
+from cutrec.distributed import SINGLE, Ranks
 from cutrec.errors import CutrecError
 from cutrec.eval.metrics import format_table, item_user_counts
 from cutrec.eval.ranking import popularity_scores
@@ -58,11 +60,11 @@ from cutrec.train.evaluate import model_top_items, popular_top_items, score
 from cutrec.train.interrupt import RunStopped, StopSignals
 from cutrec.train.memory import batch_positions, checked_batch_size
 from cutrec.train.state import TrainState
-from cutrec.train.step import NonFiniteStep, TrainStep, make_optimizer
+from cutrec.train.step import NonFiniteStep, TrainStep, make_optimizer, step_seed
 
 # what --resume may change: nothing that changes what is computed
 RESUMABLE_KEYS = ("train.epochs", "train.time_limit_minutes", "train.progress", "train.check_memory",
-                  "train.memory_limit_gb", "train.tensorboard")
+                  "train.memory_limit_gb", "train.tensorboard", "train.dist_timeout_minutes")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -203,33 +205,59 @@ def train(config: RunConfig, sequences: SequenceData | None = None) -> Path:
 
     A failure or a signal before the first last.pt removes the folder again: nothing in it could be resumed.
     """
-    device = resolve_device(config.train.device)
-    folder = create_run_folder(config)
+    device, ranks = start_ranks(config)
+    folder = Path(distributed.broadcast(str(create_run_folder(config)) if ranks.main else None, ranks))
     try:
         with StopSignals() as signals:  # a signal while the data loads stops before the first step
-            write_json(folder / CONFIG_NAME, to_dict(config))
+            if ranks.main:
+                write_json(folder / CONFIG_NAME, to_dict(config))
             if sequences is None:
                 sequences = load_sequences(config.data)
-            atomic_write_bytes(folder / DATA_NAME, lambda file: write_npz(file, sequences))
-            write_run_info(folder)
+            if ranks.main:
+                atomic_write_bytes(folder / DATA_NAME, lambda file: write_npz(file, sequences))
+                write_run_info(folder)
             data = training_data(config, sequences)
             print_data(config, data)
             loss_name = resolve_loss_name(config.loss.name, data.split.num_items)
             config = replace(config, loss=replace(config.loss, name=loss_name))
-            batch_size = checked_batch_size(config, data.split.num_items, data.train_lengths, device)
+            batch_size = global_batch_size(config, data, device, ranks)
             config = replace(config, train=replace(config.train, batch_size=batch_size))
-            write_json(folder / CONFIG_NAME, to_dict(config))
+            if ranks.main:
+                write_json(folder / CONFIG_NAME, to_dict(config))
             if signals.received:
                 raise RunStopped(f"stopped by {signals.name} before training started; nothing to resume",
                                  128 + signals.received)
         note(f"run folder: {folder}")
-        torch.manual_seed(config.train.seed)
+        torch.manual_seed(config.train.seed)  # the same initial model on every rank
         state = new_state(config, data.split.num_items, device)
-        return fit(config, folder, data, state, device)
+        if ranks.rank:  # each rank's own dropout and PyTorch-sampled negatives; rank 0 draws as a single process
+            torch.manual_seed(step_seed(config.train.seed, 0, ranks.rank))
+        return fit(config, folder, data, state, device, ranks)
     except BaseException:
-        if not (folder / LAST_NAME).exists():
+        if ranks.main and not (folder / LAST_NAME).exists():
             shutil.rmtree(folder, ignore_errors=True)
         raise
+
+
+def start_ranks(config: RunConfig) -> tuple[torch.device, Ranks]:
+    """This process's device and place in a data-parallel run (SINGLE outside torchrun); ranks other than 0 print
+    only warnings and errors."""
+    device = resolve_device(config.train.device)
+    ranks = distributed.start(device, config.train.dist_timeout_minutes)
+    if not ranks.main:
+        set_quiet(True)
+    return distributed.rank_device(device, ranks), ranks
+
+
+def global_batch_size(config: RunConfig, data: TrainingData, device: torch.device, ranks: Ranks) -> int:
+    """The batch size of the run, over all ranks: train.batch_size (each rank trains an equal share of every batch,
+    checked against its device's memory), or with "auto" the largest share that fits rank 0 times the ranks."""
+    batch = config.train.batch_size
+    distributed.check_batch(batch, ranks.world)
+    share = config if batch == "auto" else replace(config, train=replace(config.train,
+                                                                          batch_size=int(batch) // ranks.world))
+    fits = checked_batch_size(share, data.split.num_items, data.train_lengths, device)
+    return int(batch) if batch != "auto" else distributed.broadcast(fits, ranks) * ranks.world
 
 
 def resume(folder: Path, file_values: dict[str, Any], overrides: list[str]) -> Path:
@@ -255,10 +283,11 @@ def resume(folder: Path, file_values: dict[str, Any], overrides: list[str]) -> P
             f"--resume keeps the run's own config, but {', '.join(refused)} differ from it; drop those options "
             f"(only {', '.join(RESUMABLE_KEYS)} may change)"
         )
-    removed = remove_leftovers(folder)
+    device, ranks = start_ranks(config)
+    removed = remove_leftovers(folder) if ranks.main else []
     if removed:
         note(f"removed {len(removed)} temporary file(s) left by an interrupted save")
-    device = resolve_device(config.train.device)
+    distributed.barrier(ranks)  # no rank reads the folder while rank 0 tidies it
     note(f"run folder: {folder} (resuming at step {saved['step']}, epoch {saved['epoch'] + 1})")
     sequences = run_sequences(folder, config)
     data = training_data(config, sequences)
@@ -271,14 +300,30 @@ def resume(folder: Path, file_values: dict[str, Any], overrides: list[str]) -> P
             f"{saved['data_shape']['sequences']:,} and {saved['data_shape']['events']:,}; the data changed since "
             "training, so the run cannot continue"
         )
-    if folder_format == 1:  # the data checked against last.pt: from now on the folder holds its own copy
+    if folder_format == 1 and ranks.main:  # the data checked against last.pt: from now on the folder has its copy
         atomic_write_bytes(folder / DATA_NAME, lambda file: write_npz(file, sequences))
         write_run_info(folder)
-    checked_batch_size(config, data.split.num_items, data.train_lengths, device)  # this GPU may have less free
+    global_batch_size(config, data, device, ranks)  # this GPU may have less free, or the ranks changed
     state = new_state(config, data.split.num_items, device)
     state.load_state_dict(saved)
-    write_json(folder / CONFIG_NAME, to_dict(config))
-    return fit(config, folder, data, state, device)
+    restore_rank(state, saved, config, ranks)
+    if ranks.main:
+        write_json(folder / CONFIG_NAME, to_dict(config))
+    return fit(config, folder, data, state, device, ranks)
+
+
+def restore_rank(state: TrainState, saved: dict[str, Any], config: RunConfig, ranks: Ranks) -> None:
+    """A resumed rank other than 0 takes its own torch generators from last.pt (every rank loaded rank 0's), or, when
+    the run had fewer ranks, new ones from (seed, step, rank); its share of the epoch's summed loss starts at 0 (rank
+    0 holds the whole sum)."""
+    if not ranks.rank:
+        return
+    state.epoch_loss.zero_()
+    others = saved.get("rank_generators", [])
+    if ranks.rank <= len(others):
+        state.set_torch_generators(others[ranks.rank - 1])
+    else:
+        torch.manual_seed(step_seed(config.train.seed, state.step, ranks.rank))
 
 
 def new_state(config: RunConfig, num_items: int, device: torch.device) -> TrainState:
@@ -298,27 +343,69 @@ def _data_shape(data: TrainingData) -> dict[str, int]:
     return {"items": data.split.num_items, "sequences": len(train.users), "events": int(train.offsets[-1])}
 
 
-def save_last(folder: Path, state: TrainState, config: RunConfig, data: TrainingData) -> None:
-    save_checkpoint(folder / LAST_NAME, {**state.state_dict(), "config": to_dict(config),
-                                         "data_shape": _data_shape(data)})
+def save_last(folder: Path, state: TrainState, config: RunConfig, data: TrainingData, ranks: Ranks) -> None:
+    """last.pt, written by rank 0 with every other rank's torch generators (a collective: every rank calls it)."""
+    generators = distributed.gather_objects(state.torch_generators(), ranks)
+    if ranks.main:
+        save_checkpoint(folder / LAST_NAME, {**state.state_dict(), "config": to_dict(config),
+                                             "data_shape": _data_shape(data), "rank_generators": generators[1:]})
 
 
-def fit(config: RunConfig, folder: Path, data: TrainingData, state: TrainState, device: torch.device) -> Path:
-    """Train from `state` until a stop reason, checkpointing as it goes; then test the best epoch."""
+def settle_epoch_loss(state: TrainState, ranks: Ranks) -> None:
+    """The epoch's summed loss so far, whole on rank 0 (and 0 on the others): every rank sums only its share."""
+    if ranks.distributed:
+        total = distributed.sum_all(state.epoch_loss, ranks)
+        state.epoch_loss.copy_(total if ranks.main else torch.zeros_like(total))  # in place: a graph adds to it
+
+
+def rank_part(inputs: torch.Tensor, targets: torch.Tensor, ranks: Ranks) -> tuple[torch.Tensor, torch.Tensor,
+                                                                                      tuple[int, int]]:
+    """This rank's rows of a batch (inputs [b, L], targets [b, L]) and its share (M_r, M) of the batch's targets. A
+    rank left without rows (a last batch smaller than the ranks) trains the first row with a share of 0."""
+    count = int((targets != IGNORE_INDEX).sum())
+    start, stop = distributed.shard(len(inputs), ranks)
+    if stop == start:
+        return inputs[:1], targets[:1], (0, count)
+    mine = targets[start:stop]
+    return inputs[start:stop], mine, (int((mine != IGNORE_INDEX).sum()), count)
+
+
+def ranked_top_items(model: SequenceModel, evalset: EvalSet, config: RunConfig, device: torch.device,
+                     ranks: Ranks) -> torch.Tensor:
+    """[U, max(ks)] top items of every user of the eval set (on the CPU); each rank ranks its share of the users."""
+    start, stop = distributed.shard(len(evalset.targets), ranks)
+    part = (model_top_items(model, evalset.rows(start, stop), config.eval, device, amp=config.train.amp)
+            if stop > start else torch.empty((0, max(config.eval.ks)), dtype=torch.int64))  # [U_r, k]
+    return distributed.gather_rows(part, len(evalset.targets), ranks)
+
+
+def fit(
+    config: RunConfig, folder: Path, data: TrainingData, state: TrainState, device: torch.device,
+    ranks: Ranks = SINGLE,
+) -> Path:
+    """Train from `state` until a stop reason, checkpointing as it goes; then test the best epoch.
+
+    In a data-parallel run every rank builds each whole batch (the same generator everywhere) and trains its share
+    of the rows through DistributedDataParallel; the ranks agree on stop signals and checkpoint times after every
+    step, rank 0 alone writes, and validation ranks each rank's share of the users."""
     split, model, batch_size = data.split, state.model, int(config.train.batch_size)
-    forward = torch.compile(model) if config.train.compile else model
+    forward = model
+    if ranks.distributed:
+        forward = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.index is not
+                                                            None else None)
+    if config.train.compile:
+        forward = torch.compile(forward)
     loss_fn = build_loss(config.loss, split.num_items, data.item_counts.to(device))
+    share = batch_size // ranks.world
     step = TrainStep(state, forward, loss_fn, config, device, split.num_items,
-                     rows=batch_positions(config, data.train_lengths, batch_size))
+                     rows=batch_positions(config, data.train_lengths, share), batch_size=share, ranks=ranks)
     metric_names = [f"{m}@{k}" for m in ("NDCG", "HR") for k in config.eval.ks]
-    log = EpochLog(
-        folder / LOG_NAME,
-        ["epoch", "step", "train_loss", *metric_names, "epoch_seconds", "train_seconds", "setup_seconds",
-         "peak_train_gpu_mb"],
-    )
-    if state.last_row is not None and int(state.last_row["epoch"]) not in log.epochs():
+    columns = ["epoch", "step", "train_loss", *metric_names, "epoch_seconds", "train_seconds", "setup_seconds",
+               "peak_train_gpu_mb"]
+    log = EpochLog(folder / LOG_NAME, columns) if ranks.main else None
+    if log is not None and state.last_row is not None and int(state.last_row["epoch"]) not in log.epochs():
         log.append(state.last_row)  # stopped between saving last.pt and appending its row
-    scalars = tensorboard_writer(config, folder)
+    scalars = tensorboard_writer(config, folder) if ranks.main else None
     session_start, seconds_before = time.perf_counter(), state.train_seconds
     every = 60 * config.train.checkpoint_every_minutes
     last_saved = time.monotonic()
@@ -327,14 +414,15 @@ def fit(config: RunConfig, folder: Path, data: TrainingData, state: TrainState, 
         nonlocal last_saved
         step.check()  # never save the state of a run that has gone non-finite
         state.train_seconds = seconds_before + time.perf_counter() - session_start
-        save_last(folder, state, config, data)
+        settle_epoch_loss(state, ranks)
+        save_last(folder, state, config, data, ranks)
         last_saved = time.monotonic()
 
     with StopSignals() as signals:
         try:
             while True:
                 if state.epoch_order is None:  # between epochs: stop, or draw the next epoch's order
-                    reason = stop_reason(config, state)
+                    reason = distributed.broadcast(stop_reason(config, state), ranks)  # decided once
                     if reason is not None:
                         break
                     state.epoch_order = epoch_order(split.train, min_length=model.min_train_length,
@@ -346,25 +434,30 @@ def fit(config: RunConfig, folder: Path, data: TrainingData, state: TrainState, 
                 epoch_started, setup_before = time.perf_counter(), step.setup_seconds
                 total = num_batches(state.epoch_order, batch_size)
                 model.train()
-                bar = progress(range(state.batches_done, total), shown=config.train.progress,
+                bar = progress(range(state.batches_done, total), shown=config.train.progress and ranks.main,
                                desc=f"epoch {state.epoch + 1}", initial=state.batches_done, total=total)
+                stopping = False
                 for batch in bar:
                     rows = state.epoch_order[batch * batch_size : (batch + 1) * batch_size]  # [B]
                     inputs, targets = model.training_batch(split.train, rows, state.batch_rng)  # [B, L], [B, L]
-                    step.run(inputs, targets)
+                    with distributed.collective(ranks):  # the gradients' all-reduce
+                        step.run(*rank_part(inputs, targets, ranks))
                     state.step += 1
                     state.batches_done += 1
                     mean_loss = step.poll()  # as of an earlier step: never waits for the device
                     if mean_loss is not None and bar.disable is False:
                         bar.set_postfix(loss=f"{mean_loss:.4f}", refresh=False)
-                    if signals.received:
+                    stopping, due = distributed.agree(
+                        [signals.received is not None, bool(every) and time.monotonic() - last_saved >= every], ranks)
+                    if stopping:
                         break
-                    if every and time.monotonic() - last_saved >= every:
+                    if due:
                         checkpoint()
                 bar.close()
-                if signals.received and state.batches_done < total:
+                if stopping and state.batches_done < total:
                     checkpoint()
-                    raise RunStopped(_stopped_message(signals.name, folder, state, total), 128 + signals.received)
+                    raise RunStopped(_stopped_message(signals.name, folder, state, total), 128 + (signals.received
+                                                                                                  or 15))
                 step.check()
                 setup_seconds = step.setup_seconds - setup_before
                 train_seconds = time.perf_counter() - epoch_started - setup_seconds
@@ -372,16 +465,18 @@ def fit(config: RunConfig, folder: Path, data: TrainingData, state: TrainState, 
                 peak_mb = 0.0
                 if device.type == "cuda":
                     peak_mb = max(torch.cuda.max_memory_allocated(device), step.graph_peak_bytes) / 2**20
-                end_epoch(config, folder, data, state, device, log, train_seconds, setup_seconds, peak_mb)
+                end_epoch(config, folder, data, state, device, columns, train_seconds, setup_seconds, peak_mb, ranks)
                 checkpoint()
-                log.append(state.last_row)
+                if log is not None:
+                    log.append(state.last_row)
                 if scalars is not None:
                     for key, value in state.last_row.items():
                         if key not in ("epoch", "step"):
                             scalars.add_scalar(key, float(value), state.epoch)
                     scalars.flush()
-                if signals.received:
-                    raise RunStopped(_stopped_message(signals.name, folder, state, total), 128 + signals.received)
+                if distributed.agree([signals.received is not None], ranks)[0]:
+                    raise RunStopped(_stopped_message(signals.name, folder, state, total), 128 + (signals.received
+                                                                                                  or 15))
         except NonFiniteStep as bad:
             raise CutrecError(_non_finite_message(bad, folder, state, config)) from None
         finally:
@@ -390,9 +485,11 @@ def fit(config: RunConfig, folder: Path, data: TrainingData, state: TrainState, 
     if step.eager_steps:
         note(f"{step.eager_steps} step(s) had more than {step.rows} targets and ran outside the CUDA graph")
     note(reason)
-    results = test_run(folder, device, data)
-    print(format_table(results["test"], config.eval.ks))
-    note(f"run folder: {folder}")
+    if ranks.main:
+        results = test_run(folder, device, data)
+        print(format_table(results["test"], config.eval.ks))
+        note(f"run folder: {folder}")
+    distributed.barrier(ranks)
     return folder
 
 
@@ -410,14 +507,16 @@ def tensorboard_writer(config: RunConfig, folder: Path) -> Any:
 
 
 def end_epoch(
-    config: RunConfig, folder: Path, data: TrainingData, state: TrainState, device: torch.device, log: EpochLog,
-    train_seconds: float, setup_seconds: float, peak_mb: float,
+    config: RunConfig, folder: Path, data: TrainingData, state: TrainState, device: torch.device, columns: list[str],
+    train_seconds: float, setup_seconds: float, peak_mb: float, ranks: Ranks = SINGLE,
 ) -> None:
-    """Validate the finished epoch, keep best.pt, and record the epoch's log row in the state."""
+    """Validate the finished epoch, keep best.pt, and record the epoch's log row in the state (a collective in a
+    data-parallel run: every rank validates its share, and all get the same metrics)."""
     valid_started = time.perf_counter()
-    train_loss = state.epoch_loss.item() / max(state.batches_done, 1)
+    settle_epoch_loss(state, ranks)
+    train_loss = state.epoch_loss.item() / max(state.batches_done, 1)  # rank 0's is the run's
     valid = score(
-        model_top_items(state.model, data.split.valid, config.eval, device, amp=config.train.amp),
+        ranked_top_items(state.model, data.split.valid, config, device, ranks),
         data.split.valid,
         config.eval,
         popularity=data.item_users,
@@ -429,6 +528,7 @@ def end_epoch(
     improved = current > state.best_metric
     if improved:
         state.best_metric, state.best_epoch = current, state.epoch
+    if improved and ranks.main:
         save_checkpoint(
             folder / BEST_NAME,
             {"model": state.model.state_dict(), "epoch": state.epoch, "step": state.step, "valid_metric": current,
@@ -437,7 +537,7 @@ def end_epoch(
     seconds = setup_seconds + train_seconds + time.perf_counter() - valid_started  # this session's part
     state.last_row = {
         "epoch": str(state.epoch), "step": str(state.step), "train_loss": f"{train_loss:.6f}",
-        **{k: f"{valid[k]:.6f}" for k in log.columns if k in valid},
+        **{k: f"{valid[k]:.6f}" for k in columns if k in valid},
         "epoch_seconds": f"{seconds:.3f}", "train_seconds": f"{train_seconds:.3f}",
         "setup_seconds": f"{setup_seconds:.3f}", "peak_train_gpu_mb": f"{peak_mb:.1f}",
     }
@@ -464,6 +564,7 @@ def _non_finite_message(bad: NonFiniteStep, folder: Path, state: TrainState, con
 
 
 def _stopped_message(signal_name: str, folder: Path, state: TrainState, total: int) -> str:
+    signal_name = signal_name or "a signal to another rank"
     where = f"epoch {state.epoch + 1}, batch {state.batches_done} of {total}" if state.epoch_order is not None else (
         f"end of epoch {state.epoch}")
     return (

@@ -47,11 +47,8 @@ class TrainState:
         generators: dict[str, Any] = {
             "python": random.getstate(),
             "numpy": self.batch_rng.bit_generator.state,
-            "torch": torch.get_rng_state(),
+            **self.torch_generators(),
         }
-        device = next(self.model.parameters()).device
-        if device.type == "cuda":
-            generators["cuda"] = torch.cuda.get_rng_state(device)  # the training device's; others draw nothing
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -87,6 +84,19 @@ class TrainState:
         generators = saved["generators"]
         random.setstate(_as_tuples(generators["python"]))
         self.batch_rng.bit_generator.state = generators["numpy"]
+        self.set_torch_generators(generators)
+
+    def torch_generators(self) -> dict[str, torch.Tensor]:
+        """torch's CPU generator and the training device's CUDA generator (others draw nothing); in a data-parallel
+        run each rank has its own."""
+        device = next(self.model.parameters()).device
+        generators = {"torch": torch.get_rng_state()}
+        if device.type == "cuda":
+            generators["cuda"] = torch.cuda.get_rng_state(device)
+        return generators
+
+    def set_torch_generators(self, generators: dict[str, torch.Tensor]) -> None:
+        device = next(self.model.parameters()).device
         torch.set_rng_state(generators["torch"])
         if "cuda" in generators and device.type == "cuda":
             torch.cuda.set_rng_state(generators["cuda"], device)

@@ -3,12 +3,15 @@
 The host packs each batch into one int64 buffer, copied to the device without waiting (from pinned memory):
 inputs [B, L] (a last, smaller batch is filled with repeats of its own rows, which get no targets), the batch's
 target positions [R] (flat indices into B * L) with their targets [R] (IGNORE_INDEX past the batch's M targets),
-the loss's draw key [4] (`sampling.draw_key` of the step seed) and the step number. The host knows M before the
-step, so the device never gathers by a boolean mask (which needs a sync to size its output).
+the loss's draw key [4] (`sampling.draw_key` of the step seed), this rank's share of the batch's targets (M_r and
+the whole batch's M: in a data-parallel run each rank trains a slice of the batch) and the step number. The host
+knows M before the step, so the device never gathers by a boolean mask (which needs a sync to size its output).
 
-The step itself: forward under autocast, the loss over the R gathered hidden rows (ignored rows add nothing), the
-backward, the global gradient norm (clipped when train.grad_clip is set), then the fused Adam/AdamW update, which
-the optimizer skips on the device when the loss or the norm is not finite (`found_inf`). Non-finite steps are
+The step itself: forward under autocast, the loss over the R gathered hidden rows (ignored rows add nothing),
+weighted by M_r / M so that the ranks' losses add up to the whole batch's mean (1 in a single process), the
+backward (times the number of ranks, since DistributedDataParallel averages the ranks' gradients), the global
+gradient norm (clipped when train.grad_clip is set), then the fused Adam/AdamW update, which the optimizer skips on
+the device when the loss or the norm is not finite (`found_inf`). Non-finite steps are
 counted on the device with the first one's (step, loss, norm); the host reads that count lazily (`Readout`, never
 waiting) and at epoch ends, and stops the run with `NonFiniteStep`.
 
@@ -33,6 +36,7 @@ import torch
 
 from cutrec.console import note
 from cutrec.data.batches import IGNORE_INDEX
+from cutrec.distributed import SINGLE, Ranks
 from cutrec.losses.sampling import draw_key
 from cutrec.train.evaluate import autocast_context
 from cutrec.train.state import TrainState
@@ -92,11 +96,11 @@ class TrainStep:
 
     def __init__(
         self, state: TrainState, forward: Any, loss_fn: Any, config: Any, device: torch.device, num_items: int,
-        rows: int,
+        rows: int, batch_size: int, ranks: Ranks = SINGLE,
     ) -> None:
         self.state, self.forward, self.loss_fn, self.config, self.device = state, forward, loss_fn, config, device
-        self.num_items = num_items
-        self.batch_size, self.max_len = int(config.train.batch_size), state.model.max_len
+        self.num_items, self.ranks = num_items, ranks
+        self.batch_size, self.max_len = batch_size, state.model.max_len  # this rank's rows B of each step
         self.rows = round_rows(rows, self.batch_size * self.max_len)  # R of the graph
         self.parameters = list(state.model.parameters())
         self.found_inf = torch.zeros((), device=device)  # 1.0: the fused optimizer skips the update
@@ -106,7 +110,7 @@ class TrainStep:
         self.readout = Readout(device)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.static: torch.Tensor | None = None  # the graph's input buffer
-        self.why_eager = self._why_eager(device, config)  # None: capture the step (until a capture fails)
+        self.why_eager = self._why_eager(device, config, ranks)  # None: capture the step (until a capture fails)
         self.prepared = False
         self.setup_seconds = 0.0  # warm-up and capture of this session
         self.eager_steps = 0  # steps that ran eagerly beside a graph (batches with more than R targets)
@@ -117,20 +121,24 @@ class TrainStep:
         return self.why_eager is None
 
     @staticmethod
-    def _why_eager(device: torch.device, config: Any) -> str | None:
+    def _why_eager(device: torch.device, config: Any, ranks: Ranks) -> str | None:
         if not config.train.cuda_graph:
             return "train.cuda_graph=false"
         if device.type != "cuda":
             return f"the device is {device.type}, not cuda"
         if config.train.compile:
             return "train.compile=true (the compiled model is not captured)"
+        if ranks.distributed:
+            return f"data parallel over {ranks.world} ranks (the captured step is single-device)"
         return None
 
     def pack(
-        self, inputs: torch.Tensor, targets: torch.Tensor, step: int, rows: int | None = None
+        self, inputs: torch.Tensor, targets: torch.Tensor, step: int, share: tuple[int, int] | None = None,
+        rows: int | None = None,
     ) -> tuple[torch.Tensor, int]:
-        """(host words [B * L + 2 R + 5] int64, R) of a batch: inputs [b, L] and targets [b, L] with b <= B.
-        `rows` forces R (the capture's shapes), keeping the first R targets of a batch that has more."""
+        """(host words [B * L + 2 R + 7] int64, R) of a batch: inputs [b, L] and targets [b, L] with b <= B, and
+        `share` (M_r, M): this rank's and the whole batch's targets (None: this rank trains the whole batch). `rows`
+        forces R (the capture's shapes), keeping the first R targets of a batch that has more."""
         batch = inputs.shape[0]
         inputs_np, flat_targets = inputs.numpy(), targets.numpy().reshape(-1)  # [b, L], [b * L]
         positions = np.flatnonzero(flat_targets != IGNORE_INDEX)  # [M]
@@ -139,15 +147,16 @@ class TrainStep:
             rows = self.rows if self.use_graph and len(positions) <= self.rows else round_rows(len(positions), limit)
         positions = positions[:rows]
         count = len(positions)
-        words = np.empty(limit + 2 * rows + 5, dtype=np.int64)
+        words = np.empty(limit + 2 * rows + 7, dtype=np.int64)
         filled = words[:limit].reshape(self.batch_size, self.max_len)
         filled[:] = inputs_np[np.arange(self.batch_size) % batch]  # repeats of the batch's own rows
         words[limit : limit + count] = positions
         words[limit + count : limit + rows] = 0  # a real row, with an ignored target
         words[limit + rows : limit + rows + count] = flat_targets[positions]
         words[limit + rows + count : limit + 2 * rows] = IGNORE_INDEX
-        words[limit + 2 * rows : limit + 2 * rows + 4] = draw_key(step_seed(self.config.train.seed, step),
-                                                                 self.num_items)
+        words[limit + 2 * rows : limit + 2 * rows + 4] = draw_key(
+            step_seed(self.config.train.seed, step, self.ranks.rank), self.num_items)
+        words[-3:-1] = share if share is not None else (count, max(count, 1))
         words[-1] = step
         host = torch.from_numpy(words)
         return (host.pin_memory() if self.device.type == "cuda" else host), rows
@@ -158,12 +167,13 @@ class TrainStep:
         inputs = words[:limit].view(self.batch_size, self.max_len)  # [B, L]
         positions, targets = words[limit : limit + rows], words[limit + rows : limit + 2 * rows]  # [R], [R]
         key, step = words[limit + 2 * rows : limit + 2 * rows + 4], words[-1]
+        share = words[-3].float() / words[-2].float()  # M_r / M; exactly 1.0 when this rank has the whole batch
         model = self.state.model
         with autocast_context(self.device, self.config.train.amp):
             hidden = self.forward(inputs)  # [B, L, D]
             picked = hidden.reshape(-1, hidden.shape[-1]).index_select(0, positions)  # [R, D]
-            loss = self.loss_fn(picked, model.item_table, targets, seed=key)
-        loss.backward()
+            loss = self.loss_fn(picked, model.item_table, targets, seed=key) * share
+        (loss * self.ranks.world).backward()
         # the global norm, clipped when train.grad_clip is set (with an infinite bound the gradients are unchanged)
         norm = torch.nn.utils.clip_grad_norm_(self.parameters, self.config.train.grad_clip or math.inf)
         loss = loss.detach().float()
@@ -180,11 +190,11 @@ class TrainStep:
         self.state.optimizer.zero_grad(set_to_none=True)
         self._body(to_device(host, self.device), rows)
 
-    def run(self, inputs: torch.Tensor, targets: torch.Tensor) -> None:
-        """One step on inputs [b, L] and targets [b, L] (CPU tensors), numbered state.step."""
-        host, rows = self.pack(inputs, targets, self.state.step)
+    def run(self, inputs: torch.Tensor, targets: torch.Tensor, share: tuple[int, int] | None = None) -> None:
+        """One step on inputs [b, L] and targets [b, L] (CPU tensors), numbered state.step; `share` as in `pack`."""
+        host, rows = self.pack(inputs, targets, self.state.step, share)
         if not self.prepared:
-            self._prepare(inputs, targets, host, rows)
+            self._prepare(inputs, targets, host, rows, share)
         if self.graph is not None and rows == self.rows:
             self.static.copy_(host, non_blocking=True)
             self.graph.replay()
@@ -192,7 +202,9 @@ class TrainStep:
             self.eager_steps += self.graph is not None
             self._eager(host, rows)
 
-    def _prepare(self, inputs: torch.Tensor, targets: torch.Tensor, host: torch.Tensor, rows: int) -> None:
+    def _prepare(
+        self, inputs: torch.Tensor, targets: torch.Tensor, host: torch.Tensor, rows: int, share: tuple[int, int] | None
+    ) -> None:
         """Warm up on the first batch (updates skipped, generators restored); capture the graph where it applies
         (in R rows, the first batch cut to R targets if it has more)."""
         started = time.perf_counter()
@@ -202,7 +214,8 @@ class TrainStep:
         self.skip.fill_(True)
         if self.use_graph:
             try:
-                self._capture(host if rows == self.rows else self.pack(inputs, targets, self.state.step, self.rows)[0])
+                self._capture(host if rows == self.rows else
+                              self.pack(inputs, targets, self.state.step, share, self.rows)[0])
             except RuntimeError as error:  # an op that syncs or is not capturable
                 self.graph = None
                 self.why_eager = f"capture failed ({str(error).splitlines()[0][:120]})"
@@ -257,6 +270,9 @@ class TrainStep:
             raise NonFiniteStep(int(bad[1]), float(bad[2]), float(bad[3]))
 
 
-def step_seed(run_seed: int, step: int) -> int:
-    """The loss seed of one training step: a hash of (run seed, step) in [0, 2**31)."""
-    return int(np.random.SeedSequence([run_seed, step]).generate_state(1)[0] & 0x7FFFFFFF)
+def step_seed(run_seed: int, step: int, rank: int = 0) -> int:
+    """The loss seed of one training step on one rank: a hash of (run seed, step), and of the rank after rank 0
+    (so every rank draws its own negatives, reproducibly; rank 0's seeds are those of a single process), in
+    [0, 2**31)."""
+    entropy = [run_seed, step] if rank == 0 else [run_seed, step, rank]
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0] & 0x7FFFFFFF)

@@ -1,0 +1,190 @@
+"""Data-parallel runs on torch.distributed: the process group that torchrun's environment describes, and the few
+collectives the trainer needs.
+
+`torchrun --nproc-per-node=G -m cutrec train ...` (or `cutrec train --devices G`) starts G processes with RANK,
+WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT set; `start` joins them into one group: NCCL when they train on
+CUDA (each on its own GPU, cuda:LOCAL_RANK), gloo on the CPU. A second, gloo group carries the host's small
+agreements (stop signals, checkpoint times) without touching the GPUs. Without WORLD_SIZE > 1 every function here
+is the single-process identity, so the trainer has one code path.
+
+Every collective has the group's timeout (train.dist_timeout_minutes): a rank that died or hangs makes the others
+fail with an error after at most that long, never wait forever.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from cutrec.errors import CutrecError
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place in the run: rank r of `world` processes, on GPU `local` of its machine."""
+
+    rank: int = 0
+    world: int = 1
+    local: int = 0
+    host_group: Any = None  # the gloo group of host agreements; None in a single process
+
+    @property
+    def main(self) -> bool:
+        """Rank 0: the one that writes the run folder, the log and the checkpoints."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+
+SINGLE = Ranks()
+
+
+TRANSPORT_WORDS = ("gloo", "NCCL", "Connection", "timed out")  # how a lost peer reads in a RuntimeError
+
+
+@contextlib.contextmanager
+def collective(ranks: Ranks) -> Iterator[None]:
+    """Turns a failed collective (a rank died, or stayed silent past the timeout) into one line naming this rank;
+    nothing in a single process."""
+    if not ranks.distributed:
+        yield
+        return
+    try:
+        yield
+    except RuntimeError as err:  # gloo reports a lost peer as a plain RuntimeError, NCCL as a DistError
+        if not isinstance(err, dist.DistError) and not any(word in str(err) for word in TRANSPORT_WORDS):
+            raise
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise CutrecError(
+            f"rank {ranks.rank} of {ranks.world} lost the other ranks ({first}); every rank stops, and the first one "
+            "to fail has printed why; resume from the run folder's last.pt"
+        ) from None
+
+
+def world_size() -> int:
+    """WORLD_SIZE from torchrun's environment, 1 without it."""
+    value = os.environ.get("WORLD_SIZE", "1")
+    try:
+        return int(value)
+    except ValueError:
+        raise CutrecError(f"WORLD_SIZE={value!r} is not a number; launch with torchrun or leave it unset") from None
+
+
+def start(device: torch.device, timeout_minutes: float) -> Ranks:
+    """Join the process group of this run (once per process), or SINGLE without WORLD_SIZE > 1."""
+    world = world_size()
+    if world == 1:
+        return SINGLE
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, timeout=timedelta(minutes=timeout_minutes))
+    ranks = Ranks(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    host_group = dist.new_group(backend="gloo", timeout=timedelta(minutes=timeout_minutes))
+    return Ranks(ranks.rank, ranks.world, ranks.local, host_group)
+
+
+def check_batch(batch: int | str, world: int) -> None:
+    """A global batch size must split evenly over the ranks ("auto" is sized per rank)."""
+    if batch != "auto" and int(batch) % world:
+        raise CutrecError(
+            f"train.batch_size={batch} does not split evenly over {world} ranks; use a multiple of {world} (the "
+            f"batch size is the global one: each rank trains batch_size / {world} rows)"
+        )
+
+
+def rank_device(device: torch.device, ranks: Ranks) -> torch.device:
+    """The device of this rank: on CUDA, GPU LOCAL_RANK of its machine; the CPU is shared."""
+    if device.type != "cuda" or not ranks.distributed:
+        return device
+    if device.index not in (None, 0):
+        raise CutrecError(f"train.device={device} names one GPU, but a data-parallel run puts rank r on cuda:r; "
+                          "use train.device=cuda (or auto)")
+    if ranks.local >= torch.cuda.device_count():
+        raise CutrecError(f"rank {ranks.rank} wants cuda:{ranks.local} but {torch.cuda.device_count()} GPU(s) are "
+                          "visible; start at most that many processes per node")
+    torch.cuda.set_device(ranks.local)
+    return torch.device("cuda", ranks.local)
+
+
+def shard(count: int, ranks: Ranks) -> tuple[int, int]:
+    """[start, stop) of this rank's contiguous share of `count` rows; shares differ in size by at most one."""
+    bounds = np.linspace(0, count, ranks.world + 1).round().astype(np.int64)  # [world + 1]
+    return int(bounds[ranks.rank]), int(bounds[ranks.rank + 1])
+
+
+def broadcast(value: Any, ranks: Ranks) -> Any:
+    """Rank 0's `value` (plain Python data) on every rank."""
+    if not ranks.distributed:
+        return value
+    box = [value]
+    with collective(ranks):
+        dist.broadcast_object_list(box, src=0, group=ranks.host_group)
+    return box[0]
+
+
+def agree(flags: list[bool], ranks: Ranks) -> list[bool]:
+    """Each flag true on every rank when it is true on any rank (the host's agreements: a stop signal, a due
+    checkpoint), so that every rank takes the same branch."""
+    if not ranks.distributed:
+        return flags
+    values = torch.tensor(flags, dtype=torch.int64)
+    with collective(ranks):
+        dist.all_reduce(values, op=dist.ReduceOp.MAX, group=ranks.host_group)
+    return [bool(value) for value in values.tolist()]
+
+
+def sum_all(tensor: torch.Tensor, ranks: Ranks) -> torch.Tensor:
+    """The sum of `tensor` over ranks (a new tensor; the input is unchanged)."""
+    if not ranks.distributed:
+        return tensor.clone()
+    total = tensor.clone()
+    with collective(ranks):
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return total
+
+
+def gather_rows(rows: torch.Tensor, count: int, ranks: Ranks) -> torch.Tensor:
+    """Every rank's `rows` [n_r, ...] on the CPU (its `shard` of `count` rows) concatenated in rank order:
+    [count, ...]."""
+    if not ranks.distributed:
+        return rows
+    widest = max(stop - start for start, stop in (shard(count, Ranks(r, ranks.world)) for r in range(ranks.world)))
+    padded = rows.new_zeros((widest, *rows.shape[1:]))  # [widest, ...] all_gather needs equal shapes
+    padded[: len(rows)] = rows
+    parts = [torch.empty_like(padded) for _ in range(ranks.world)]
+    with collective(ranks):
+        dist.all_gather(parts, padded, group=ranks.host_group)
+    sizes = [stop - start for start, stop in (shard(count, Ranks(r, ranks.world)) for r in range(ranks.world))]
+    return torch.cat([part[:size] for part, size in zip(parts, sizes, strict=True)])
+
+
+def gather_objects(value: Any, ranks: Ranks) -> list[Any]:
+    """Every rank's `value` (plain Python data or CPU tensors), in rank order."""
+    if not ranks.distributed:
+        return [value]
+    values: list[Any] = [None] * ranks.world
+    with collective(ranks):
+        dist.all_gather_object(values, value, group=ranks.host_group)
+    return values
+
+
+def barrier(ranks: Ranks) -> None:
+    if ranks.distributed:
+        with collective(ranks):
+            dist.barrier(group=ranks.host_group)
+
+
+def finish() -> None:
+    """Leave the process group after a run that ended well on every rank (a process that exits inside one aborts)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
