@@ -10,7 +10,15 @@ from scipy.stats import spearmanr
 from cutrec.cli import main
 from cutrec.errors import CutrecError
 from cutrec.experiment import COLUMNS
-from cutrec.report import balance_section, balance_tables, best_within, correlations, spearman, write_report
+from cutrec.report import (
+    balance_section,
+    balance_tables,
+    best_within,
+    correlations,
+    over_seeds_section,
+    spearman,
+    write_report,
+)
 
 
 def _results(tmp_path, rng):
@@ -106,3 +114,16 @@ def test_several_results_tables_are_read_as_one(tmp_path):
     assert main(["report", str(first), str(second), "--out", str(tmp_path / "report")]) == 0
     summary = (tmp_path / "report" / "summary.md").read_text()
     assert "48 finished runs of 50" in summary and str(second) in summary
+
+
+def test_configurations_run_with_several_seeds_get_their_mean_and_range():
+    rng = np.random.default_rng()
+    scores = rng.uniform(0, 0.1, 5)
+    rows = [{"dataset": "d", "model": "sasrec", "loss": "CE", "batch_size": "", "max_len": "", "negatives": "",
+             "seed": str(seed), "NDCG@10": f"{value:.6f}", "HR@10": "0.2", "peak_train_gpu_mb": "10",
+             "mean_train_seconds": "1.0"} for seed, value in enumerate(scores[:3])]
+    rows.append({**rows[0], "loss": "BCE", "NDCG@10": f"{scores[3]:.6f}"})  # one seed: not a group
+    text = "\n".join(over_seeds_section(rows))
+    kept = [float(f"{value:.6f}") for value in scores[:3]]
+    assert f"| d | sasrec | CE | 3 | {np.mean(kept):.4f} ({min(kept):.4f}..{max(kept):.4f}) |" in text
+    assert "BCE" not in text and "| dataset | model | loss | seeds |" in text

@@ -2,7 +2,8 @@
 
 The summary gives, for a memory budget, the best configuration of each loss (highest test NDCG@10 among the runs
 whose peak training memory fits), the Spearman rank correlation of NDCG@10 with negatives, batch size, their
-product and sequence length, each with the number of runs behind it, and, for each loss run at several batch sizes
+product and sequence length, each with the number of runs behind it, each configuration's mean and range over
+its seeds, and, for each loss run at several batch sizes
 and negatives, the table of mean NDCG@10 over seeds with the answer to "does scaling both beat maximising one?".
 Several results tables (grids run apart) are read as one. Plots (matplotlib, the optional `plots`
 extra, imported only here): NDCG@10 against negatives per batch size, peak memory against negatives per loss,
@@ -105,6 +106,7 @@ def write_report(results: list[Path], out: Path, budget_gb: float) -> Path:
                      f"{row['mean_train_seconds']} | {row['run']} |")
     lines += ["", "## Spearman correlation of NDCG@10", "", "| factor | Spearman | runs |", "|---|---|---|"]
     lines += [f"| {name} | {rho:.3f} | {n} |" for name, rho, n in correlations(ok)]
+    lines += over_seeds_section(ok)
     for loss, table in balance_tables(ok).items():
         lines += ["", *balance_section(loss, table)]
     failed = [r for r in rows if r["status"] != "ok"]
@@ -115,6 +117,36 @@ def write_report(results: list[Path], out: Path, budget_gb: float) -> Path:
     summary = out / "summary.md"
     summary.write_text("\n".join(lines) + "\n")
     return summary
+
+
+SETTINGS = ("dataset", "model", "loss", "batch_size", "max_len", "negatives")  # a configuration, all but the seed
+
+
+def over_seeds(rows: list[dict[str, str]]) -> dict[tuple[str, ...], list[dict[str, str]]]:
+    """The ok rows of each configuration (every axis but the seed) that ran with two or more seeds."""
+    groups: dict[tuple[str, ...], list[dict[str, str]]] = defaultdict(list)
+    for row in rows:
+        groups[tuple(row.get(name, "") for name in SETTINGS)].append(row)
+    return {key: group for key, group in groups.items() if len(group) >= 2}
+
+
+def over_seeds_section(rows: list[dict[str, str]]) -> list[str]:
+    """A table of each configuration's mean (min..max) test NDCG@10 and HR@10 over its seeds; none without seeds."""
+    groups = over_seeds(rows)
+    if not groups:
+        return []
+    shown = [name for name in SETTINGS if any(key[SETTINGS.index(name)] for key in groups)]
+    lines = ["", "## Over seeds", "", "| " + " | ".join(shown) + " | seeds | NDCG@10 mean (min..max) | "
+             "HR@10 mean (min..max) | peak MB | train s / epoch |", "|" + "---|" * (len(shown) + 5)]
+    for key, group in groups.items():
+        cells = [key[SETTINGS.index(name)] for name in shown]
+        spread = [f"{np.mean(v):.4f} ({min(v):.4f}..{max(v):.4f})"
+                  for v in ([float(r[m]) for r in group] for m in ("NDCG@10", "HR@10"))]
+        peak = max(float(r["peak_train_gpu_mb"] or 0) for r in group)
+        seconds = np.mean([float(r["mean_train_seconds"] or 0) for r in group])
+        lines.append(f"| {' | '.join(cells)} | {len(group)} | {spread[0]} | {spread[1]} | {peak:.0f} | "
+                     f"{seconds:.3f} |")
+    return lines
 
 
 def balance_tables(rows: list[dict[str, str]]) -> dict[str, dict[tuple[float, float], list[float]]]:
