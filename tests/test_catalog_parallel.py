@@ -4,7 +4,9 @@ fallback and the Triton interpreter, the top-k merged across shards equals the s
 included, and one catalog-parallel training step (a sharded input embedding, DistributedDataParallel summing the
 replicated gradients) has the loss and the gradients of one process."""
 
+import csv
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -14,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from cutrec.cli import main
 from cutrec.eval.ranking import items_of_keys, top_k_keys
 
 SCRIPT = """
@@ -165,3 +168,43 @@ def test_a_catalog_parallel_step_has_the_loss_and_gradients_of_one_process(tmp_p
     assert parallel["grads"].keys() == single.keys()
     for name, grad in single.items():
         torch.testing.assert_close(parallel["grads"][name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+TINY = ["--data.synthetic.num_users=200", "--data.synthetic.num_items=80", "--data.synthetic.mean_length=8",
+        "--model.dim=16", "--model.num_blocks=1", "--model.max_len=10", "--model.dropout=0", "--device=cpu",
+        "--train.progress=false", "--loss=CCE", "--batch-size=36", "--train.dist_timeout_minutes=1"]
+
+
+def _torchrun(processes, args, cwd):
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           f"--nproc-per-node={processes}", "-m", "cutrec", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def _log(folder):
+    with (folder / "log.csv").open(newline="") as file:
+        return list(csv.DictReader(file))
+
+
+@pytest.mark.parametrize("processes,model", [(2, "sasrec"), (3, "bert4rec")])
+def test_a_catalog_parallel_run_equals_one_process_and_resumes(tmp_path, processes, model):
+    args = ["train", *TINY, f"--model={model}", f"--out={tmp_path}"]
+    assert main([*args, "--epochs=3", "--name=single"]) == 0
+    _torchrun(processes, [*args, "--epochs=3", "--name=whole", "--train.catalog_parallel=true"], tmp_path)
+    _torchrun(processes, [*args, "--epochs=1", "--name=parts", "--train.catalog_parallel=true"], tmp_path)
+    _torchrun(processes, ["train", "--resume", str(tmp_path / "parts"), "--epochs=3"], tmp_path)
+    single, whole, parts = (_log(tmp_path / name) for name in ("single", "whole", "parts"))
+    assert [row["train_loss"] for row in parts] == [row["train_loss"] for row in whole]  # a resume loses nothing
+    for one, many in zip(single, whole, strict=True):
+        for key in ("train_loss", "NDCG@10", "HR@10"):
+            assert float(many[key]) == pytest.approx(float(one[key]), rel=1e-4, abs=1e-6), key
+    one, many = (json.loads((tmp_path / name / "metrics.json").read_text())["test"] for name in ("single", "whole"))
+    assert many["MostPopular"] == one["MostPopular"]
+    model_name = next(name for name in one if name != "MostPopular")
+    assert many[model_name]["NDCG@10"] == pytest.approx(one[model_name]["NDCG@10"], rel=1e-4, abs=1e-6)
+
+
+def test_catalog_parallel_is_refused_where_it_cannot_run(tmp_path, capsys):
+    assert main(["train", *TINY, "--train.catalog_parallel=true", f"--out={tmp_path}"]) == 2
+    assert "start 2 or more (cutrec train --devices G)" in capsys.readouterr().err

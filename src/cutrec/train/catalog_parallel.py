@@ -17,10 +17,14 @@ import torch.distributed as dist
 import torch.distributed.nn.functional as distributed_autograd
 from torch import nn
 
-from cutrec.data.batches import IGNORE_INDEX
-from cutrec.distributed import Ranks, collective
-from cutrec.losses.catalog_parallel import sharded_cut_cross_entropy
+from cutrec.data.batches import IGNORE_INDEX, eval_batches
+from cutrec.distributed import Ranks, collective, gather_rows
+from cutrec.errors import CutrecError
+from cutrec.eval.ranking import items_of_keys, refuse_non_finite
+from cutrec.losses.catalog_parallel import sharded_cut_cross_entropy, sharded_top_k_keys
 from cutrec.models.sharded import ShardedItemEmbedding
+from cutrec.train.evaluate import autocast_context, batch_exclusion
+from cutrec.transfer import to_device
 
 SHARD_PARAMETER = "item_embedding.weight"  # the encoder's parameter that each rank holds its own rows of
 
@@ -63,3 +67,85 @@ class CatalogParallelLoss:
         per_row = sharded_cut_cross_entropy(every, items, every_target, start=start, ranks=self.ranks,
                                             impl=self.impl)  # [W R]
         return per_row.sum() / (every_target != IGNORE_INDEX).sum().clamp(min=1)
+
+
+def check(config: Any, ranks: Ranks) -> None:
+    """What catalog parallel needs of a run, refused in one line otherwise."""
+    if not ranks.distributed:
+        raise CutrecError("train.catalog_parallel=true splits the item table across the processes of a torchrun run; "
+                          "start 2 or more (cutrec train --devices G) or set it false")
+    if config.loss.name != "CCE":
+        raise CutrecError(f"train.catalog_parallel=true trains with loss CCE so far, not {config.loss.name}; "
+                          "use --loss CCE")
+    if config.train.batch_size == "auto":
+        raise CutrecError("train.catalog_parallel=true needs a batch size; give --batch-size N (a multiple of the "
+                          "ranks)")
+
+
+def _shard_index(optimizer: torch.optim.Optimizer, model: nn.Module) -> int:
+    """The position of the shard among the optimizer's parameters (its key in the optimizer's state dict)."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    return next(i for i, p in enumerate(params) if p is model.item_embedding.weight)
+
+
+def full_state(state: Any, ranks: Ranks) -> dict[str, Any]:
+    """The training state's dict with the shard and its optimizer moments gathered from every rank ([N, D] each), so
+    that a resume with any number of ranks can take its rows (a collective; the whole dict matters on rank 0)."""
+    saved = state.state_dict()
+    model = state.model
+    num_items = model.num_items
+    saved["model"] = {**saved["model"], SHARD_PARAMETER: gather_rows(model.item_embedding.weight.detach().cpu(),
+                                                                     num_items, ranks)}
+    index = _shard_index(state.optimizer, model)
+    moments = dict(saved["optimizer"]["state"].get(index, {}))
+    for key, value in moments.items():
+        if torch.is_tensor(value) and value.ndim == 2:  # Adam's exp_avg and exp_avg_sq, one row per item
+            moments[key] = gather_rows(value.cpu(), num_items, ranks)
+    saved["optimizer"] = {**saved["optimizer"], "state": {**saved["optimizer"]["state"], index: moments}}
+    return saved
+
+
+def take_shard(saved: dict[str, Any], state: Any, ranks: Ranks) -> dict[str, Any]:
+    """A state dict of `full_state` cut to this rank's rows, ready for TrainState.load_state_dict."""
+    module = state.model.item_embedding
+    rows = slice(module.start, module.stop)
+    model = {**saved["model"], SHARD_PARAMETER: saved["model"][SHARD_PARAMETER][rows]}
+    index = _shard_index(state.optimizer, state.model)
+    moments = {key: value[rows] if torch.is_tensor(value) and value.ndim == 2 else value
+               for key, value in saved["optimizer"]["state"].get(index, {}).items()}
+    optimizer = {**saved["optimizer"], "state": {**saved["optimizer"]["state"], index: moments}}
+    return {**saved, "model": model, "optimizer": optimizer}
+
+
+def full_model_state(model: nn.Module, ranks: Ranks) -> dict[str, torch.Tensor]:
+    """The encoder's state dict as one device's (item_embedding.weight [N + S, D]: the gathered catalog rows, then the
+    special rows), for best.pt, which evaluate, recommend and export read (a collective)."""
+    module = model.item_embedding
+    catalog = gather_rows(module.weight.detach().cpu(), module.num_items, ranks)  # [N, D]
+    state = {name: value for name, value in model.state_dict().items() if not name.startswith("item_embedding.")}
+    return {"item_embedding.weight": torch.cat([catalog, module.special.detach().cpu()]), **state}
+
+
+@torch.no_grad()
+def sharded_model_top_items(model: nn.Module, evalset: Any, config: Any, device: torch.device,
+                            ranks: Ranks) -> torch.Tensor:
+    """[U, max(ks)] top items of every user of the eval set (on the CPU, the same on every rank): every rank encodes
+    all the users (the lookup is collective) and ranks them against its shard; the shards' best are merged."""
+    model.eval()
+    k = max(config.eval.ks)
+    shard, start = model.item_table.float(), model.item_embedding.start
+    picks, finite = [], torch.isfinite(shard).all()
+    for inputs, lengths, rows in eval_batches(evalset.inputs, max_len=model.max_len, batch_size=config.eval.batch_size,
+                                              padding_id=model.padding_id):
+        with autocast_context(device, config.train.amp):
+            users = model.user_vectors(to_device(inputs, device), to_device(lengths, device)).float()  # [B, D]
+        finite &= torch.isfinite(users).all()
+        exclude = batch_exclusion(evalset.inputs, rows.numpy()) if config.eval.exclude_seen else None
+        keys, exact = sharded_top_k_keys(users, shard, k, start=start, ranks=ranks, exclude=exclude,
+                                         item_chunk=config.eval.item_chunk)  # [B, k]
+        if not bool(exact):  # the same on every rank
+            keys, _ = sharded_top_k_keys(users, shard, k, start=start, ranks=ranks, exclude=exclude,
+                                         item_chunk=config.eval.item_chunk, every_key=True)
+        picks.append(items_of_keys(keys).cpu())
+    refuse_non_finite(torch.tensor(bool(finite)))
+    return torch.cat(picks) if picks else torch.empty((0, k), dtype=torch.int64)

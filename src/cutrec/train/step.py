@@ -162,7 +162,7 @@ class TrainStep:
         words[limit + rows + count : limit + 2 * rows] = IGNORE_INDEX
         words[limit + 2 * rows : limit + 2 * rows + 4] = draw_key(
             step_seed(self.config.train.seed, step, self.ranks.rank), self.num_items)
-        words[-3:-1] = share if share is not None else (count, max(count, 1))
+        words[-3:-1] = share if share is not None and not self.catalog_parallel else (count, max(count, 1))
         words[-1] = step
         host = torch.from_numpy(words)
         return (host.pin_memory() if self.device.type == "cuda" else host), rows
