@@ -254,12 +254,16 @@ def start_ranks(config: RunConfig) -> tuple[torch.device, Ranks]:
 
 def global_batch_size(config: RunConfig, data: TrainingData, device: torch.device, ranks: Ranks) -> int:
     """The batch size of the run, over all ranks: train.batch_size (each rank trains an equal share of every batch,
-    checked against its device's memory), or with "auto" the largest share that fits rank 0 times the ranks."""
+    checked against its device's memory, with its shard of the table under catalog parallel), or with "auto" the
+    largest share that fits rank 0 times the ranks."""
     batch = config.train.batch_size
     distributed.check_batch(batch, ranks.world)
     share = config if batch == "auto" else replace(config, train=replace(config.train,
                                                                           batch_size=int(batch) // ranks.world))
-    fits = checked_batch_size(share, data.split.num_items, data.train_lengths, device)
+    items = data.split.num_items
+    if config.train.catalog_parallel:  # each rank holds about N / ranks rows of the table and their optimizer state
+        items = -(-items // ranks.world)
+    fits = checked_batch_size(share, items, data.train_lengths, device)
     return int(batch) if batch != "auto" else distributed.broadcast(fits, ranks) * ranks.world
 
 
