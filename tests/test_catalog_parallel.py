@@ -203,6 +203,8 @@ def test_a_catalog_parallel_run_equals_one_process_and_resumes(tmp_path, process
     assert many["MostPopular"] == one["MostPopular"]
     model_name = next(name for name in one if name != "MostPopular")
     assert many[model_name]["NDCG@10"] == pytest.approx(one[model_name]["NDCG@10"], rel=1e-4, abs=1e-6)
+    assert main(["train", "--resume", str(tmp_path / "whole"), "--epochs=4"]) == 2  # one process cannot resume it
+    assert main(["evaluate", str(tmp_path / "whole")]) == 0  # best.pt is one device's model
 
 
 def test_catalog_parallel_is_refused_where_it_cannot_run(tmp_path, capsys):

@@ -291,6 +291,8 @@ def resume(folder: Path, file_values: dict[str, Any], overrides: list[str]) -> P
             f"(only {', '.join(RESUMABLE_KEYS)} may change)"
         )
     device, ranks = start_ranks(config)
+    if config.train.catalog_parallel:
+        catalog_parallel.check(config, ranks)
     removed = remove_leftovers(folder) if ranks.main else []
     if removed:
         note(f"removed {len(removed)} temporary file(s) left by an interrupted save")
