@@ -1,9 +1,12 @@
 """Catalog parallel on the CPU with gloo (torchrun, 2 and 3 processes): the cut CE over a table split by rows
 equals the float64 full-softmax CE on the whole table (loss, hidden and item gradients), through the PyTorch
-fallback and the Triton interpreter, and the top-k merged across shards equals the single-device top-k, ties
-included."""
+fallback and the Triton interpreter, the top-k merged across shards equals the single-device top-k, ties
+included, and one catalog-parallel training step (a sharded input embedding, DistributedDataParallel summing the
+replicated gradients) has the loss and the gradients of one process."""
 
+import csv
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -13,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from cutrec.cli import main
 from cutrec.eval.ranking import items_of_keys, top_k_keys
 
 SCRIPT = """
@@ -89,3 +93,120 @@ def test_sharded_cut_cross_entropy_and_top_k_equal_the_whole_catalog(tmp_path, p
     assert bool(out["smooth_exact"])  # continuous scores: no ties, the fast path is exact
     smooth, _ = top_k_keys(hidden.detach().float(), out["table"], 7)
     assert torch.equal(items_of_keys(out["smooth"]), items_of_keys(smooth))
+
+
+STEP_SCRIPT = """
+import sys
+import numpy as np
+import torch
+from cutrec import distributed
+from cutrec.config import build_config
+from cutrec.data.splits import Sequences
+from cutrec.losses import build_loss
+from cutrec.train.catalog_parallel import CatalogParallelLoss, shard_catalog, wrap
+from cutrec.train.loop import new_state, rank_part
+from cutrec.train.step import TrainStep, make_optimizer
+
+def step(ranks, model_name, seed):
+    config = build_config({"model": {"name": model_name, "max_len": 9, "dim": 16, "num_heads": 2, "dropout": 0.0},
+                           "loss": {"name": "CCE"}, "train": {"batch_size": 12, "device": "cpu", "lr": 0.01}})
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(2, 20, 30)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    train = Sequences(offsets=offsets, items=rng.integers(0, 41, int(offsets[-1])).astype(np.int32),
+                      users=np.arange(30))
+    torch.manual_seed(0)
+    state = new_state(config, 41, torch.device("cpu"))
+    inputs, targets = state.model.training_batch(train, rng.permutation(30)[:12], np.random.default_rng(3))
+    share = 12 // ranks.world
+    if ranks.distributed:
+        shard_catalog(state.model, ranks)
+        state.optimizer = make_optimizer(config, state.model, torch.device("cpu"))  # over the shard
+        forward, loss_fn = wrap(state.model, torch.device("cpu")), CatalogParallelLoss(state.model, ranks, "torch")
+        part = rank_part(inputs, targets, ranks)[:2]
+    else:
+        forward, loss_fn, part = state.model, build_loss(config.loss, 41, torch.ones(41)), (inputs, targets)
+    run = TrainStep(state, forward, loss_fn, config, torch.device("cpu"), 41, rows=share * 9, batch_size=share,
+                    ranks=ranks, catalog_parallel=ranks.distributed)
+    run.run(*part)
+    grads = {name: p.grad.clone() for name, p in state.model.named_parameters()}
+    return grads, state.epoch_loss.clone()
+
+if __name__ == "__main__":
+    ranks = distributed.start(torch.device("cpu"), 1.0)
+    grads, loss = step(ranks, sys.argv[1], int(sys.argv[2]))
+    table = distributed.gather_rows(grads.pop("item_embedding.weight"), 41, ranks)  # [N, D] the shards' rows
+    if ranks.main:
+        torch.save({"grads": grads, "table": table, "loss": loss}, sys.argv[3])
+    distributed.finish()
+"""
+
+
+@pytest.mark.parametrize("processes,model", [(2, "sasrec"), (3, "bert4rec")])
+def test_a_catalog_parallel_step_has_the_loss_and_gradients_of_one_process(tmp_path, processes, model):
+    script = tmp_path / "cp_step.py"
+    script.write_text(textwrap.dedent(STEP_SCRIPT))
+    seed = int(np.random.default_rng().integers(1 << 30))
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           f"--nproc-per-node={processes}", str(script), model, str(seed), str(tmp_path / "cp.pt")],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    sys.path.insert(0, str(tmp_path))
+    try:
+        from cp_step import step
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("cp_step", None)
+    from cutrec.distributed import SINGLE
+
+    single, loss = step(SINGLE, model, seed)
+    parallel = torch.load(tmp_path / "cp.pt", weights_only=True)
+    torch.testing.assert_close(parallel["loss"], loss, rtol=1e-5, atol=1e-6)
+    full = single.pop("item_embedding.weight")  # [N + S, D]
+    torch.testing.assert_close(parallel["table"], full[:41], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(parallel["grads"].pop("item_embedding.special"), full[41:], rtol=1e-4, atol=1e-6)
+    assert parallel["grads"].keys() == single.keys()
+    for name, grad in single.items():
+        torch.testing.assert_close(parallel["grads"][name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+TINY = ["--data.synthetic.num_users=200", "--data.synthetic.num_items=80", "--data.synthetic.mean_length=8",
+        "--model.dim=16", "--model.num_blocks=1", "--model.max_len=10", "--model.dropout=0", "--device=cpu",
+        "--train.progress=false", "--loss=CCE", "--batch-size=36", "--train.dist_timeout_minutes=1"]
+
+
+def _torchrun(processes, args, cwd):
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           f"--nproc-per-node={processes}", "-m", "cutrec", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def _log(folder):
+    with (folder / "log.csv").open(newline="") as file:
+        return list(csv.DictReader(file))
+
+
+@pytest.mark.parametrize("processes,model", [(2, "sasrec"), (3, "bert4rec")])
+def test_a_catalog_parallel_run_equals_one_process_and_resumes(tmp_path, processes, model):
+    args = ["train", *TINY, f"--model={model}", f"--out={tmp_path}"]
+    assert main([*args, "--epochs=3", "--name=single"]) == 0
+    _torchrun(processes, [*args, "--epochs=3", "--name=whole", "--train.catalog_parallel=true"], tmp_path)
+    _torchrun(processes, [*args, "--epochs=1", "--name=parts", "--train.catalog_parallel=true"], tmp_path)
+    _torchrun(processes, ["train", "--resume", str(tmp_path / "parts"), "--epochs=3"], tmp_path)
+    single, whole, parts = (_log(tmp_path / name) for name in ("single", "whole", "parts"))
+    assert [row["train_loss"] for row in parts] == [row["train_loss"] for row in whole]  # a resume loses nothing
+    for one, many in zip(single, whole, strict=True):
+        for key in ("train_loss", "NDCG@10", "HR@10"):
+            assert float(many[key]) == pytest.approx(float(one[key]), rel=1e-4, abs=1e-6), key
+    one, many = (json.loads((tmp_path / name / "metrics.json").read_text())["test"] for name in ("single", "whole"))
+    assert many["MostPopular"] == one["MostPopular"]
+    model_name = next(name for name in one if name != "MostPopular")
+    assert many[model_name]["NDCG@10"] == pytest.approx(one[model_name]["NDCG@10"], rel=1e-4, abs=1e-6)
+    assert main(["train", "--resume", str(tmp_path / "whole"), "--epochs=4"]) == 2  # one process cannot resume it
+    assert main(["evaluate", str(tmp_path / "whole")]) == 0  # best.pt is one device's model
+
+
+def test_catalog_parallel_is_refused_where_it_cannot_run(tmp_path, capsys):
+    assert main(["train", *TINY, "--train.catalog_parallel=true", f"--out={tmp_path}"]) == 2
+    assert "start 2 or more (cutrec train --devices G)" in capsys.readouterr().err

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cutrec.errors import CutrecError
+from cutrec.models.sharded import ShardedItemEmbedding
 
 
 class SelfAttention(nn.Module):
@@ -98,7 +99,10 @@ class TransformerEncoder(nn.Module):
 
     @property
     def item_table(self) -> torch.Tensor:
-        """The output item table [N, D], tied to the input embeddings (padding and special rows excluded)."""
+        """The output item table [N, D], tied to the input embeddings (padding and special rows excluded); in a
+        catalog-parallel run, this rank's rows of it (models/sharded.py)."""
+        if isinstance(self.item_embedding, ShardedItemEmbedding):
+            return self.item_embedding.weight
         return self.item_embedding.weight[: self.num_items]
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:

@@ -25,7 +25,7 @@ from cutrec.models import SequenceModel
 from cutrec.transfer import to_device
 
 
-def _batch_exclusion(histories: Sequences, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+def batch_exclusion(histories: Sequences, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """CSR (offsets [B + 1], items [E_b]) on the CPU of the items of `rows` (consecutive rows of the histories);
     the ranking checks it there and copies it to the device without waiting."""
     offsets = histories.offsets
@@ -71,7 +71,7 @@ def ranked_batches(
                                                   unit="batch"):
         with autocast_context(device, amp):
             users = model.user_vectors(to_device(inputs, device), to_device(lengths, device)).float()  # [B, D]
-        exclude = _batch_exclusion(histories, rows.numpy()) if config.exclude_seen else None
+        exclude = batch_exclusion(histories, rows.numpy()) if config.exclude_seen else None
         rank = partial(top_k_keys, users, items, k, exclude=exclude, item_chunk=config.item_chunk)
         keys, exact = rank()  # [B, k], []
         yield RankedBatch(rows.numpy(), keys, items_finite & torch.isfinite(users).all(), exact,
@@ -108,7 +108,7 @@ def popular_top_items(popularity: torch.Tensor, evalset: EvalSet, config: EvalCo
     num_users = len(evalset.targets)
     for start in range(0, num_users, config.batch_size):
         rows = np.arange(start, min(start + config.batch_size, num_users))
-        exclude = _batch_exclusion(evalset.inputs, rows) if config.exclude_seen else None
+        exclude = batch_exclusion(evalset.inputs, rows) if config.exclude_seen else None
         picked, short = ranking.top_k(len(rows), k, exclude=exclude)  # [B, k], [B]
         picks.append(picked)
         shorts.append(short)

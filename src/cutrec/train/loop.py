@@ -41,6 +41,7 @@ from cutrec.eval.metrics import format_table, item_user_counts
 from cutrec.eval.ranking import popularity_scores
 from cutrec.losses import build_loss, resolve_loss_name
 from cutrec.models import SequenceModel, build_model
+from cutrec.train import catalog_parallel
 from cutrec.train.checkpoint import (
     BEST_NAME,
     CONFIG_NAME,
@@ -220,6 +221,8 @@ def train(config: RunConfig, sequences: SequenceData | None = None) -> Path:
             print_data(config, data)
             loss_name = resolve_loss_name(config.loss.name, data.split.num_items)
             config = replace(config, loss=replace(config.loss, name=loss_name))
+            if config.train.catalog_parallel:
+                catalog_parallel.check(config, ranks)
             batch_size = global_batch_size(config, data, device, ranks)
             config = replace(config, train=replace(config.train, batch_size=batch_size))
             if ranks.main:
@@ -229,7 +232,7 @@ def train(config: RunConfig, sequences: SequenceData | None = None) -> Path:
                                  128 + signals.received)
         note(f"run folder: {folder}")
         torch.manual_seed(config.train.seed)  # the same initial model on every rank
-        state = new_state(config, data.split.num_items, device)
+        state = new_state(config, data.split.num_items, device, ranks)
         if ranks.rank:  # each rank's own dropout and PyTorch-sampled negatives; rank 0 draws as a single process
             torch.manual_seed(step_seed(config.train.seed, 0, ranks.rank))
         return fit(config, folder, data, state, device, ranks)
@@ -251,12 +254,16 @@ def start_ranks(config: RunConfig) -> tuple[torch.device, Ranks]:
 
 def global_batch_size(config: RunConfig, data: TrainingData, device: torch.device, ranks: Ranks) -> int:
     """The batch size of the run, over all ranks: train.batch_size (each rank trains an equal share of every batch,
-    checked against its device's memory), or with "auto" the largest share that fits rank 0 times the ranks."""
+    checked against its device's memory, with its shard of the table under catalog parallel), or with "auto" the
+    largest share that fits rank 0 times the ranks."""
     batch = config.train.batch_size
     distributed.check_batch(batch, ranks.world)
     share = config if batch == "auto" else replace(config, train=replace(config.train,
                                                                           batch_size=int(batch) // ranks.world))
-    fits = checked_batch_size(share, data.split.num_items, data.train_lengths, device)
+    items = data.split.num_items
+    if config.train.catalog_parallel:  # each rank holds about N / ranks rows of the table and their optimizer state
+        items = -(-items // ranks.world)
+    fits = checked_batch_size(share, items, data.train_lengths, device)
     return int(batch) if batch != "auto" else distributed.broadcast(fits, ranks) * ranks.world
 
 
@@ -284,6 +291,8 @@ def resume(folder: Path, file_values: dict[str, Any], overrides: list[str]) -> P
             f"(only {', '.join(RESUMABLE_KEYS)} may change)"
         )
     device, ranks = start_ranks(config)
+    if config.train.catalog_parallel:
+        catalog_parallel.check(config, ranks)
     removed = remove_leftovers(folder) if ranks.main else []
     if removed:
         note(f"removed {len(removed)} temporary file(s) left by an interrupted save")
@@ -304,8 +313,9 @@ def resume(folder: Path, file_values: dict[str, Any], overrides: list[str]) -> P
         atomic_write_bytes(folder / DATA_NAME, lambda file: write_npz(file, sequences))
         write_run_info(folder)
     global_batch_size(config, data, device, ranks)  # this GPU may have less free, or the ranks changed
-    state = new_state(config, data.split.num_items, device)
-    state.load_state_dict(saved)
+    state = new_state(config, data.split.num_items, device, ranks)
+    state.load_state_dict(catalog_parallel.take_shard(saved, state, ranks) if config.train.catalog_parallel
+                          else saved)
     restore_rank(state, saved, config, ranks)
     if ranks.main:
         write_json(folder / CONFIG_NAME, to_dict(config))
@@ -326,9 +336,13 @@ def restore_rank(state: TrainState, saved: dict[str, Any], config: RunConfig, ra
         torch.manual_seed(step_seed(config.train.seed, state.step, ranks.rank))
 
 
-def new_state(config: RunConfig, num_items: int, device: torch.device) -> TrainState:
-    """A fresh state: the model initialised from torch's generator, the batch generator from the run seed."""
-    model = build_model(config.model, num_items).to(device)
+def new_state(config: RunConfig, num_items: int, device: torch.device, ranks: Ranks = SINGLE) -> TrainState:
+    """A fresh state: the model initialised from torch's generator (the whole model, then this rank's catalog rows
+    under train.catalog_parallel), the batch generator from the run seed."""
+    model = build_model(config.model, num_items)
+    if config.train.catalog_parallel and ranks.distributed:
+        catalog_parallel.shard_catalog(model, ranks)
+    model = model.to(device)
     return TrainState(
         model=model,
         optimizer=make_optimizer(config, model, device),
@@ -344,16 +358,22 @@ def _data_shape(data: TrainingData) -> dict[str, int]:
 
 
 def save_last(folder: Path, state: TrainState, config: RunConfig, data: TrainingData, ranks: Ranks) -> None:
-    """last.pt, written by rank 0 with every other rank's torch generators (a collective: every rank calls it)."""
+    """last.pt, written by rank 0 with every other rank's torch generators and, under catalog parallel, every rank's
+    rows of the item table (a collective: every rank calls it)."""
     generators = distributed.gather_objects(state.torch_generators(), ranks)
+    saved = catalog_parallel.full_state(state, ranks) if config.train.catalog_parallel else state.state_dict()
     if ranks.main:
-        save_checkpoint(folder / LAST_NAME, {**state.state_dict(), "config": to_dict(config),
+        save_checkpoint(folder / LAST_NAME, {**saved, "config": to_dict(config),
                                              "data_shape": _data_shape(data), "rank_generators": generators[1:]})
 
 
-def settle_epoch_loss(state: TrainState, ranks: Ranks) -> None:
-    """The epoch's summed loss so far, whole on rank 0 (and 0 on the others): every rank sums only its share."""
-    if ranks.distributed:
+def settle_epoch_loss(state: TrainState, ranks: Ranks, config: RunConfig) -> None:
+    """The epoch's summed loss so far, whole on rank 0 (and 0 on the others): every rank sums only its share, or,
+    under catalog parallel, every rank the whole step's loss."""
+    if ranks.distributed and config.train.catalog_parallel:
+        if not ranks.main:
+            state.epoch_loss.zero_()
+    elif ranks.distributed:
         total = distributed.sum_all(state.epoch_loss, ranks)
         state.epoch_loss.copy_(total if ranks.main else torch.zeros_like(total))  # in place: a graph adds to it
 
@@ -372,7 +392,10 @@ def rank_part(inputs: torch.Tensor, targets: torch.Tensor, ranks: Ranks) -> tupl
 
 def ranked_top_items(model: SequenceModel, evalset: EvalSet, config: RunConfig, device: torch.device,
                      ranks: Ranks) -> torch.Tensor:
-    """[U, max(ks)] top items of every user of the eval set (on the CPU); each rank ranks its share of the users."""
+    """[U, max(ks)] top items of every user of the eval set (on the CPU); each rank ranks its share of the users, or,
+    under catalog parallel, every user against its rows of the catalog."""
+    if config.train.catalog_parallel and ranks.distributed:
+        return catalog_parallel.sharded_model_top_items(model, evalset, config, device, ranks)
     start, stop = distributed.shard(len(evalset.targets), ranks)
     part = (model_top_items(model, evalset.rows(start, stop), config.eval, device, amp=config.train.amp)
             if stop > start else torch.empty((0, max(config.eval.ks)), dtype=torch.int64))  # [U_r, k]
@@ -389,16 +412,21 @@ def fit(
     of the rows through DistributedDataParallel; the ranks agree on stop signals and checkpoint times after every
     step, rank 0 alone writes, and validation ranks each rank's share of the users."""
     split, model, batch_size = data.split, state.model, int(config.train.batch_size)
+    catalog = config.train.catalog_parallel and ranks.distributed
     forward = model
-    if ranks.distributed:
+    if catalog:
+        forward = catalog_parallel.wrap(model, device)
+    elif ranks.distributed:
         forward = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.index is not
                                                             None else None)
     if config.train.compile:
         forward = torch.compile(forward)
-    loss_fn = build_loss(config.loss, split.num_items, data.item_counts.to(device))
+    loss_fn = (catalog_parallel.CatalogParallelLoss(model, ranks) if catalog else
+               build_loss(config.loss, split.num_items, data.item_counts.to(device)))
     share = batch_size // ranks.world
     step = TrainStep(state, forward, loss_fn, config, device, split.num_items,
-                     rows=batch_positions(config, data.train_lengths, share), batch_size=share, ranks=ranks)
+                     rows=batch_positions(config, data.train_lengths, share), batch_size=share, ranks=ranks,
+                     catalog_parallel=catalog)
     metric_names = [f"{m}@{k}" for m in ("NDCG", "HR") for k in config.eval.ks]
     columns = ["epoch", "step", "train_loss", *metric_names, "epoch_seconds", "train_seconds", "setup_seconds",
                "peak_train_gpu_mb"]
@@ -414,7 +442,7 @@ def fit(
         nonlocal last_saved
         step.check()  # never save the state of a run that has gone non-finite
         state.train_seconds = seconds_before + time.perf_counter() - session_start
-        settle_epoch_loss(state, ranks)
+        settle_epoch_loss(state, ranks, config)
         save_last(folder, state, config, data, ranks)
         last_saved = time.monotonic()
 
@@ -513,7 +541,7 @@ def end_epoch(
     """Validate the finished epoch, keep best.pt, and record the epoch's log row in the state (a collective in a
     data-parallel run: every rank validates its share, and all get the same metrics)."""
     valid_started = time.perf_counter()
-    settle_epoch_loss(state, ranks)
+    settle_epoch_loss(state, ranks, config)
     train_loss = state.epoch_loss.item() / max(state.batches_done, 1)  # rank 0's is the run's
     valid = score(
         ranked_top_items(state.model, data.split.valid, config, device, ranks),
@@ -528,10 +556,13 @@ def end_epoch(
     improved = current > state.best_metric
     if improved:
         state.best_metric, state.best_epoch = current, state.epoch
+    if improved:
+        model_state = (catalog_parallel.full_model_state(state.model, ranks) if config.train.catalog_parallel
+                       and ranks.distributed else state.model.state_dict())
     if improved and ranks.main:
         save_checkpoint(
             folder / BEST_NAME,
-            {"model": state.model.state_dict(), "epoch": state.epoch, "step": state.step, "valid_metric": current,
+            {"model": model_state, "epoch": state.epoch, "step": state.step, "valid_metric": current,
              "num_items": data.split.num_items, "config": to_dict(config)},
         )
     seconds = setup_seconds + train_seconds + time.perf_counter() - valid_started  # this session's part

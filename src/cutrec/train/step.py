@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from cutrec import distributed
 from cutrec.console import note
 from cutrec.data.batches import IGNORE_INDEX
 from cutrec.distributed import SINGLE, Ranks
@@ -96,10 +97,13 @@ class TrainStep:
 
     def __init__(
         self, state: TrainState, forward: Any, loss_fn: Any, config: Any, device: torch.device, num_items: int,
-        rows: int, batch_size: int, ranks: Ranks = SINGLE,
+        rows: int, batch_size: int, ranks: Ranks = SINGLE, catalog_parallel: bool = False,
     ) -> None:
         self.state, self.forward, self.loss_fn, self.config, self.device = state, forward, loss_fn, config, device
-        self.num_items, self.ranks = num_items, ranks
+        self.num_items, self.ranks, self.catalog_parallel = num_items, ranks, catalog_parallel
+        # data parallel: DistributedDataParallel averages the ranks' gradients of their shares, so the backward is
+        # scaled by the ranks; catalog parallel: every rank's loss is the whole step's, and the gradients are summed
+        self.backward_scale = 1 if catalog_parallel else ranks.world
         self.batch_size, self.max_len = batch_size, state.model.max_len  # this rank's rows B of each step
         self.rows = round_rows(rows, self.batch_size * self.max_len)  # R of the graph
         self.parameters = list(state.model.parameters())
@@ -145,6 +149,8 @@ class TrainStep:
         limit = self.batch_size * self.max_len
         if rows is None:
             rows = self.rows if self.use_graph and len(positions) <= self.rows else round_rows(len(positions), limit)
+        if self.catalog_parallel:  # the ranks' hidden rows are gathered: one R on every rank
+            rows = distributed.maximum(rows, self.ranks)
         positions = positions[:rows]
         count = len(positions)
         words = np.empty(limit + 2 * rows + 7, dtype=np.int64)
@@ -156,7 +162,7 @@ class TrainStep:
         words[limit + rows + count : limit + 2 * rows] = IGNORE_INDEX
         words[limit + 2 * rows : limit + 2 * rows + 4] = draw_key(
             step_seed(self.config.train.seed, step, self.ranks.rank), self.num_items)
-        words[-3:-1] = share if share is not None else (count, max(count, 1))
+        words[-3:-1] = share if share is not None and not self.catalog_parallel else (count, max(count, 1))
         words[-1] = step
         host = torch.from_numpy(words)
         return (host.pin_memory() if self.device.type == "cuda" else host), rows
@@ -173,7 +179,7 @@ class TrainStep:
             hidden = self.forward(inputs)  # [B, L, D]
             picked = hidden.reshape(-1, hidden.shape[-1]).index_select(0, positions)  # [R, D]
             loss = self.loss_fn(picked, model.item_table, targets, seed=key) * share
-        (loss * self.ranks.world).backward()
+        (loss * self.backward_scale).backward()
         # the global norm, clipped when train.grad_clip is set (with an infinite bound the gradients are unchanged)
         norm = torch.nn.utils.clip_grad_norm_(self.parameters, self.config.train.grad_clip or math.inf)
         loss = loss.detach().float()

@@ -1,0 +1,75 @@
+"""The item embedding of a catalog-parallel run: the catalog's rows split across ranks, the special rows replicated.
+
+Rank r holds the catalog rows [start_r, stop_r) (`weight`, its own: never all-reduced, updated by this rank alone)
+and the special rows (padding, then any special tokens such as BERT4Rec's mask; `special`, replicated like every
+other parameter). The encoder's input lookup of ids [B, L] is collective: every rank gathers all ranks' ids, looks
+up the ones it holds (rank 0 also the special ids) and the partial embeddings are summed back to their ranks.
+The backward gathers every rank's embedding gradient, and each rank adds the rows it holds into its own `weight`
+gradient, rank 0 those of the special rows (the padding row's stays zero). With DistributedDataParallel summing the
+replicated gradients (`train.catalog_parallel.sum_hook`), `special` then gets rank 0's gradient on every rank.
+
+The encoder's output item table is `weight`: this rank's shard, which the catalog-parallel loss and ranking use
+(`losses.catalog_parallel`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from cutrec.distributed import Ranks, collective
+from cutrec.losses.catalog_parallel import shard_bounds
+
+
+class ShardedItemEmbedding(nn.Module):
+    """This rank's rows of the catalog embedding plus the replicated special rows (see the module docstring)."""
+
+    def __init__(self, full: nn.Embedding, num_items: int, ranks: Ranks) -> None:
+        super().__init__()
+        self.start, self.stop = shard_bounds(num_items, ranks)
+        self.num_items, self.ranks = num_items, ranks
+        self.weight = nn.Parameter(full.weight.detach()[self.start : self.stop].clone())  # [N_r, D]
+        self.special = nn.Parameter(full.weight.detach()[num_items:].clone())  # [S, D] padding first
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return _ShardedLookup.apply(ids, self.weight, self.special, self)  # [B, L, D]
+
+
+def _gather(tensor: torch.Tensor, ranks: Ranks) -> torch.Tensor:
+    """[W, ...] of every rank's `tensor` (one shape on every rank)."""
+    parts = [torch.empty_like(tensor) for _ in range(ranks.world)]
+    with collective(ranks):
+        dist.all_gather(parts, tensor.contiguous())
+    return torch.stack(parts)
+
+
+class _ShardedLookup(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, ids: torch.Tensor, weight: torch.Tensor, special: torch.Tensor,
+                module: ShardedItemEmbedding) -> torch.Tensor:
+        ranks = module.ranks
+        every = _gather(ids, ranks)  # [W, B, L] all ranks' ids
+        mine = (every >= module.start) & (every < module.stop)  # [W, B, L]
+        extra = (every >= module.num_items) & (ranks.rank == 0)  # [W, B, L] special ids: rank 0 looks them up
+        found = every.new_zeros((*every.shape, weight.shape[1]), dtype=weight.dtype)  # [W, B, L, D]
+        found[mine] = weight[every[mine] - module.start]
+        found[extra] = special[every[extra] - module.num_items]
+        with collective(ranks):
+            dist.all_reduce(found)  # every rank's rows summed (reduce-scatter without gloo's support for it)
+        ctx.save_for_backward(every, mine, extra)
+        ctx.module = module
+        return found[ranks.rank]  # [B, L, D]
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
+        every, mine, extra = ctx.saved_tensors
+        module = ctx.module
+        grads = _gather(grad, module.ranks)  # [W, B, L, D]
+        grad_weight = grads.new_zeros(module.weight.shape).index_add_(0, every[mine] - module.start, grads[mine])
+        grad_special = grads.new_zeros(module.special.shape).index_add_(0, every[extra] - module.num_items,
+                                                                        grads[extra])
+        grad_special[0] = 0.0  # the padding row stays zero
+        return None, grad_weight, grad_special, None
