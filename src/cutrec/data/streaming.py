@@ -3,8 +3,8 @@
 The result equals `preprocess(read_interactions(...))` on the same file: dedupe, rating cut, iterative k-core, stable
 (user, timestamp, file order) order and dense ids by sorted raw ids. The raw table is never held in memory: Polars
 streams the file to find the sorted distinct users and items, then streams it again, replacing each raw id by its
-code into them, into a (user, timestamp)-sorted table of int32 codes and int64 timestamps (16 bytes an event, 24 with
-ratings); dedupe, the rating cut and the k-core then run in numpy on those arrays.
+code into them, into a compact table of int32 codes and int64 timestamps (16 bytes an event, 24 with ratings); numpy
+then sorts it stably by (user, timestamp) and runs dedupe, the rating cut and the k-core on those arrays.
 
 Reading differs from `read_interactions` only at its edges: text timestamps must be numbers (ISO-8601 text needs
 data.streaming=false), gzipped files are refused (Polars cannot scan them lazily), and text ids are numbers only
@@ -136,12 +136,16 @@ def _preprocess(pl: Any, path: Path, fmt: str, user_col: str, item_col: str, tim
         user=pl.lit(user_ids).search_sorted(pl.col("user")).cast(pl.Int32),  # [E] code into user_ids
         item=pl.lit(item_ids).search_sorted(pl.col("item")).cast(pl.Int32),  # [E] code into item_ids
     )
-    table = coded.sort(["user", "time"], maintain_order=True).collect(engine="streaming")  # (user, time, file) order
-    users = table["user"].to_numpy()  # [E] int32
-    items = table["item"].to_numpy()  # [E] int32
-    timestamps = table["time"].to_numpy()  # [E] int64
-    ratings = table["rating"].to_numpy() if rating_col is not None else None  # [E] float64
+    table = coded.collect(engine="streaming")  # [E] rows in file order: the compact table, not the raw one
+    columns = {name: table[name].to_numpy() for name in table.columns}  # zero-copy views
     del table
+    # numpy's lexsort of the codes is stable and, on 2 cores, several times faster than a two-key stable Polars sort.
+    order = np.lexsort((columns["time"], columns["user"]))  # [E] (user, time, file) order
+    for name in list(columns):  # one column at a time, so only one extra copy is alive
+        columns[name] = columns[name][order]
+    del order
+    users, items, timestamps = columns.pop("user"), columns.pop("item"), columns.pop("time")  # [E] int32, int32, int64
+    ratings = columns.pop("rating", None)  # [E] float64 or None
     keep = np.ones(len(users), dtype=bool)  # [E] events that survive dedupe and the rating cut
     if dedupe:
         keep[_tied_duplicates(users, items, timestamps)] = False
@@ -218,14 +222,25 @@ def _refuse_non_finite(pl: Any, frame: Any, schema: Any, name: str, path: Path) 
 def _tied_duplicates(users: np.ndarray, items: np.ndarray, timestamps: np.ndarray) -> np.ndarray:
     """Positions of repeated (user, item, timestamp) events, all but the first in file order of each.
 
-    The events are in (user, timestamp, file) order, so repeats lie in runs of equal (user, timestamp); only those
-    runs (usually a small share of the events) are searched.
+    The events are in (user, timestamp, file) order, so repeats lie in runs of equal (user, timestamp); only events
+    in such runs are searched, by one stable sort of a uint64 (run, item code) key.
     """
-    same = (users[1:] == users[:-1]) & (timestamps[1:] == timestamps[:-1])  # [E - 1] equals the event before it
-    tied = np.zeros(len(users), dtype=bool)  # [E] in a run of two or more equal (user, timestamp)
-    tied[1:] |= same
-    tied[:-1] |= same
-    del same
+    starts = np.ones(len(users), dtype=bool)  # [E] first event of its (user, timestamp) run
+    starts[1:] = (users[1:] != users[:-1]) | (timestamps[1:] != timestamps[:-1])
+    tied = ~starts  # [E] in a run of two or more
+    tied[:-1] |= ~starts[1:]
     positions = np.flatnonzero(tied)  # [T]
-    first = _first_occurrences(users[positions], items[positions], timestamps[positions])  # [T] bool
-    return positions[~first]
+    del tied
+    if len(positions) == 0:
+        return positions
+    if len(users) >= 2**32:  # run numbers would not fit the key's high half
+        first = _first_occurrences(users[positions], items[positions], timestamps[positions])  # [T] bool
+        return positions[~first]
+    runs = np.cumsum(starts, dtype=np.uint64)[positions]  # [T] run number of each tied event
+    del starts
+    key = (runs << np.uint64(32)) | items[positions].astype(np.uint64)  # [T] (run, item)
+    del runs
+    order = np.argsort(key, kind="stable")  # [T] stable: within equal keys, the earliest event first
+    key = key[order]
+    repeated = np.flatnonzero(key[1:] == key[:-1]) + 1  # [R] sorted places that repeat the key before them
+    return positions[order[repeated]]
