@@ -107,3 +107,11 @@ def test_load_sequences_streams(tmp_path):
         DataConfig(path=str(path), dedupe=True, min_user_count=2, streaming=True, cache_dir=str(tmp_path / "b"))
     )
     _assert_same(streamed, memory)
+
+
+def test_without_polars(tmp_path, monkeypatch):
+    path = tmp_path / "log.csv"
+    path.write_text("user_id,item_id,timestamp\n1,2,3\n")
+    monkeypatch.setitem(__import__("sys").modules, "polars", None)
+    with pytest.raises(CutrecError, match=r"data.streaming=true needs polars: pip install 'cutrec\[polars\]'"):
+        preprocess_lazy(path)
