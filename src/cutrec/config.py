@@ -50,6 +50,7 @@ class DataConfig:
     dedupe: bool = False  # drop repeated (user, item, timestamp) events
     min_user_count: int = 0  # iterative k-core: users with fewer events are dropped
     min_item_count: int = 0  # iterative k-core: items with fewer events are dropped
+    streaming: bool = False  # csv/tsv/parquet: preprocess with Polars' lazy, streaming scans (logs larger than memory)
     split: Literal["leave_one_out", "global_temporal"] = "leave_one_out"
     test_fraction: float = 0.1  # global_temporal: the last share of events (by time) that picks test users
     valid_fraction: float = 0.1  # global_temporal: share of the remaining users held out for validation

@@ -1,7 +1,7 @@
 """Load the SequenceData a DataConfig describes: the synthetic generator, a local file, or a registry dataset.
 
-Files are read and preprocessed once, then cached under data.cache_dir keyed by the file's path, size and mtime
-and by the reading and preprocessing settings.
+Files are read and preprocessed once (with data.streaming, by Polars' lazy scans: cutrec.data.streaming), then
+cached under data.cache_dir keyed by the file's path, size and mtime and by the reading and preprocessing settings.
 """
 
 from __future__ import annotations
@@ -25,6 +25,11 @@ def load_sequences(config: DataConfig) -> SequenceData:
     (their prepared TSV has the header user_id, item_id, timestamp[, rating]).
     """
     options = preprocess_options(config)
+    if config.streaming and config.path is None and config.dataset == "synthetic":
+        raise CutrecError(
+            "data.streaming=true reads csv, tsv or parquet files, not the synthetic generator; set data.path "
+            "or data.dataset, or data.streaming=false"
+        )
     if config.path is None and config.dataset == "synthetic":
         data = preprocess(synthetic_interactions(config.synthetic), **options)
         if config.synthetic.cold_items and config.min_item_count <= 1:
@@ -69,6 +74,10 @@ def load_sequences(config: DataConfig) -> SequenceData:
     }
 
     def build() -> SequenceData:
+        if config.streaming:
+            from cutrec.data.streaming import preprocess_lazy
+
+            return preprocess_lazy(path, format=fmt, **columns, **options)
         if fmt == "sequences":
             interactions = read_sequences(path)
         else:

@@ -84,7 +84,16 @@ def preprocess(
         users, items, timestamps = users[keep], items[keep], timestamps[keep]
     users, items, timestamps = _k_core(users, items, timestamps, min_user_count, min_item_count)
     order = np.lexsort((timestamps, users))  # [E] stable: ties in (user, timestamp) keep file order
-    users, items, timestamps = users[order], items[order], timestamps[order]
+    return indexed(users[order], items[order], timestamps[order], user_ids, item_ids)
+
+
+def indexed(
+    users: np.ndarray, items: np.ndarray, timestamps: np.ndarray, user_ids: np.ndarray, item_ids: np.ndarray
+) -> SequenceData:
+    """SequenceData of events already in (user, timestamp, file) order, given as codes into sorted raw ids.
+
+    users [E] and items [E] are int codes into user_ids [U0] and item_ids [N0]; unused codes are dropped.
+    """
     user_counts = np.bincount(users, minlength=len(user_ids))  # [U0]
     present_users = user_counts > 0
     offsets = np.zeros(int(present_users.sum()) + 1, dtype=np.int64)  # [U + 1]
@@ -92,10 +101,10 @@ def preprocess(
     present_items = np.bincount(items, minlength=len(item_ids)) > 0  # [N0]
     if present_items.sum() >= np.iinfo(np.int32).max:
         raise CutrecError(f"{int(present_items.sum())} items do not fit int32 ids; raise data.min_item_count")
-    dense = np.cumsum(present_items) - 1  # [N0] dense id of each code that is still present
+    dense = (np.cumsum(present_items) - 1).astype(np.int32)  # [N0] dense id of each code that is still present
     return SequenceData(
         offsets=offsets,
-        items=dense[items].astype(np.int32),
+        items=dense[items],
         timestamps=timestamps,
         item_ids=item_ids[present_items],
         user_ids=user_ids[present_users],
@@ -128,17 +137,33 @@ def _k_core(
     users: np.ndarray, items: np.ndarray, timestamps: np.ndarray, min_user_count: int, min_item_count: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Drop events of rare users and items until every remaining user and item is frequent enough."""
-    if min_user_count <= 1 and min_item_count <= 1:
+    keep = k_core_mask(users, items, min_user_count, min_item_count)  # [E] bool
+    if keep is None:
         return users, items, timestamps
+    return users[keep], items[keep], timestamps[keep]
+
+
+def k_core_mask(users: np.ndarray, items: np.ndarray, min_user_count: int, min_item_count: int) -> np.ndarray | None:
+    """[E] bool: the events the iterative k-core keeps (None: all of them), for int codes users [E] and items [E].
+
+    Each round counts the kept events per user and item and drops those of users or items below their minimum,
+    until a round drops nothing; the codes are filtered once per round, the timestamps never.
+    """
+    if min_user_count <= 1 and min_item_count <= 1:
+        return None
+    keep = None
+    num_users, num_items = int(users.max()) + 1, int(items.max()) + 1
     while True:
-        user_counts = np.bincount(users)  # [U0]
-        item_counts = np.bincount(items)  # [N0]
-        keep = (user_counts[users] >= min_user_count) & (item_counts[items] >= min_item_count)  # [E]
-        if keep.all():
-            return users, items, timestamps
+        kept_users, kept_items = (users, items) if keep is None else (users[keep], items[keep])
+        user_ok = np.bincount(kept_users, minlength=num_users) >= min_user_count  # [U0]
+        item_ok = np.bincount(kept_items, minlength=num_items) >= min_item_count  # [N0]
+        if user_ok[kept_users].all() and item_ok[kept_items].all():
+            return keep
+        del kept_users, kept_items
+        round_keep = user_ok[users] & item_ok[items]  # [E]
+        keep = round_keep if keep is None else keep & round_keep
         if not keep.any():
             raise CutrecError(
                 f"no events are left after the iterative k-core filter (data.min_user_count={min_user_count}, "
                 f"data.min_item_count={min_item_count}); lower them"
             )
-        users, items, timestamps = users[keep], items[keep], timestamps[keep]
