@@ -187,7 +187,7 @@ def _log(folder):
         return list(csv.DictReader(file))
 
 
-@pytest.mark.parametrize("processes,model", [(2, "sasrec"), (3, "bert4rec")])
+@pytest.mark.parametrize("processes,model", [(1, "sasrec"), (2, "sasrec"), (3, "bert4rec")])  # 1: the code path
 def test_a_catalog_parallel_run_equals_one_process_and_resumes(tmp_path, processes, model):
     args = ["train", *TINY, f"--model={model}", f"--out={tmp_path}"]
     assert main([*args, "--epochs=3", "--name=single"]) == 0
@@ -209,4 +209,4 @@ def test_a_catalog_parallel_run_equals_one_process_and_resumes(tmp_path, process
 
 def test_catalog_parallel_is_refused_where_it_cannot_run(tmp_path, capsys):
     assert main(["train", *TINY, "--train.catalog_parallel=true", f"--out={tmp_path}"]) == 2
-    assert "start 2 or more (cutrec train --devices G)" in capsys.readouterr().err
+    assert "start them with cutrec train --devices G (or torchrun)" in capsys.readouterr().err

@@ -35,6 +35,7 @@ class Ranks:
     world: int = 1
     local: int = 0
     host_group: Any = None  # the gloo group of host agreements; None in a single process
+    grouped: bool = False  # in a process group (started by torchrun), even one of a single process
 
     @property
     def main(self) -> bool:
@@ -81,16 +82,17 @@ def world_size() -> int:
 
 
 def start(device: torch.device, timeout_minutes: float) -> Ranks:
-    """Join the process group of this run (once per process), or SINGLE without WORLD_SIZE > 1."""
+    """Join the process group of this run (once per process): every process that torchrun started, even a single
+    one (catalog parallel on one rank measures that code path's overhead); SINGLE outside torchrun."""
     world = world_size()
-    if world == 1:
+    if world == 1 and "TORCHELASTIC_RUN_ID" not in os.environ:
         return SINGLE
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend, timeout=timedelta(minutes=timeout_minutes))
     ranks = Ranks(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
     host_group = dist.new_group(backend="gloo", timeout=timedelta(minutes=timeout_minutes))
-    return Ranks(ranks.rank, ranks.world, ranks.local, host_group)
+    return Ranks(ranks.rank, ranks.world, ranks.local, host_group, grouped=True)
 
 
 def check_batch(batch: int | str, world: int) -> None:

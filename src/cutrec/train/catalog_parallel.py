@@ -71,9 +71,9 @@ class CatalogParallelLoss:
 
 def check(config: Any, ranks: Ranks) -> None:
     """What catalog parallel needs of a run, refused in one line otherwise."""
-    if not ranks.distributed:
+    if not ranks.grouped:
         raise CutrecError("train.catalog_parallel=true splits the item table across the processes of a torchrun run; "
-                          "start 2 or more (cutrec train --devices G) or set it false")
+                          "start them with cutrec train --devices G (or torchrun), or set it false")
     if config.loss.name != "CCE":
         raise CutrecError(f"train.catalog_parallel=true trains with loss CCE so far, not {config.loss.name}; "
                           "use --loss CCE")

@@ -340,7 +340,7 @@ def new_state(config: RunConfig, num_items: int, device: torch.device, ranks: Ra
     """A fresh state: the model initialised from torch's generator (the whole model, then this rank's catalog rows
     under train.catalog_parallel), the batch generator from the run seed."""
     model = build_model(config.model, num_items)
-    if config.train.catalog_parallel and ranks.distributed:
+    if config.train.catalog_parallel and ranks.grouped:
         catalog_parallel.shard_catalog(model, ranks)
     model = model.to(device)
     return TrainState(
@@ -370,7 +370,7 @@ def save_last(folder: Path, state: TrainState, config: RunConfig, data: Training
 def settle_epoch_loss(state: TrainState, ranks: Ranks, config: RunConfig) -> None:
     """The epoch's summed loss so far, whole on rank 0 (and 0 on the others): every rank sums only its share, or,
     under catalog parallel, every rank the whole step's loss."""
-    if ranks.distributed and config.train.catalog_parallel:
+    if ranks.grouped and config.train.catalog_parallel:
         if not ranks.main:
             state.epoch_loss.zero_()
     elif ranks.distributed:
@@ -394,7 +394,7 @@ def ranked_top_items(model: SequenceModel, evalset: EvalSet, config: RunConfig, 
                      ranks: Ranks) -> torch.Tensor:
     """[U, max(ks)] top items of every user of the eval set (on the CPU); each rank ranks its share of the users, or,
     under catalog parallel, every user against its rows of the catalog."""
-    if config.train.catalog_parallel and ranks.distributed:
+    if config.train.catalog_parallel and ranks.grouped:
         return catalog_parallel.sharded_model_top_items(model, evalset, config, device, ranks)
     start, stop = distributed.shard(len(evalset.targets), ranks)
     part = (model_top_items(model, evalset.rows(start, stop), config.eval, device, amp=config.train.amp)
@@ -412,7 +412,7 @@ def fit(
     of the rows through DistributedDataParallel; the ranks agree on stop signals and checkpoint times after every
     step, rank 0 alone writes, and validation ranks each rank's share of the users."""
     split, model, batch_size = data.split, state.model, int(config.train.batch_size)
-    catalog = config.train.catalog_parallel and ranks.distributed
+    catalog = config.train.catalog_parallel and ranks.grouped
     forward = model
     if catalog:
         forward = catalog_parallel.wrap(model, device)
@@ -558,7 +558,7 @@ def end_epoch(
         state.best_metric, state.best_epoch = current, state.epoch
     if improved:
         model_state = (catalog_parallel.full_model_state(state.model, ranks) if config.train.catalog_parallel
-                       and ranks.distributed else state.model.state_dict())
+                       and ranks.grouped else state.model.state_dict())
     if improved and ranks.main:
         save_checkpoint(
             folder / BEST_NAME,

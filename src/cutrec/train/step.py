@@ -114,7 +114,7 @@ class TrainStep:
         self.readout = Readout(device)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.static: torch.Tensor | None = None  # the graph's input buffer
-        self.why_eager = self._why_eager(device, config, ranks)  # None: capture the step (until a capture fails)
+        self.why_eager = self._why_eager(device, config, ranks, catalog_parallel)  # None: capture (until one fails)
         self.prepared = False
         self.setup_seconds = 0.0  # warm-up and capture of this session
         self.eager_steps = 0  # steps that ran eagerly beside a graph (batches with more than R targets)
@@ -125,13 +125,15 @@ class TrainStep:
         return self.why_eager is None
 
     @staticmethod
-    def _why_eager(device: torch.device, config: Any, ranks: Ranks) -> str | None:
+    def _why_eager(device: torch.device, config: Any, ranks: Ranks, catalog_parallel: bool) -> str | None:
         if not config.train.cuda_graph:
             return "train.cuda_graph=false"
         if device.type != "cuda":
             return f"the device is {device.type}, not cuda"
         if config.train.compile:
             return "train.compile=true (the compiled model is not captured)"
+        if catalog_parallel:
+            return "catalog parallel (the captured step is single-device)"
         if ranks.distributed:
             return f"data parallel over {ranks.world} ranks (the captured step is single-device)"
         return None
