@@ -185,4 +185,8 @@ def test_bad_launches_are_refused_before_any_process_starts(tmp_path, capsys):
     assert "train.batch_size=33 does not split evenly over 2 ranks" in error and error.count("\n") == 1
     assert main(["train", *TINY, "--devices=0"]) == 2
     assert "--devices 0 is out of range" in capsys.readouterr().err
+    assert main(["train", *TINY, "--devices=2", "--batch-size=32", f"--data={tmp_path / 'absent.csv'}"]) == 2
+    assert "absent.csv' does not exist" in capsys.readouterr().err
+    assert main(["train", *TINY, "--devices=2", "--batch-size=32", "--loss=CE-", "--train.catalog_parallel=true"]) == 2
+    assert "trains with loss CCE so far, not CE-" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
