@@ -109,7 +109,8 @@ from cutrec.train.step import TrainStep, make_optimizer
 
 def step(ranks, model_name, seed):
     config = build_config({"model": {"name": model_name, "max_len": 9, "dim": 16, "num_heads": 2, "dropout": 0.0},
-                           "loss": {"name": "CCE"}, "train": {"batch_size": 12, "device": "cpu", "lr": 0.01}})
+                           "loss": {"name": "CCE"},
+                           "train": {"batch_size": 12, "device": "cpu", "lr": 0.01, "grad_clip": 0.05}})  # clipped
     rng = np.random.default_rng(seed)
     lengths = rng.integers(2, 20, 30)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
@@ -187,9 +188,10 @@ def _log(folder):
         return list(csv.DictReader(file))
 
 
-@pytest.mark.parametrize("processes,model", [(1, "sasrec"), (2, "sasrec"), (3, "bert4rec")])  # 1: the code path
-def test_a_catalog_parallel_run_equals_one_process_and_resumes(tmp_path, processes, model):
-    args = ["train", *TINY, f"--model={model}", f"--out={tmp_path}"]
+@pytest.mark.parametrize("processes,model,batch", [(1, "sasrec", 36), (2, "sasrec", 36), (3, "bert4rec", 33)])
+def test_a_catalog_parallel_run_equals_one_process_and_resumes(tmp_path, processes, model, batch):
+    # 1 process: the code path alone; batch 33 of 200 sequences: the last batch of 2 rows leaves rank 2 without rows
+    args = ["train", *TINY, f"--model={model}", f"--batch-size={batch}", f"--out={tmp_path}"]
     assert main([*args, "--epochs=3", "--name=single"]) == 0
     _torchrun(processes, [*args, "--epochs=3", "--name=whole", "--train.catalog_parallel=true"], tmp_path)
     _torchrun(processes, [*args, "--epochs=1", "--name=parts", "--train.catalog_parallel=true"], tmp_path)
@@ -210,3 +212,28 @@ def test_a_catalog_parallel_run_equals_one_process_and_resumes(tmp_path, process
 def test_catalog_parallel_is_refused_where_it_cannot_run(tmp_path, capsys):
     assert main(["train", *TINY, "--train.catalog_parallel=true", f"--out={tmp_path}"]) == 2
     assert "start them with cutrec train --devices G (or torchrun)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("impl", ["torch", "triton"])
+def test_a_target_outside_the_table_gets_the_softmax_gradient_without_a_target_term(impl, monkeypatch):
+    if impl == "triton":
+        if importlib.util.find_spec("triton") is None:
+            pytest.skip("the Triton interpreter needs triton")
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    from cutrec.losses.cut_cross_entropy import _forward_impl, _item_backward_impl
+
+    rng = np.random.default_rng()
+    hidden = torch.tensor(rng.normal(size=(13, 16)), dtype=torch.float32)
+    items = torch.tensor(rng.normal(size=(21, 16)), dtype=torch.float32)
+    targets = torch.tensor(rng.integers(0, 21, 13))
+    targets[::3] = -1  # outside the table, not the ignore index
+    _, lse, factor = _forward_impl(hidden, items, None, targets, -100, True, False, impl)
+    grad_loss = torch.tensor(rng.uniform(0.5, 1.5, 13), dtype=torch.float32)
+    grad_items, _ = _item_backward_impl(hidden, items, None, targets, lse, grad_loss, -100, impl)
+    probs = torch.softmax(hidden.double() @ items.double().T, dim=1)  # [M, N]
+    inside = targets >= 0
+    one_hot = torch.zeros_like(probs)
+    one_hot[inside, targets[inside]] = 1.0
+    torch.testing.assert_close(factor.double(), (probs - one_hot) @ items.double(), rtol=1e-4, atol=1e-5)
+    expected = ((probs - one_hot) * grad_loss.double()[:, None]).T @ hidden.double()
+    torch.testing.assert_close(grad_items.double(), expected, rtol=1e-4, atol=1e-5)

@@ -185,4 +185,18 @@ def test_bad_launches_are_refused_before_any_process_starts(tmp_path, capsys):
     assert "train.batch_size=33 does not split evenly over 2 ranks" in error and error.count("\n") == 1
     assert main(["train", *TINY, "--devices=0"]) == 2
     assert "--devices 0 is out of range" in capsys.readouterr().err
+    assert main(["train", *TINY, "--devices=2", "--batch-size=32", f"--data={tmp_path / 'absent.csv'}"]) == 2
+    assert "absent.csv' does not exist" in capsys.readouterr().err
+    assert main(["train", *TINY, "--devices=2", "--batch-size=32", "--loss=CE-", "--train.catalog_parallel=true"]) == 2
+    assert "trains with loss CCE so far, not CE-" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_a_non_finite_step_stops_every_rank_at_that_step(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                           "-m", "cutrec", "train", *TINY, "--loss=CE", "--lr=1e30", "--epochs=3", "--batch-size=32",
+                           f"--out={tmp_path}", "--name=nan"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    errors = [line for line in done.stderr.splitlines() if line.startswith("cutrec: error: step 2 (epoch 1) has loss")]
+    assert done.returncode != 0 and len(errors) == 2, done.stderr[-3000:]  # each rank's one line, the same step
+    assert not (tmp_path / "nan").exists()  # nothing to resume: rank 0 removed the folder

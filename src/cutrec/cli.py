@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -316,7 +315,14 @@ def _launch(args: argparse.Namespace, extra: list[str], argv: list[str]) -> int:
         if world_size() > 1:
             raise CutrecError("--devices starts torchrun itself; under torchrun leave --devices out")
         if args.resume is None:
-            check_batch(_run_config(args, extra).train.batch_size, devices)
+            config = _run_config(args, extra)
+            check_batch(config.train.batch_size, devices)
+            if config.train.catalog_parallel:
+                from cutrec.train.catalog_parallel import check_config
+
+                check_config(config)
+            if config.data.path is not None and not Path(config.data.path).expanduser().exists():
+                raise CutrecError(f"data.path={config.data.path!r} does not exist; pass an existing file")
     except CutrecError as err:
         print(f"cutrec: error: {err}", file=sys.stderr)
         return 2
@@ -324,7 +330,7 @@ def _launch(args: argparse.Namespace, extra: list[str], argv: list[str]) -> int:
             and not (i > 0 and argv[i - 1] == "--devices")]
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={devices}",
                "-m", "cutrec", *rest]
-    return subprocess.run(command).returncode
+    os.execv(sys.executable, command)  # torchrun takes this process's place, and its signals
 
 
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list[str]) -> int:

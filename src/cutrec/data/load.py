@@ -69,6 +69,7 @@ def load_sequences(config: DataConfig) -> SequenceData:
         "size": stat.st_size,
         "mtime_ns": stat.st_mtime_ns,
         "format": fmt,
+        "streaming": config.streaming,  # it reads some inputs differently (docs/datasets.md)
         **columns,
         **options,
     }

@@ -12,9 +12,9 @@ states [M, D] (the step's rows of all ranks, gathered once per step) and the glo
 The gradients use the global LSE. Rank r's share of d loss_i / d h_i is exp(lse_ri - LSE_i) times its shard's
 softmax-weighted item sum, minus w_{y_i} on the owner; the sum over ranks is the whole gradient (the backward of the
 hidden states' all-gather adds the ranks' shares). d w_j comes from w_j's own rank alone, so each rank updates only
-its rows. A row whose target another rank owns scores the shard's item 0 as a stand-in target, and the shard's
-gradient takes that back. The shard computations are the cut CE ops (`losses.cut_cross_entropy`: Triton on CUDA,
-the chunked PyTorch fallback elsewhere), so no [M, N] logits exist on any rank.
+its rows. A row whose target another rank owns gets the target -1 on this shard (an id outside it: the cut CE ops
+then compute its softmax and no target term). The shard computations are the cut CE ops (`losses.cut_cross_entropy`:
+Triton on CUDA, the chunked PyTorch fallback elsewhere), so no [M, N] logits exist on any rank.
 
 `sharded_top_k_keys` ranks users against each shard and merges the ranks' k best (one all-gather of W x U x k
 keys): the keys carry global item ids, so the merge equals the single-device ranking, ties ordered by item id.
@@ -61,26 +61,25 @@ class _ShardedCutCrossEntropy(torch.autograd.Function):
                 ranks: Ranks, ignore_index: int, impl: str) -> torch.Tensor:
         valid = targets != ignore_index  # [M]
         own = valid & (targets >= start) & (targets < start + items.shape[0])  # [M] targets this rank holds
-        local = torch.where(own, targets - start, torch.where(valid, 0, ignore_index))  # [M]; 0: the stand-in
+        elsewhere = -1 if ignore_index != -1 else -2  # the target of a row another rank owns: no id of this shard
+        local = torch.where(own, targets - start, torch.where(valid, elsewhere, ignore_index))  # [M]
         loss, lse, factor = _forward_impl(hidden, items, None, local, ignore_index, True, False, impl)  # [M] [M] [M, D]
         positive = _sum_all(torch.where(own, lse - loss, 0.0), ranks)  # [M] z_iy from the owner
         total = torch.logsumexp(_all_gather(lse, ranks), dim=0)  # [M] the whole catalog's LSE
-        chosen = items[torch.where(valid, local, 0)].to(factor.dtype)  # [M, D] w of the (stand-in) target
+        chosen = items[torch.where(own, local, 0)].to(factor.dtype) * own[:, None]  # [M, D] w_y where owned
         weight = torch.exp(lse - total)[:, None].to(factor.dtype)  # [M, 1] this shard's share of the softmax
-        factor = weight * (factor + chosen) - own[:, None] * chosen  # [M, D] this rank's d loss_i / d h_i
+        factor = weight * (factor + chosen) - chosen  # [M, D] this rank's d loss_i / d h_i
         factor = torch.where(valid[:, None], factor, 0.0)
-        ctx.save_for_backward(hidden, items, local, total, factor, own, valid)
+        ctx.save_for_backward(hidden, items, local, total, factor)
         ctx.ignore_index, ctx.impl = ignore_index, impl
         return torch.where(valid, total - positive, 0.0)
 
     @staticmethod
     def backward(ctx: Any, grad_loss: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        hidden, items, local, total, factor, own, valid = ctx.saved_tensors
+        hidden, items, local, total, factor = ctx.saved_tensors
         grad_hidden = factor * grad_loss[:, None].to(factor.dtype)  # [M, D] this rank's share
         grad_items, _ = _item_backward_impl(hidden, items, None, local, total, grad_loss, ctx.ignore_index,
-                                            ctx.impl)  # [N_r, D]
-        stand_in = (valid & ~own).to(hidden.dtype) * grad_loss.to(hidden.dtype)  # [M] rows scoring item 0 as target
-        grad_items[0] += (stand_in[:, None] * hidden).sum(0).to(grad_items.dtype)  # the kernel took d z_i0 off them
+                                            ctx.impl)  # [N_r, D], with the global LSE
         return grad_hidden, grad_items, None, None, None, None, None
 
 

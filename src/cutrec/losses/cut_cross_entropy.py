@@ -10,7 +10,9 @@ gradient). Both run behind torch.library custom ops with fake implementations an
 autograd.Function, which skips the dispatcher's Python wrappers (losses/kernel_op.py builds both).
 
 The forward op also returns G = d loss_i / d h_i ([M, D], hidden's dtype); the backward scales it in place by dloss_i
-into the hidden gradient;
+into the hidden gradient. An unchecked target outside [0, N) gives a NaN loss, and both implementations then give
+the softmax part of G and of the item gradient without a target term (the catalog-parallel loss uses this for rows
+whose target another shard holds);
 the item backward op recomputes the logits block by block for d items and d bias.
 (No `from __future__ import annotations` here: custom_op reads the annotations to infer the op schemas.)
 """
@@ -91,7 +93,8 @@ def _torch_forward(
         loss[rows] = torch.where(valid[rows], chunk_loss, torch.zeros_like(chunk_lse))
         if compute_grad_factor:
             probs = logits.sub_(chunk_lse[:, None]).exp_()  # [C, N] softmax, in place of the logits
-            chunk_factor = probs @ items_f32 - items_f32[safe_targets[rows]]  # [C, D]
+            w_target = items_f32[safe_targets[rows]] * in_range[rows, None]  # [C, D]; none for an id outside [0, N)
+            chunk_factor = probs @ items_f32 - w_target  # [C, D], as the kernel: no target term for a bad id
             grad_factor[rows] = torch.where(valid[rows, None], chunk_factor, torch.zeros_like(chunk_factor))
     return loss, lse, grad_factor
 
@@ -111,7 +114,8 @@ def _torch_item_backward(
     items_f32 = items.float()  # [N, D]
     bias_f32 = bias.float() if bias is not None else None
     valid = targets != ignore_index
-    safe_targets = torch.where(valid, targets, torch.zeros_like(targets)).long()
+    in_range = valid & (targets >= 0) & (targets < num_items)  # an id outside [0, N) has a softmax, no target term
+    safe_targets = torch.where(in_range, targets, torch.zeros_like(targets)).long()
     grad_loss = torch.where(valid, grad_loss.float(), torch.zeros_like(lse))  # [M]
     grad_items = hidden.new_zeros((num_items, dim), dtype=torch.float32)
     grad_bias = hidden.new_zeros(num_items, dtype=torch.float32) if bias is not None else None
@@ -123,7 +127,8 @@ def _torch_item_backward(
         if bias_f32 is not None:
             logits += bias_f32
         grad_logits = logits.sub_(lse[rows, None]).exp_()  # [C, N] softmax
-        grad_logits[torch.arange(grad_logits.shape[0], device=hidden.device), safe_targets[rows]] -= 1.0
+        chunk_rows = torch.arange(grad_logits.shape[0], device=hidden.device)  # [C]
+        grad_logits[chunk_rows, safe_targets[rows]] -= in_range[rows].float()
         grad_logits *= grad_loss[rows, None]
         grad_items.addmm_(grad_logits.T, hidden_rows)  # [N, C] x [C, D]
         if grad_bias is not None:

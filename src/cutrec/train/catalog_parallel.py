@@ -20,7 +20,7 @@ from torch import nn
 from cutrec.data.batches import IGNORE_INDEX, eval_batches
 from cutrec.distributed import Ranks, collective, gather_rows
 from cutrec.errors import CutrecError
-from cutrec.eval.ranking import items_of_keys, refuse_non_finite
+from cutrec.eval.ranking import keys_to_items, refuse_non_finite
 from cutrec.losses.catalog_parallel import sharded_cut_cross_entropy, sharded_top_k_keys
 from cutrec.models.sharded import ShardedItemEmbedding
 from cutrec.train.evaluate import autocast_context, batch_exclusion
@@ -74,6 +74,11 @@ def check(config: Any, ranks: Ranks) -> None:
     if not ranks.grouped:
         raise CutrecError("train.catalog_parallel=true splits the item table across the processes of a torchrun run; "
                           "start them with cutrec train --devices G (or torchrun), or set it false")
+    check_config(config)
+
+
+def check_config(config: Any) -> None:
+    """What catalog parallel needs of the config (checked again by `cutrec train --devices` before it launches)."""
     if config.loss.name != "CCE":
         raise CutrecError(f"train.catalog_parallel=true trains with loss CCE so far, not {config.loss.name}; "
                           "use --loss CCE")
@@ -146,6 +151,10 @@ def sharded_model_top_items(model: nn.Module, evalset: Any, config: Any, device:
         if not bool(exact):  # the same on every rank
             keys, _ = sharded_top_k_keys(users, shard, k, start=start, ranks=ranks, exclude=exclude,
                                          item_chunk=config.eval.item_chunk, every_key=True)
-        picks.append(items_of_keys(keys).cpu())
-    refuse_non_finite(torch.tensor(bool(finite)))
-    return torch.cat(picks) if picks else torch.empty((0, k), dtype=torch.int64)
+        picks.append(keys)
+    finite = finite.reshape(1).to(torch.int64)
+    with collective(ranks):
+        dist.all_reduce(finite, op=dist.ReduceOp.MIN)  # every rank's shard and vectors
+    refuse_non_finite(finite[0].bool())
+    keys = torch.cat(picks) if picks else torch.empty((0, k), dtype=torch.int64, device=device)
+    return keys_to_items(keys).cpu()  # refuses users left with fewer than k items, as one device does

@@ -472,11 +472,15 @@ def fit(
                         step.run(*rank_part(inputs, targets, ranks))
                     state.step += 1
                     state.batches_done += 1
-                    mean_loss = step.poll()  # as of an earlier step: never waits for the device
+                    mean_loss, not_finite = _poll(step, ranks)  # as of an earlier step: never waits for the device
                     if mean_loss is not None and bar.disable is False:
                         bar.set_postfix(loss=f"{mean_loss:.4f}", refresh=False)
-                    stopping, due = distributed.agree(
-                        [signals.received is not None, bool(every) and time.monotonic() - last_saved >= every], ranks)
+                    stopping, due, not_finite = distributed.agree(
+                        [signals.received is not None, bool(every) and time.monotonic() - last_saved >= every,
+                         not_finite], ranks)
+                    if not_finite:  # seen by some rank: every rank stops at this step
+                        step.check()
+                        raise CutrecError("another rank's training step was not finite; see rank 0's message")
                     if stopping:
                         break
                     if due:
@@ -513,12 +517,22 @@ def fit(
     if step.eager_steps:
         note(f"{step.eager_steps} step(s) had more than {step.rows} targets and ran outside the CUDA graph")
     note(reason)
-    if ranks.main:
+    if ranks.main:  # the others end now: a barrier would time out during a long test
         results = test_run(folder, device, data)
         print(format_table(results["test"], config.eval.ks))
         note(f"run folder: {folder}")
-    distributed.barrier(ranks)
     return folder
+
+
+def _poll(step: TrainStep, ranks: Ranks) -> tuple[float | None, bool]:
+    """(the step's readout of the epoch's mean loss or None, whether it showed a non-finite step); one process
+    raises NonFiniteStep at once, a data-parallel rank reports it so that the ranks stop together."""
+    try:
+        return step.poll(), False
+    except NonFiniteStep:
+        if not ranks.distributed:
+            raise
+        return None, True
 
 
 def tensorboard_writer(config: RunConfig, folder: Path) -> Any:

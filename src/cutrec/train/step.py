@@ -147,6 +147,8 @@ class TrainStep:
         forces R (the capture's shapes), keeping the first R targets of a batch that has more."""
         batch = inputs.shape[0]
         inputs_np, flat_targets = inputs.numpy(), targets.numpy().reshape(-1)  # [b, L], [b * L]
+        if self.catalog_parallel and share is not None and share[0] == 0:  # a stand-in row: no targets of its own
+            flat_targets = np.full_like(flat_targets, IGNORE_INDEX)
         positions = np.flatnonzero(flat_targets != IGNORE_INDEX)  # [M]
         limit = self.batch_size * self.max_len
         if rows is None:
@@ -164,7 +166,8 @@ class TrainStep:
         words[limit + rows + count : limit + 2 * rows] = IGNORE_INDEX
         words[limit + 2 * rows : limit + 2 * rows + 4] = draw_key(
             step_seed(self.config.train.seed, step, self.ranks.rank), self.num_items)
-        words[-3:-1] = share if share is not None and not self.catalog_parallel else (count, max(count, 1))
+        # catalog parallel: every rank's loss is the whole step's (share 1), a rank without rows adds no targets
+        words[-3:-1] = (1, 1) if self.catalog_parallel else share if share is not None else (count, max(count, 1))
         words[-1] = step
         host = torch.from_numpy(words)
         return (host.pin_memory() if self.device.type == "cuda" else host), rows
@@ -183,7 +186,8 @@ class TrainStep:
             loss = self.loss_fn(picked, model.item_table, targets, seed=key) * share
         (loss * self.backward_scale).backward()
         # the global norm, clipped when train.grad_clip is set (with an infinite bound the gradients are unchanged)
-        norm = torch.nn.utils.clip_grad_norm_(self.parameters, self.config.train.grad_clip or math.inf)
+        norm = self._global_norm()
+        torch.nn.utils.clip_grads_with_norm_(self.parameters, self.config.train.grad_clip or math.inf, norm)
         loss = loss.detach().float()
         bad = ~(torch.isfinite(loss) & torch.isfinite(norm))
         self.found_inf.copy_((bad | self.skip).float())
@@ -193,6 +197,18 @@ class TrainStep:
                                    self.bad))
         self.bad[0] += bad.double()
         self.state.epoch_loss += torch.where(bad, 0.0, loss)
+
+    def _global_norm(self) -> torch.Tensor:
+        """The norm of the whole gradient; under catalog parallel the replicated parameters' (the same on every
+        rank) with every rank's rows of the table (an all-reduce), so every rank clips and skips alike."""
+        if not self.catalog_parallel:
+            return torch.nn.utils.get_total_norm([p.grad for p in self.parameters if p.grad is not None])
+        shard = self.state.model.item_table
+        replicated = [p.grad for p in self.parameters if p is not shard and p.grad is not None]
+        squares = shard.grad.float().square().sum().reshape(1)  # [1] this rank's rows
+        with distributed.collective(self.ranks):
+            torch.distributed.all_reduce(squares)
+        return (torch.nn.utils.get_total_norm(replicated).float().square() + squares[0]).sqrt()
 
     def _eager(self, host: torch.Tensor, rows: int) -> None:
         self.state.optimizer.zero_grad(set_to_none=True)
