@@ -165,19 +165,22 @@ def sum_all(tensor: torch.Tensor, ranks: Ranks) -> torch.Tensor:
     return total
 
 
-def gather_rows(rows: torch.Tensor, count: int, ranks: Ranks) -> torch.Tensor:
+def gather_rows(rows: torch.Tensor, count: int, ranks: Ranks, *, main_only: bool = False) -> torch.Tensor | None:
     """Every rank's `rows` [n_r, ...] on the CPU (its `shard` of `count` rows) concatenated in rank order:
-    [count, ...]."""
+    [count, ...], on every rank, or with `main_only` on rank 0 alone (the others get None and hold no copy)."""
     if not ranks.distributed:
         return rows
-    widest = max(stop - start for start, stop in (shard(count, Ranks(r, ranks.world)) for r in range(ranks.world)))
-    padded = rows.new_zeros((widest, *rows.shape[1:]))  # [widest, ...] all_gather needs equal shapes
-    padded[: len(rows)] = rows
-    parts = [torch.empty_like(padded) for _ in range(ranks.world)]
-    with collective(ranks):
-        dist.all_gather(parts, padded, group=ranks.host_group)
     sizes = [stop - start for start, stop in (shard(count, Ranks(r, ranks.world)) for r in range(ranks.world))]
-    return torch.cat([part[:size] for part, size in zip(parts, sizes, strict=True)])
+    padded = rows.new_zeros((max(sizes), *rows.shape[1:]))  # [widest, ...] the collectives need equal shapes
+    padded[: len(rows)] = rows
+    receiving = not main_only or ranks.main
+    parts = [torch.empty_like(padded) for _ in range(ranks.world)] if receiving else None
+    with collective(ranks):
+        if main_only:
+            dist.gather(padded, parts, dst=0, group=ranks.host_group)
+        else:
+            dist.all_gather(parts, padded, group=ranks.host_group)
+    return torch.cat([part[:size] for part, size in zip(parts, sizes, strict=True)]) if receiving else None
 
 
 def gather_objects(value: Any, ranks: Ranks) -> list[Any]:

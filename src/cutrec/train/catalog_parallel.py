@@ -94,18 +94,19 @@ def _shard_index(optimizer: torch.optim.Optimizer, model: nn.Module) -> int:
 
 
 def full_state(state: Any, ranks: Ranks) -> dict[str, Any]:
-    """The training state's dict with the shard and its optimizer moments gathered from every rank ([N, D] each), so
-    that a resume with any number of ranks can take its rows (a collective; the whole dict matters on rank 0)."""
+    """The training state's dict with the shard and its optimizer moments gathered from every rank ([N, D] each) on
+    rank 0, so that a resume with any number of ranks can take its rows (a collective; only rank 0's dict is whole,
+    the others hold None for those rows)."""
     saved = state.state_dict()
     model = state.model
     num_items = model.num_items
     saved["model"] = {**saved["model"], SHARD_PARAMETER: gather_rows(model.item_embedding.weight.detach().cpu(),
-                                                                     num_items, ranks)}
+                                                                     num_items, ranks, main_only=True)}
     index = _shard_index(state.optimizer, model)
     moments = dict(saved["optimizer"]["state"].get(index, {}))
     for key, value in moments.items():
         if torch.is_tensor(value) and value.ndim == 2:  # Adam's exp_avg and exp_avg_sq, one row per item
-            moments[key] = gather_rows(value.cpu(), num_items, ranks)
+            moments[key] = gather_rows(value.cpu(), num_items, ranks, main_only=True)
     saved["optimizer"] = {**saved["optimizer"], "state": {**saved["optimizer"]["state"], index: moments}}
     return saved
 
@@ -124,9 +125,12 @@ def take_shard(saved: dict[str, Any], state: Any, ranks: Ranks) -> dict[str, Any
 
 def full_model_state(model: nn.Module, ranks: Ranks) -> dict[str, torch.Tensor]:
     """The encoder's state dict as one device's (item_embedding.weight [N + S, D]: the gathered catalog rows, then the
-    special rows), for best.pt, which evaluate, recommend and export read (a collective)."""
+    special rows), for best.pt, which evaluate, recommend and export read (a collective; on rank 0, empty on the
+    others)."""
     module = model.item_embedding
-    catalog = gather_rows(module.weight.detach().cpu(), module.num_items, ranks)  # [N, D]
+    catalog = gather_rows(module.weight.detach().cpu(), module.num_items, ranks, main_only=True)  # [N, D] on rank 0
+    if catalog is None:
+        return {}
     state = {name: value for name, value in model.state_dict().items() if not name.startswith("item_embedding.")}
     return {"item_embedding.weight": torch.cat([catalog, module.special.detach().cpu()]), **state}
 
