@@ -7,9 +7,6 @@ replicated gradients) has the loss and the gradients of one process."""
 import csv
 import importlib.util
 import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -62,16 +59,14 @@ distributed.finish()
 
 
 @pytest.mark.parametrize("processes,impl", [(2, "torch"), (3, "torch"), (3, "triton")])
-def test_sharded_cut_cross_entropy_and_top_k_equal_the_whole_catalog(tmp_path, processes, impl):
+def test_sharded_cut_cross_entropy_and_top_k_equal_the_whole_catalog(tmp_path, torchrun, processes, impl):
     if impl == "triton" and importlib.util.find_spec("triton") is None:
         pytest.skip("the Triton interpreter needs triton")
     script = tmp_path / "shards.py"
     script.write_text(textwrap.dedent(SCRIPT))
     seed = int(np.random.default_rng().integers(1 << 30))  # fresh inputs every run
-    environment = {**os.environ, "OMP_NUM_THREADS": "1", "TRITON_INTERPRET": "1" if impl == "triton" else "0"}
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                           f"--nproc-per-node={processes}", str(script), impl, str(seed), str(tmp_path / "out.pt")],
-                          capture_output=True, text=True, timeout=300, env=environment)
+    done = torchrun(processes, [str(script), impl, str(seed), str(tmp_path / "out.pt")], tmp_path,
+                    env={"TRITON_INTERPRET": "1" if impl == "triton" else "0"})
     assert done.returncode == 0, done.stderr[-3000:]
     out = torch.load(tmp_path / "out.pt", weights_only=True)
     hidden = out["hidden"].double().requires_grad_(True)
@@ -144,20 +139,14 @@ if __name__ == "__main__":
 
 
 @pytest.mark.parametrize("processes,model", [(2, "sasrec"), (3, "bert4rec")])
-def test_a_catalog_parallel_step_has_the_loss_and_gradients_of_one_process(tmp_path, processes, model):
+def test_a_catalog_parallel_step_has_the_loss_and_gradients_of_one_process(tmp_path, torchrun, script_function,
+                                                                           processes, model):
     script = tmp_path / "cp_step.py"
     script.write_text(textwrap.dedent(STEP_SCRIPT))
     seed = int(np.random.default_rng().integers(1 << 30))
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                           f"--nproc-per-node={processes}", str(script), model, str(seed), str(tmp_path / "cp.pt")],
-                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    done = torchrun(processes, [str(script), model, str(seed), str(tmp_path / "cp.pt")], tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
-    sys.path.insert(0, str(tmp_path))
-    try:
-        from cp_step import step
-    finally:
-        sys.path.remove(str(tmp_path))
-        sys.modules.pop("cp_step", None)
+    step = script_function(script, "step")
     from cutrec.distributed import SINGLE
 
     single, loss = step(SINGLE, model, seed)
@@ -176,26 +165,21 @@ TINY = ["--data.synthetic.num_users=200", "--data.synthetic.num_items=80", "--da
         "--train.progress=false", "--loss=CCE", "--batch-size=36", "--train.dist_timeout_minutes=1"]
 
 
-def _torchrun(processes, args, cwd):
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                           f"--nproc-per-node={processes}", "-m", "cutrec", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert done.returncode == 0, done.stderr[-3000:]
-
-
 def _log(folder):
     with (folder / "log.csv").open(newline="") as file:
         return list(csv.DictReader(file))
 
 
 @pytest.mark.parametrize("processes,model,batch", [(1, "sasrec", 36), (2, "sasrec", 36), (3, "bert4rec", 33)])
-def test_a_catalog_parallel_run_equals_one_process_and_resumes(tmp_path, processes, model, batch):
+def test_a_catalog_parallel_run_equals_one_process_and_resumes(tmp_path, torchrun, processes, model, batch):
     # 1 process: the code path alone; batch 33 of 200 sequences: the last batch of 2 rows leaves rank 2 without rows
     args = ["train", *TINY, f"--model={model}", f"--batch-size={batch}", f"--out={tmp_path}"]
     assert main([*args, "--epochs=3", "--name=single"]) == 0
-    _torchrun(processes, [*args, "--epochs=3", "--name=whole", "--train.catalog_parallel=true"], tmp_path)
-    _torchrun(processes, [*args, "--epochs=1", "--name=parts", "--train.catalog_parallel=true"], tmp_path)
-    _torchrun(processes, ["train", "--resume", str(tmp_path / "parts"), "--epochs=3"], tmp_path)
+    for command in ([*args, "--epochs=3", "--name=whole", "--train.catalog_parallel=true"],
+                    [*args, "--epochs=1", "--name=parts", "--train.catalog_parallel=true"],
+                    ["train", "--resume", str(tmp_path / "parts"), "--epochs=3"]):
+        done = torchrun(processes, ["-m", "cutrec", *command], tmp_path)
+        assert done.returncode == 0, done.stderr[-3000:]
     single, whole, parts = (_log(tmp_path / name) for name in ("single", "whole", "parts"))
     assert [row["train_loss"] for row in parts] == [row["train_loss"] for row in whole]  # a resume loses nothing
     for one, many in zip(single, whole, strict=True):

@@ -24,12 +24,6 @@ TINY = ["--data.synthetic.num_users=200", "--data.synthetic.num_items=80", "--da
         "--train.dist_timeout_minutes=1"]
 
 
-def _torchrun(processes: int, args: list[str], cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}", *args]
-    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=environment)
-
-
 def _log(folder: Path) -> list[dict[str, str]]:
     with (folder / "log.csv").open(newline="") as file:
         return list(csv.DictReader(file))
@@ -92,17 +86,13 @@ if __name__ == "__main__":
     "processes,model,loss,rows",
     [(2, "sasrec", "CE", 24), (3, "bert4rec", "CE", 24), (3, "sasrec", "CE", 2)],  # 2 rows: a rank without rows
 )
-def test_one_data_parallel_step_has_the_gradients_of_one_process(tmp_path, processes, model, loss, rows):
+def test_one_data_parallel_step_has_the_gradients_of_one_process(tmp_path, torchrun, script_function, processes,
+                                                                  model, loss, rows):
     script = tmp_path / "step.py"
     script.write_text(textwrap.dedent(STEP_SCRIPT.format()))
-    done = _torchrun(processes, [str(script), model, loss, str(rows), str(tmp_path / "dp.pt")], tmp_path)
+    done = torchrun(processes, [str(script), model, loss, str(rows), str(tmp_path / "dp.pt")], tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
-    sys.path.insert(0, str(tmp_path))
-    try:
-        from step import gradients  # the same function, in this single process
-    finally:
-        sys.path.remove(str(tmp_path))
-        sys.modules.pop("step", None)
+    gradients = script_function(script, "gradients")  # the same function, in this single process
     single, single_loss = gradients(distributed.SINGLE, model, loss, rows)
     parallel = torch.load(tmp_path / "dp.pt", weights_only=True)
     assert torch.allclose(parallel["loss"], single_loss, rtol=1e-6, atol=1e-7)
@@ -111,11 +101,11 @@ def test_one_data_parallel_step_has_the_gradients_of_one_process(tmp_path, proce
 
 
 @pytest.mark.parametrize("model", ["sasrec", "bert4rec"])
-def test_a_data_parallel_run_equals_one_process_with_the_same_global_batch(tmp_path, model):
+def test_a_data_parallel_run_equals_one_process_with_the_same_global_batch(tmp_path, torchrun, model):
     args = [*TINY, f"--model={model}", "--model.dropout=0", "--loss=CE", "--epochs=2", "--batch-size=33",
             f"--out={tmp_path}"]  # 200 sequences: the last batch of 2 rows leaves rank 2 without rows
     assert main(["train", *args, "--name=single"]) == 0
-    done = _torchrun(3, ["-m", "cutrec", "train", *args, "--name=parallel"], tmp_path)
+    done = torchrun(3, ["-m", "cutrec", "train", *args, "--name=parallel"], tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     single, parallel = _log(tmp_path / "single"), _log(tmp_path / "parallel")
     assert len(single) == len(parallel) == 2
@@ -128,13 +118,13 @@ def test_a_data_parallel_run_equals_one_process_with_the_same_global_batch(tmp_p
         p.name for p in (tmp_path / "single").iterdir())  # rank 0 alone wrote the same files
 
 
-def test_a_resumed_data_parallel_run_equals_an_uninterrupted_one(tmp_path):
+def test_a_resumed_data_parallel_run_equals_an_uninterrupted_one(tmp_path, torchrun):
     args = [*TINY, "--model.dropout=0.3", "--loss=CE-", "--negatives=8", "--batch-size=32", f"--out={tmp_path}"]
-    whole = _torchrun(2, ["-m", "cutrec", "train", *args, "--epochs=3", "--name=whole"], tmp_path)
+    whole = torchrun(2, ["-m", "cutrec", "train", *args, "--epochs=3", "--name=whole"], tmp_path)
     assert whole.returncode == 0, whole.stderr[-3000:]
-    first = _torchrun(2, ["-m", "cutrec", "train", *args, "--epochs=1", "--name=parts"], tmp_path)
+    first = torchrun(2, ["-m", "cutrec", "train", *args, "--epochs=1", "--name=parts"], tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
-    rest = _torchrun(2, ["-m", "cutrec", "train", "--resume", str(tmp_path / "parts"), "--epochs=3"], tmp_path)
+    rest = torchrun(2, ["-m", "cutrec", "train", "--resume", str(tmp_path / "parts"), "--epochs=3"], tmp_path)
     assert rest.returncode == 0, rest.stderr[-3000:]
     assert [row["train_loss"] for row in _log(tmp_path / "parts")] == [row["train_loss"] for row in
                                                                         _log(tmp_path / "whole")]
@@ -192,11 +182,9 @@ def test_bad_launches_are_refused_before_any_process_starts(tmp_path, capsys):
     assert not list(tmp_path.iterdir())
 
 
-def test_a_non_finite_step_stops_every_rank_at_that_step(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-                           "-m", "cutrec", "train", *TINY, "--loss=CE", "--lr=1e30", "--epochs=3", "--batch-size=32",
-                           f"--out={tmp_path}", "--name=nan"], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
+def test_a_non_finite_step_stops_every_rank_at_that_step(tmp_path, torchrun):
+    done = torchrun(2, ["-m", "cutrec", "train", *TINY, "--loss=CE", "--lr=1e30", "--epochs=3", "--batch-size=32",
+                        f"--out={tmp_path}", "--name=nan"], tmp_path)
     errors = [line for line in done.stderr.splitlines() if line.startswith("cutrec: error: step 2 (epoch 1) has loss")]
     assert done.returncode != 0 and len(errors) == 2, done.stderr[-3000:]  # each rank's one line, the same step
     assert not (tmp_path / "nan").exists()  # nothing to resume: rank 0 removed the folder

@@ -66,7 +66,7 @@ def preprocess(
     timestamps = interactions.timestamps  # [E] int64
     ratings = interactions.ratings  # [E] float64 or None
     if dedupe:
-        keep = _first_occurrences(users, items, timestamps)  # [E] bool
+        keep = first_occurrences(users, items, timestamps)  # [E] bool
         users, items, timestamps = users[keep], items[keep], timestamps[keep]
         ratings = ratings[keep] if ratings is not None else None
     if min_rating is not None:
@@ -120,7 +120,7 @@ def _factorize(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return uniques, codes.astype(np.int64)
 
 
-def _first_occurrences(users: np.ndarray, items: np.ndarray, timestamps: np.ndarray) -> np.ndarray:
+def first_occurrences(users: np.ndarray, items: np.ndarray, timestamps: np.ndarray) -> np.ndarray:
     """[E] bool: True for the first event (in file order) of each distinct (user, item, timestamp)."""
     order = np.lexsort((timestamps, items, users))  # stable: the first of a group is its earliest in the file
     same = (

@@ -30,7 +30,7 @@ _SUFFIXES = {
     ".txt": "sequences",
 }
 # Cells that mean "no value" in CSV/TSV files; the same list for the pyarrow and the stdlib reader.
-_MISSING = ["", "NA", "N/A", "NaN", "nan", "NULL", "null", "None"]
+MISSING = ["", "NA", "N/A", "NaN", "nan", "NULL", "null", "None"]
 EXACT_INTEGERS = 2.0**53  # floats hold every integer below this exactly
 
 
@@ -348,7 +348,7 @@ def _read_delimited(path: Path, columns: list[_Column], delimiter: str) -> dict[
     options = pacsv.ConvertOptions(
         include_columns=names,
         column_types={name: pa.string() for name in names},
-        null_values=_MISSING,
+        null_values=MISSING,
         strings_can_be_null=True,
     )
     try:
@@ -410,7 +410,7 @@ def _read_delimited_stdlib(
     values = {}
     for name, column_cells in zip(names, cells, strict=True):
         strings = np.array(column_cells, dtype=str)  # [E] str
-        missing = np.flatnonzero(np.isin(strings, _MISSING))
+        missing = np.flatnonzero(np.isin(strings, MISSING))
         if len(missing):
             _raise_missing(by_name[name], missing)
         values[name] = strings

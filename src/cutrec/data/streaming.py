@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from cutrec.data.preprocess import SequenceData, _first_occurrences, indexed, k_core_mask
-from cutrec.data.readers import _MISSING, EXACT_INTEGERS, infer_format
+from cutrec.data.preprocess import SequenceData, first_occurrences, indexed, k_core_mask
+from cutrec.data.readers import EXACT_INTEGERS, MISSING, infer_format
 from cutrec.errors import CutrecError
 
 
@@ -75,7 +75,7 @@ def _preprocess(pl: Any, path: Path, fmt: str, user_col: str, item_col: str, tim
     if fmt == "parquet":
         frame = pl.scan_parquet(path)
     else:  # every cell as text, as read_interactions reads it; the casts below decide what is a number
-        frame = pl.scan_csv(path, separator="," if fmt == "csv" else "\t", infer_schema=False, null_values=_MISSING,
+        frame = pl.scan_csv(path, separator="," if fmt == "csv" else "\t", infer_schema=False, null_values=MISSING,
                             encoding="utf8-lossy")
     wanted = {"data.user_col": user_col, "data.item_col": item_col, "data.time_col": time_col,
               "data.rating_col": rating_col}
@@ -234,7 +234,7 @@ def _tied_duplicates(users: np.ndarray, items: np.ndarray, timestamps: np.ndarra
     if len(positions) == 0:
         return positions
     if len(users) >= 2**32:  # run numbers would not fit the key's high half
-        first = _first_occurrences(users[positions], items[positions], timestamps[positions])  # [T] bool
+        first = first_occurrences(users[positions], items[positions], timestamps[positions])  # [T] bool
         return positions[~first]
     runs = np.cumsum(starts, dtype=np.uint64)[positions]  # [T] run number of each tied event
     del starts
