@@ -79,6 +79,7 @@ if __name__ == "__main__":
     loss = distributed.sum_all(loss, ranks)
     if ranks.main:
         torch.save({{"grads": grads, "loss": loss}}, sys.argv[4])
+    distributed.finish()  # a process that exits inside its group can abort
 """
 
 
