@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -197,6 +197,18 @@ def barrier(ranks: Ranks) -> None:
     if ranks.distributed:
         with collective(ranks):
             dist.barrier(group=ranks.host_group)
+
+
+def main_first(load: Callable[[], Any], ranks: Ranks) -> Any:
+    """`load()` on rank 0 first, then on the others: rank 0 reads and caches the data (a long preprocessing of a large
+    log waits up to a day: a rank that dies ends the others through torchrun) and the others read its cache, so the
+    host never preprocesses the same log once per rank."""
+    if not ranks.distributed:
+        return load()
+    value = load() if ranks.main else None
+    with collective(ranks):
+        dist.monitored_barrier(group=ranks.host_group, timeout=timedelta(days=1))
+    return value if ranks.main else load()
 
 
 def finish() -> None:

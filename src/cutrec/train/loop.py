@@ -213,7 +213,7 @@ def train(config: RunConfig, sequences: SequenceData | None = None) -> Path:
             if ranks.main:
                 write_json(folder / CONFIG_NAME, to_dict(config))
             if sequences is None:
-                sequences = load_sequences(config.data)
+                sequences = distributed.main_first(lambda: load_sequences(config.data), ranks)
             if ranks.main:
                 atomic_write_bytes(folder / DATA_NAME, lambda file: write_npz(file, sequences))
                 write_run_info(folder)
