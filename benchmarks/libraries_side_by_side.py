@@ -49,9 +49,9 @@ the script goes on. Outputs: `--out PREFIX` writes PREFIX.json and PREFIX.md nam
 
 RecBole 1.2.1 on torch >= 2.6 and numpy 2 needs workarounds, applied here in the worker and never to its code:
 numpy 2 removed `np.float_`, `np.complex_`, `np.unicode_`, which its `Config.compatibility_settings` reads (they are
-set back as aliases), and its metrics use `np.float`/`np.bool` (which those settings then restore); torch 2.6 made
-`torch.load(weights_only=True)` the default, which refuses RecBole's own checkpoint (it stores the config), so
-`torch.load` defaults to `weights_only=False` in the RecBole worker (its own files only).
+set back as aliases), and its metrics use `np.float`/`np.bool` (which those settings then restore). RecBole's own
+best-model checkpoint pickles its config, which `torch.load(weights_only=True)` refuses; the worker writes none and
+keeps the best epoch's weights in memory instead (as for RePlay), so nothing is unpickled.
 
     python benchmarks/libraries_side_by_side.py --data .data/amazon-beauty/sequences.txt --dataset-name beauty \\
         --time-limit-s 100 --commit abc1234 --out benchmarks/results/libraries_beauty
@@ -193,18 +193,8 @@ def run_recbole(args: argparse.Namespace, data: Path, work: Path) -> dict:
     for name, value in (("float_", np.float64), ("complex_", np.complex128), ("unicode_", np.str_)):
         if name not in np.__dict__:
             setattr(np, name, value)
-    import torch
-
-    # torch >= 2.6 loads with weights_only=True by default, which refuses RecBole's own best-model checkpoint (it
-    # pickles the config); these are files this run wrote.
-    original_load = torch.load
-
-    def load(*positional, **keywords):
-        keywords.setdefault("weights_only", False)
-        return original_load(*positional, **keywords)
-
-    torch.load = load
     import recbole.trainer.trainer as trainer_module
+    import torch
     from recbole.config import Config
     from recbole.data import create_dataset, data_preparation
     from recbole.model.sequential_recommender import SASRec
@@ -256,16 +246,18 @@ def run_recbole(args: argparse.Namespace, data: Path, work: Path) -> dict:
     def early_stopping(value, best_value, cur_step, max_step, bigger=True):
         """RecBole's patience rule, plus the time cap: stop after the epoch that passes --time-limit-s."""
         best_value, cur_step, stop, update = original_stopping(value, best_value, cur_step, max_step, bigger)
-        if update:
+        if update:  # the best weights stay in memory: no checkpoint file, so nothing is unpickled
             best["epoch"] = len(times)
+            best["state"] = {key: value.detach().clone() for key, value in model.state_dict().items()}
         if not stop and time.perf_counter() - started > args.time_limit_s:
             stop, best["capped"] = True, True
         return best_value, cur_step, stop, update
 
     trainer_module.early_stopping = early_stopping
     trainer = TimedTrainer(config, model)
-    trainer.fit(train_data, valid_data, saved=True, show_progress=False)
-    result = trainer.evaluate(test_data, load_best_model=True, show_progress=False)
+    trainer.fit(train_data, valid_data, saved=False, show_progress=False)
+    model.load_state_dict(best["state"])
+    result = trainer.evaluate(test_data, load_best_model=False, show_progress=False)
     return {
         "train_seconds_per_epoch": statistics.mean(times),
         "peak_train_gpu_mb": max(peaks),
