@@ -90,6 +90,104 @@ def test_sharded_cut_cross_entropy_and_top_k_equal_the_whole_catalog(tmp_path, t
     assert torch.equal(items_of_keys(out["smooth"]), items_of_keys(smooth))
 
 
+SAMPLED_SCRIPT = """
+import sys
+import numpy as np
+import torch
+from cutrec import distributed
+from cutrec.losses.catalog_parallel import shard_bounds, shard_distribution, sharded_sampled_cut_cross_entropy
+from cutrec.losses.sampled_cut_cross_entropy import BLOCK_ROWS
+from cutrec.losses.sampling import NegativeDistribution, counter_draws, key_tensor, shifted_draws
+
+ranks = distributed.start(torch.device("cpu"), 1.0)
+impl, seed, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+rng = np.random.default_rng(seed)  # the same draws on every rank
+M, N, D, K = 150, 47, 12, 13  # M > 2 BLOCK_ROWS: several blocks; M > N: several rounds of share="offsets"
+hidden = torch.tensor(rng.normal(size=(M, D)), dtype=torch.float32)
+table = torch.tensor(rng.normal(size=(N, D)) * 0.5, dtype=torch.float32)
+targets = torch.tensor(rng.integers(0, N, M))
+targets[rng.random(M) < 0.2] = -100
+counts = torch.tensor(rng.integers(0, 9, N), dtype=torch.float32)
+counts[-(N // 3):] = 0  # popularity: the last shard of three has no mass, so it draws nothing
+start, stop = shard_bounds(N, ranks)
+results = []
+for share, popularity in (("none", False), ("none", True), ("block", True), ("batch", False), ("offsets", False)):
+    whole = NegativeDistribution.popularity(counts, 0.75) if popularity else NegativeDistribution.uniform(N)
+    distribution, count = shard_distribution(whole, K, ranks)
+    draw_seed = 100 + ranks.rank
+    h = hidden.clone().requires_grad_(True)
+    items = table[start:stop].clone().requires_grad_(True)
+    loss = sharded_sampled_cut_cross_entropy(h, items, targets, start=start, ranks=ranks, num_negatives=count,
+                                             distribution=distribution, share=share, seed=draw_seed, impl=impl)
+    valid = targets != -100
+    (loss.sum() / valid.sum()).backward()
+    grad_hidden = distributed.sum_all(h.grad, ranks)  # the ranks' shares
+    grad_items = distributed.gather_rows(items.grad, N, ranks)  # [N, D]
+    rows, key = torch.arange(M), key_tensor(draw_seed, stop - start, torch.device("cpu"))  # this shard's draws
+    if count == 0:
+        ids = torch.zeros((M, 0), dtype=torch.int64)
+    elif share == "offsets":
+        ids = shifted_draws(stop - start, key, rows, count)
+    else:
+        streams = {"none": rows, "block": rows // BLOCK_ROWS, "batch": torch.zeros_like(rows)}[share]
+        alias = None if distribution.probs is None else distribution.alias_table(torch.device("cpu"))
+        ids = counter_draws(stop - start, key, streams, count, alias)
+    log_q = (torch.full(ids.shape, -np.log(stop - start)) if distribution is None or distribution.probs is None
+             else distribution.probs.double().log()[ids])
+    drawn = distributed.gather_objects((ids + start, np.log(max(count, 1)) + log_q), ranks)
+    results.append({"share": share, "popularity": popularity, "loss": loss.detach(), "grad_hidden": grad_hidden,
+                    "grad_items": grad_items, "ids": torch.cat([d[0] for d in drawn], 1),
+                    "correction": torch.cat([d[1] for d in drawn], 1), "counts": [len(d[0][0]) for d in drawn]})
+if ranks.main:
+    torch.save({"results": results, "hidden": hidden, "table": table, "targets": targets, "counts": counts}, out)
+distributed.finish()
+"""
+
+
+@pytest.mark.parametrize("processes,impl", [(1, "torch"), (3, "torch"), (1, "triton"), (3, "triton")])
+def test_sharded_sampled_cut_cross_entropy_equals_ce_minus_on_the_shards_draws(tmp_path, torchrun, processes, impl):
+    """Each shard draws its K_r negatives from its own rows; loss and gradients equal the float64 CE- given the same
+    negatives and logQ corrections log(K_r q_r(n)); on one rank they equal the single-device CCE- (same draws)."""
+    if impl == "triton" and importlib.util.find_spec("triton") is None:
+        pytest.skip("the Triton interpreter needs triton")
+    script = tmp_path / "sampled_shards.py"
+    script.write_text(textwrap.dedent(SAMPLED_SCRIPT))
+    seed = int(np.random.default_rng().integers(1 << 30))
+    done = torchrun(processes, [str(script), impl, str(seed), str(tmp_path / "out.pt")], tmp_path,
+                    env={"TRITON_INTERPRET": "1" if impl == "triton" else "0"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = torch.load(tmp_path / "out.pt", weights_only=True)
+    targets = out["targets"]
+    valid = targets != -100
+    for result in out["results"]:
+        name = f"{result['share']}, popularity {result['popularity']}"
+        assert sum(result["counts"]) == 13, name  # the K_r sum to K
+        if result["popularity"] and processes == 3:
+            assert result["counts"][2] == 0, name  # the shard without mass draws nothing
+        hidden = out["hidden"].double().requires_grad_(True)
+        table = out["table"].double().requires_grad_(True)
+        ids = result["ids"]  # [M, K] global ids
+        safe = targets.clamp(min=0)
+        positive = (hidden * table[safe]).sum(1, keepdim=True)  # [M, 1]
+        negative = torch.bmm(table[ids], hidden[:, :, None])[:, :, 0] - result["correction"]  # [M, K]
+        negative = negative.masked_fill(ids == safe[:, None], -torch.inf)
+        scores = torch.cat([positive, negative], 1)
+        expected = torch.where(valid, torch.logsumexp(scores, 1) - positive[:, 0], 0.0)
+        (expected.sum() / valid.sum()).backward()
+        torch.testing.assert_close(result["loss"].double(), expected.detach(), rtol=2e-5, atol=2e-6, msg=name)
+        torch.testing.assert_close(result["grad_hidden"].double(), hidden.grad, rtol=2e-4, atol=2e-6, msg=name)
+        torch.testing.assert_close(result["grad_items"].double(), table.grad, rtol=2e-4, atol=2e-6, msg=name)
+        if processes == 1:  # the single-device CCE- with the same seed draws the same negatives
+            from cutrec.losses import NegativeDistribution, sampled_cut_cross_entropy
+
+            distribution = (NegativeDistribution.popularity(out["counts"], 0.75) if result["popularity"] else
+                            "uniform")
+            single = sampled_cut_cross_entropy(out["hidden"], out["table"], targets, num_negatives=13,
+                                               distribution=distribution, share=result["share"], seed=100,
+                                               reduction="none", impl="torch")
+            torch.testing.assert_close(result["loss"], single, rtol=1e-5, atol=1e-6, msg=name)
+
+
 STEP_SCRIPT = """
 import sys
 import numpy as np

@@ -101,8 +101,9 @@ def _correct(s, ids, mask, log_q_ptr, log_k, uniform_log_q, LOGQ: tl.constexpr, 
 @triton.jit
 def _rows(hidden_ptr, items_ptr, targets_ptr, num_rows, num_items, ignore_index, BLOCK_M: tl.constexpr,
           DIM: tl.constexpr, BLOCK_D: tl.constexpr):
-    """This program's rows: (rows, row_mask, dims, h [BM, BD] input dtype, valid, safe targets, w_target [BM, BD],
-    positive scores [BM] fp32, NaN where an unchecked target lies outside [0, N) so that its loss is NaN)."""
+    """This program's rows: (rows, row_mask, dims, h [BM, BD] input dtype, valid, safe targets (-1 where an unchecked
+    target lies outside [0, N): no negative is its hit), w_target [BM, BD], positive scores [BM] fp32, -inf outside
+    [0, N): such a row's lse and gradients hold its negatives alone and its loss is NaN)."""
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # [BM]
     row_mask = rows < num_rows
     dims = tl.arange(0, BLOCK_D)
@@ -112,19 +113,28 @@ def _rows(hidden_ptr, items_ptr, targets_ptr, num_rows, num_items, ignore_index,
     target = tl.load(targets_ptr + rows, mask=row_mask, other=ignore_index)
     valid = row_mask & (target != ignore_index)
     bad = valid & ((target < 0) | (target >= num_items))
-    safe = tl.where(valid & ~bad, target, 0).to(tl.int64)
-    w_target = tl.load(items_ptr + safe[:, None] * DIM + dims[None, :], mask=valid[:, None] & dim_mask[None, :],
-                       other=0.0)
-    positive = tl.where(bad, float("nan"), tl.sum(h.to(tl.float32) * w_target.to(tl.float32), axis=1))
+    safe = tl.where(valid & ~bad, target, tl.where(bad, -1, 0)).to(tl.int64)
+    w_target = tl.load(items_ptr + tl.maximum(safe, 0)[:, None] * DIM + dims[None, :],
+                       mask=(valid & ~bad)[:, None] & dim_mask[None, :], other=0.0)
+    positive = tl.where(bad, float("-inf"), tl.sum(h.to(tl.float32) * w_target.to(tl.float32), axis=1))
     return rows, row_mask, dims, h, valid, safe, w_target, positive
 
 
 @triton.jit
 def _store_forward(lse_ptr, loss_ptr, rows, row_mask, valid, positive, max2, sum_exp):
-    """Write lse [R] and loss [R] (0 on ignored rows) from the online log-sum-exp."""
+    """Write lse [R] and loss [R] (0 on ignored rows, NaN on rows without a positive) from the online log-sum-exp."""
     lse = (max2 + tl.log2(sum_exp)) * LN2
     tl.store(lse_ptr + rows, lse, mask=row_mask)
-    tl.store(loss_ptr + rows, tl.where(valid, lse - positive, 0.0), mask=row_mask)
+    loss = tl.where(positive == float("-inf"), float("nan"), lse - positive)
+    tl.store(loss_ptr + rows, tl.where(valid, loss, 0.0), mask=row_mask)
+
+
+@triton.jit
+def _start_lse(positive):
+    """The online log-sum-exp (max of s * log2(e), sum of exp2) seeded with s_0; with none (-inf) a finite floor and
+    an empty sum, so that the first scores replace it."""
+    absent = positive == float("-inf")
+    return tl.where(absent, -1e30, positive * LOG2E), tl.where(absent, 0.0, 1.0)
 
 
 @triton.jit
@@ -136,7 +146,7 @@ def _positive_backward(lse_ptr, grad_loss_ptr, grad_items_ptr, rows, row_mask, v
     chunk_end)."""
     lse = tl.load(lse_ptr + rows, mask=row_mask, other=0.0)
     grad_loss = tl.where(valid, tl.load(grad_loss_ptr + rows * grad_loss_stride, mask=row_mask, other=0.0), 0.0)
-    grad_positive = (tl.exp(positive - lse) - 1.0) * grad_loss  # d loss / d s_0
+    grad_positive = tl.where(safe >= 0, tl.exp(positive - lse) - 1.0, 0.0) * grad_loss  # d loss / d s_0
     if ADD_ITEMS:
         in_chunk = valid & (safe >= chunk_start) & (safe < chunk_end)
         tl.atomic_add(grad_items_ptr + (safe - chunk_start)[:, None] * DIM + dims[None, :],
@@ -194,8 +204,7 @@ def _rowwise_forward_kernel(
         hidden_ptr, items_ptr, targets_ptr, num_rows, num_items, ignore_index, BLOCK_M, DIM, BLOCK_D)
     seed_hash, shift_a, shift_b = _key(key_ptr)
     h = h.to(tl.float32)
-    max2 = positive * LOG2E  # the online log-sum-exp starts with s_0
-    sum_exp = tl.full([BLOCK_M], 1.0, tl.float32)
+    max2, sum_exp = _start_lse(positive)  # the online log-sum-exp starts with s_0
     for start in range(0, _negatives_to_scan(valid, num_negatives), BLOCK_K):
         ks = start + tl.arange(0, BLOCK_K)
         mask = valid[:, None] & (ks < num_negatives)[None, :]
@@ -289,8 +298,7 @@ def _tiled_forward_kernel(
     rows, row_mask, dims, h, valid, safe, w_target, positive = _rows(
         hidden_ptr, items_ptr, targets_ptr, num_rows, num_items, ignore_index, TILE_ROWS, DIM, BLOCK_D)
     seed_hash = tl.load(key_ptr)
-    max2 = positive * LOG2E
-    sum_exp = tl.full([TILE_ROWS], 1.0, tl.float32)
+    max2, sum_exp = _start_lse(positive)
     for start in range(0, _negatives_to_scan(valid, num_negatives), BLOCK_K):
         ks = start + tl.arange(0, BLOCK_K)
         k_mask = ks < num_negatives

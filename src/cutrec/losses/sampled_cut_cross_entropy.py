@@ -84,24 +84,27 @@ def _negatives(options: _Options, rows: torch.Tensor) -> torch.Tensor:
 def _chunk_scores(
     hidden: torch.Tensor, items: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor, options: _Options
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(h [C, D], safe targets [C] (0 on ignored rows and on unchecked ids outside the catalog), w_target [C, D],
-    ids [C, K], w_neg [C, K, D], scores [C, K + 1]) of one chunk, in fp32 or fp64."""
+    """(h [C, D], present [C] (a target in the catalog), safe targets [C] (0 on ignored rows and on unchecked ids
+    outside the catalog), w_target [C, D] (0 where not present), ids [C, K], w_neg [C, K, D], scores [C, K + 1]) of
+    one chunk, in fp32 or fp64. A row whose unchecked target lies outside the catalog has s_0 = -inf and no hits:
+    its lse and gradients hold its negatives alone (as in the kernels), and `_torch_forward` gives it a NaN loss."""
     compute = torch.promote_types(hidden.dtype, torch.float32)
     h = hidden[rows].to(compute)  # [C, D]
     chunk_targets = targets[rows]  # [C]
     valid = chunk_targets != options.ignore_index
-    bad = valid & ((chunk_targets < 0) | (chunk_targets >= items.shape[0]))  # unchecked ids outside the catalog
-    safe = torch.where(valid & ~bad, chunk_targets, torch.zeros_like(chunk_targets)).long()  # [C]
-    w_target = items[safe].to(compute)  # [C, D]
+    present = valid & (chunk_targets >= 0) & (chunk_targets < items.shape[0])  # [C]
+    safe = torch.where(present, chunk_targets, torch.zeros_like(chunk_targets)).long()  # [C]
+    w_target = items[safe].to(compute) * present[:, None]  # [C, D]
     ids = _negatives(options, rows)  # [C, K]
     w_neg = items[ids].to(compute)  # [C, K, D]
     negative = torch.bmm(w_neg, h.unsqueeze(-1)).squeeze(-1)  # [C, K]
     if options.logq_correction:
         log_q = uniform_log_q(options.num_items) if options.log_q is None else options.log_q[ids].to(compute)
         negative = negative - (math.log(ids.shape[1]) + log_q)
-    negative = negative.masked_fill(ids == safe.unsqueeze(1), -math.inf)  # accidental hits removed exactly
-    positive = (h * w_target).sum(-1, keepdim=True).masked_fill(bad.unsqueeze(1), math.nan)  # [C, 1]: NaN loss
-    return h, safe, w_target, ids, w_neg, torch.cat([positive, negative], dim=1)  # scores [C, K + 1]
+    hits = (ids == safe.unsqueeze(1)) & present.unsqueeze(1)  # [C, K] accidental hits, removed exactly
+    negative = negative.masked_fill(hits, -math.inf)
+    positive = (h * w_target).sum(-1, keepdim=True).masked_fill((valid & ~present).unsqueeze(1), -math.inf)  # [C, 1]
+    return h, present, safe, w_target, ids, w_neg, torch.cat([positive, negative], dim=1)  # scores [C, K + 1]
 
 
 def _torch_forward(hidden, items, targets, options: _Options) -> tuple[torch.Tensor, torch.Tensor]:
@@ -113,10 +116,10 @@ def _torch_forward(hidden, items, targets, options: _Options) -> tuple[torch.Ten
     chunk = _chunk_rows(options)
     for start in range(0, num_rows, chunk):
         rows = torch.arange(start, min(start + chunk, num_rows), device=hidden.device)  # [C]
-        *_, scores = _chunk_scores(hidden, items, targets, rows, options)
+        _, present, *_, scores = _chunk_scores(hidden, items, targets, rows, options)
         chunk_lse = torch.logsumexp(scores, dim=1)  # [C]
         lse[rows] = chunk_lse
-        loss[rows] = chunk_lse - scores[:, 0]
+        loss[rows] = torch.where(present, chunk_lse - scores[:, 0], math.nan)
     return torch.where(targets != options.ignore_index, loss, torch.zeros_like(loss)), lse
 
 
@@ -131,9 +134,9 @@ def _torch_backward(hidden, items, targets, lse, grad_loss, options: _Options) -
     chunk = _chunk_rows(options)
     for start in range(0, num_rows, chunk):
         rows = torch.arange(start, min(start + chunk, num_rows), device=hidden.device)  # [C]
-        h, safe, w_target, ids, w_neg, scores = _chunk_scores(hidden, items, targets, rows, options)
+        h, present, safe, w_target, ids, w_neg, scores = _chunk_scores(hidden, items, targets, rows, options)
         probs = torch.exp(scores - lse[rows, None]) * grad_loss[rows, None]  # [C, K + 1]: d loss / d score
-        probs[:, 0] -= grad_loss[rows]  # the positive: softmax - 1
+        probs[:, 0] -= grad_loss[rows] * present  # the positive: softmax - 1
         grad_hidden[rows] = probs[:, :1] * w_target + torch.bmm(probs[:, None, 1:], w_neg).squeeze(1)
         grad_items.index_add_(0, safe, probs[:, :1] * h)
         grad_items.index_add_(0, ids.reshape(-1), (probs[:, 1:, None] * h[:, None, :]).reshape(-1, dim))
@@ -351,7 +354,8 @@ def sampled_cut_cross_entropy(
     `seed`: an int, or its draw key, the [4] int64 tensor `sampling.key_tensor(seed, N, device)` on hidden's device
     (what the CUDA-graph training step writes into one buffer before each replay; it never waits for the device).
     `check_targets` as for `cut_cross_entropy`: False skips the range check's device-to-host copy, and a target
-    outside [0, N) then gives a NaN loss instead of an error.
+    outside [0, N) then gives a NaN loss instead of an error (its softmax and gradients then hold the negatives
+    alone, with no target term: the catalog-parallel loss uses this for rows whose target another shard holds).
     """
     check_seam(hidden, items, targets)
     if num_negatives < 1:
