@@ -216,7 +216,8 @@ def step(ranks, model_name, seed):
     if ranks.distributed:
         shard_catalog(state.model, ranks)
         state.optimizer = make_optimizer(config, state.model, torch.device("cpu"))  # over the shard
-        forward, loss_fn = wrap(state.model, torch.device("cpu")), CatalogParallelLoss(state.model, ranks, "torch")
+        forward, loss_fn = wrap(state.model, torch.device("cpu")), CatalogParallelLoss(state.model, ranks, config.loss,
+                                                                                     torch.ones(41), "torch")
         part = rank_part(inputs, targets, ranks)[:2]
     else:
         forward, loss_fn, part = state.model, build_loss(config.loss, 41, torch.ones(41)), (inputs, targets)
@@ -268,10 +269,13 @@ def _log(folder):
         return list(csv.DictReader(file))
 
 
-@pytest.mark.parametrize("processes,model,batch", [(1, "sasrec", 36), (2, "sasrec", 36), (3, "bert4rec", 33)])
-def test_a_catalog_parallel_run_equals_one_process_and_resumes(tmp_path, torchrun, processes, model, batch):
-    # 1 process: the code path alone; batch 33 of 200 sequences: the last batch of 2 rows leaves rank 2 without rows
-    args = ["train", *TINY, f"--model={model}", f"--batch-size={batch}", f"--out={tmp_path}"]
+@pytest.mark.parametrize("processes,model,batch,loss", [(1, "sasrec", 36, "CCE"), (2, "sasrec", 36, "CCE"),
+                                                         (3, "bert4rec", 33, "CCE"), (1, "sasrec", 36, "CCE-")])
+def test_a_catalog_parallel_run_equals_one_process_and_resumes(tmp_path, torchrun, processes, model, batch, loss):
+    # 1 process: the code path alone (CCE-: the same draws as one device); batch 33 of 200 sequences: the last batch
+    # of 2 rows leaves rank 2 without rows
+    args = ["train", *TINY, f"--model={model}", f"--batch-size={batch}", f"--loss={loss}", "--loss.num_negatives=7",
+            f"--out={tmp_path}"]
     assert main([*args, "--epochs=3", "--name=single"]) == 0
     for command in ([*args, "--epochs=3", "--name=whole", "--train.catalog_parallel=true"],
                     [*args, "--epochs=1", "--name=parts", "--train.catalog_parallel=true"],
@@ -289,6 +293,22 @@ def test_a_catalog_parallel_run_equals_one_process_and_resumes(tmp_path, torchru
     assert many[model_name]["NDCG@10"] == pytest.approx(one[model_name]["NDCG@10"], rel=1e-4, abs=1e-6)
     assert main(["train", "--resume", str(tmp_path / "whole"), "--epochs=4"]) == 2  # one process cannot resume it
     assert main(["evaluate", str(tmp_path / "whole")]) == 0  # best.pt is one device's model
+
+
+def test_a_sampled_catalog_parallel_run_resumes_exactly(tmp_path, torchrun):
+    """CCE- over two shards (popularity draws, shared by blocks): each rank draws from its own rows, and a run stopped
+    after one epoch and resumed trains exactly as one that ran through (the draws are a function of step and rank)."""
+    args = ["train", *TINY, "--loss=CCE-", "--loss.num_negatives=9", "--loss.distribution=popularity",
+            "--loss.share=block", "--train.catalog_parallel=true", f"--out={tmp_path}"]
+    for command in ([*args, "--epochs=3", "--name=whole"], [*args, "--epochs=1", "--name=parts"],
+                    ["train", "--resume", str(tmp_path / "parts"), "--epochs=3"]):
+        done = torchrun(2, ["-m", "cutrec", *command], tmp_path)
+        assert done.returncode == 0, done.stderr[-3000:]
+    whole, parts = _log(tmp_path / "whole"), _log(tmp_path / "parts")
+    assert [row["train_loss"] for row in parts] == [row["train_loss"] for row in whole]
+    assert [row["NDCG@10"] for row in parts] == [row["NDCG@10"] for row in whole]
+    losses = [float(row["train_loss"]) for row in whole]
+    assert losses[-1] < losses[0]  # it learns
 
 
 def test_catalog_parallel_is_refused_where_it_cannot_run(tmp_path, capsys):

@@ -6,7 +6,8 @@ replicated). `wrap` puts the encoder in DistributedDataParallel with the shard l
 rows) and the replicated gradients summed, not averaged: every rank's loss is the whole step's mean over all ranks'
 targets, so each rank's gradient of a replicated parameter is its rows' part of the whole one. `CatalogParallelLoss`
 gathers the step's hidden states of every rank once (a differentiable all-gather, whose backward sums each row's
-gradient back to its rank) and scores them against the shards (`losses.catalog_parallel`).
+gradient back to its rank) and scores them against the shards (`losses.catalog_parallel`): the cut CE, or the
+sampled cut CE with each shard drawing its share of the negatives from its own rows.
 (No `from __future__ import annotations` here: DistributedDataParallel checks the hook's annotations.)
 """
 
@@ -21,7 +22,13 @@ from cutrec.data.batches import IGNORE_INDEX, eval_batches
 from cutrec.distributed import Ranks, collective, gather_rows
 from cutrec.errors import CutrecError
 from cutrec.eval.ranking import keys_to_items, refuse_non_finite
-from cutrec.losses.catalog_parallel import sharded_cut_cross_entropy, sharded_top_k_keys
+from cutrec.losses.catalog_parallel import (
+    shard_distribution,
+    sharded_cut_cross_entropy,
+    sharded_sampled_cut_cross_entropy,
+    sharded_top_k_keys,
+)
+from cutrec.losses.sampling import NegativeDistribution
 from cutrec.models.sharded import ShardedItemEmbedding
 from cutrec.train.evaluate import autocast_context, batch_exclusion
 from cutrec.transfer import to_device
@@ -49,14 +56,19 @@ def wrap(model: nn.Module, device: torch.device) -> nn.Module:
 
 
 class CatalogParallelLoss:
-    """The step's mean full-softmax CE over every rank's targets, against the catalog split across the ranks: called
-    like the losses of the seam, with this rank's hidden [R, D], its shard [N_r, D] and its targets [R] (R the same
-    on every rank)."""
+    """The step's mean loss (CCE, or CCE- with each shard drawing its own negatives) over every rank's targets,
+    against the catalog split across the ranks: called like the losses of the seam, with this rank's hidden [R, D],
+    its shard [N_r, D], its targets [R] (R the same on every rank) and the step's draw key over the shard's rows."""
 
-    def __init__(self, model: nn.Module, ranks: Ranks, impl: str = "auto") -> None:
-        self.model, self.ranks, self.impl = model, ranks, impl
+    def __init__(self, model: nn.Module, ranks: Ranks, config: Any, item_counts: torch.Tensor,
+                 impl: str = "auto") -> None:
+        self.model, self.ranks, self.config, self.impl = model, ranks, config, impl
+        if config.name == "CCE-":
+            whole = (NegativeDistribution.popularity(item_counts.cpu(), config.alpha)
+                     if config.distribution == "popularity" else NegativeDistribution.uniform(model.num_items))
+            self.distribution, self.num_negatives = shard_distribution(whole, config.num_negatives, ranks)
 
-    def __call__(self, hidden: torch.Tensor, items: torch.Tensor, targets: torch.Tensor, seed: Any = None
+    def __call__(self, hidden: torch.Tensor, items: torch.Tensor, targets: torch.Tensor, seed: Any = 0
                  ) -> torch.Tensor:
         every = torch.cat(distributed_autograd.all_gather(hidden))  # [W R, D]
         parts = [torch.empty_like(targets) for _ in range(self.ranks.world)]
@@ -64,8 +76,14 @@ class CatalogParallelLoss:
             dist.all_gather(parts, targets)
         every_target = torch.cat(parts)  # [W R]
         start = self.model.item_embedding.start
-        per_row = sharded_cut_cross_entropy(every, items, every_target, start=start, ranks=self.ranks,
-                                            impl=self.impl)  # [W R]
+        if self.config.name == "CCE-":
+            per_row = sharded_sampled_cut_cross_entropy(
+                every, items, every_target, start=start, ranks=self.ranks, num_negatives=self.num_negatives,
+                distribution=self.distribution, logq_correction=self.config.logq_correction,
+                share=self.config.share, seed=seed, impl=self.impl)  # [W R]
+        else:
+            per_row = sharded_cut_cross_entropy(every, items, every_target, start=start, ranks=self.ranks,
+                                                impl=self.impl)  # [W R]
         return per_row.sum() / (every_target != IGNORE_INDEX).sum().clamp(min=1)
 
 
@@ -79,9 +97,9 @@ def check(config: Any, ranks: Ranks) -> None:
 
 def check_config(config: Any) -> None:
     """What catalog parallel needs of the config (checked again by `cutrec train --devices` before it launches)."""
-    if config.loss.name != "CCE":
-        raise CutrecError(f"train.catalog_parallel=true trains with loss CCE so far, not {config.loss.name}; "
-                          "use --loss CCE")
+    if config.loss.name not in ("CCE", "CCE-"):
+        raise CutrecError(f"train.catalog_parallel=true trains with the loss CCE or CCE-, not {config.loss.name}; "
+                          "use --loss CCE or --loss CCE-")
     if config.train.batch_size == "auto":
         raise CutrecError("train.catalog_parallel=true needs a batch size; give --batch-size N (a multiple of the "
                           "ranks)")

@@ -421,10 +421,11 @@ def fit(
                                                             None else None)
     if config.train.compile:
         forward = torch.compile(forward)
-    loss_fn = (catalog_parallel.CatalogParallelLoss(model, ranks) if catalog else
+    loss_fn = (catalog_parallel.CatalogParallelLoss(model, ranks, config.loss, data.item_counts) if catalog else
                build_loss(config.loss, split.num_items, data.item_counts.to(device)))
     share = batch_size // ranks.world
-    step = TrainStep(state, forward, loss_fn, config, device, split.num_items,
+    drawn_items = model.item_table.shape[0]  # the rows the loss draws negatives from: this rank's shard, if sharded
+    step = TrainStep(state, forward, loss_fn, config, device, drawn_items,
                      rows=batch_positions(config, data.train_lengths, share), batch_size=share, ranks=ranks,
                      catalog_parallel=catalog)
     metric_names = [f"{m}@{k}" for m in ("NDCG", "HR") for k in config.eval.ks]

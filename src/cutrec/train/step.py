@@ -96,11 +96,12 @@ class TrainStep:
     """Runs training steps on `state` (see the module docstring); `run` never waits for the device."""
 
     def __init__(
-        self, state: TrainState, forward: Any, loss_fn: Any, config: Any, device: torch.device, num_items: int,
+        self, state: TrainState, forward: Any, loss_fn: Any, config: Any, device: torch.device, drawn_items: int,
         rows: int, batch_size: int, ranks: Ranks = SINGLE, catalog_parallel: bool = False,
     ) -> None:
         self.state, self.forward, self.loss_fn, self.config, self.device = state, forward, loss_fn, config, device
-        self.num_items, self.ranks, self.catalog_parallel = num_items, ranks, catalog_parallel
+        # the item rows that the loss's draw key covers: the catalog, or this rank's shard under catalog parallel
+        self.drawn_items, self.ranks, self.catalog_parallel = drawn_items, ranks, catalog_parallel
         # data parallel: DistributedDataParallel averages the ranks' gradients of their shares, so the backward is
         # scaled by the ranks; catalog parallel: every rank's loss is the whole step's, and the gradients are summed
         self.backward_scale = 1 if catalog_parallel else ranks.world
@@ -165,7 +166,7 @@ class TrainStep:
         words[limit + rows : limit + rows + count] = flat_targets[positions]
         words[limit + rows + count : limit + 2 * rows] = IGNORE_INDEX
         words[limit + 2 * rows : limit + 2 * rows + 4] = draw_key(
-            step_seed(self.config.train.seed, step, self.ranks.rank), self.num_items)
+            step_seed(self.config.train.seed, step, self.ranks.rank), self.drawn_items)
         # catalog parallel: every rank's loss is the whole step's (share 1), a rank without rows adds no targets
         words[-3:-1] = (1, 1) if self.catalog_parallel else share if share is not None else (count, max(count, 1))
         words[-1] = step
