@@ -145,16 +145,6 @@ def agree(flags: list[bool], ranks: Ranks) -> list[bool]:
     return [bool(value) for value in values.tolist()]
 
 
-def maximum(value: int, ranks: Ranks) -> int:
-    """The largest of the ranks' `value`s, on every rank."""
-    if not ranks.distributed:
-        return value
-    total = torch.tensor([value], dtype=torch.int64)
-    with collective(ranks):
-        dist.all_reduce(total, op=dist.ReduceOp.MAX, group=ranks.host_group)
-    return int(total)
-
-
 def sum_all(tensor: torch.Tensor, ranks: Ranks) -> torch.Tensor:
     """The sum of `tensor` over ranks (a new tensor; the input is unchanged)."""
     if not ranks.distributed:

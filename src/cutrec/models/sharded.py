@@ -47,29 +47,38 @@ def _gather(tensor: torch.Tensor, ranks: Ranks) -> torch.Tensor:
 
 
 class _ShardedLookup(torch.autograd.Function):
+    """Fixed shapes, no boolean indexing: nothing waits for the device (ids outside this rank's rows are clamped to a
+    row and masked out)."""
+
     @staticmethod
     def forward(ctx: Any, ids: torch.Tensor, weight: torch.Tensor, special: torch.Tensor,
                 module: ShardedItemEmbedding) -> torch.Tensor:
         ranks = module.ranks
         every = _gather(ids, ranks)  # [W, B, L] all ranks' ids
-        mine = (every >= module.start) & (every < module.stop)  # [W, B, L]
-        extra = (every >= module.num_items) & (ranks.rank == 0)  # [W, B, L] special ids: rank 0 looks them up
-        found = every.new_zeros((*every.shape, weight.shape[1]), dtype=weight.dtype)  # [W, B, L, D]
-        found[mine] = weight[every[mine] - module.start]
-        found[extra] = special[every[extra] - module.num_items]
+        local = every - module.start  # [W, B, L] row ids in this shard
+        mine = (local >= 0) & (local < weight.shape[0])
+        safe = local.clamp(0, weight.shape[0] - 1)
+        found = weight[safe] * mine[..., None].to(weight.dtype)  # [W, B, L, D]
+        if ranks.rank == 0:  # the special ids: rank 0 looks them up
+            extra = every - module.num_items  # [W, B, L]
+            found = found + special[extra.clamp(0, special.shape[0] - 1)] * (extra >= 0)[..., None].to(weight.dtype)
         with collective(ranks):
             dist.all_reduce(found)  # every rank's rows summed (reduce-scatter without gloo's support for it)
-        ctx.save_for_backward(every, mine, extra)
+        ctx.save_for_backward(every, safe, mine)
         ctx.module = module
         return found[ranks.rank]  # [B, L, D]
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
-        every, mine, extra = ctx.saved_tensors
+        every, safe, mine = ctx.saved_tensors
         module = ctx.module
-        grads = _gather(grad, module.ranks)  # [W, B, L, D]
-        grad_weight = grads.new_zeros(module.weight.shape).index_add_(0, every[mine] - module.start, grads[mine])
-        grad_special = grads.new_zeros(module.special.shape).index_add_(0, every[extra] - module.num_items,
-                                                                        grads[extra])
-        grad_special[0] = 0.0  # the padding row stays zero
+        grads = _gather(grad, module.ranks).flatten(0, 2)  # [W B L, D]
+        grad_weight = grads.new_zeros(module.weight.shape).index_add_(
+            0, safe.flatten(), grads * mine.flatten()[:, None].to(grads.dtype))  # rows of other ranks add zeros
+        grad_special = grads.new_zeros(module.special.shape)
+        if module.ranks.rank == 0:
+            extra = every.flatten() - module.num_items  # [W B L]
+            grad_special.index_add_(0, extra.clamp(0, module.special.shape[0] - 1),
+                                    grads * (extra >= 0)[:, None].to(grads.dtype))
+            grad_special[0] = 0.0  # the padding row stays zero
         return None, grad_weight, grad_special, None

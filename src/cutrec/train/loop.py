@@ -14,6 +14,7 @@ written (see interrupt.py).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import secrets
@@ -379,15 +380,17 @@ def settle_epoch_loss(state: TrainState, ranks: Ranks, config: RunConfig) -> Non
 
 
 def rank_part(inputs: torch.Tensor, targets: torch.Tensor, ranks: Ranks) -> tuple[torch.Tensor, torch.Tensor,
-                                                                                      tuple[int, int]]:
-    """This rank's rows of a batch (inputs [b, L], targets [b, L]) and its share (M_r, M) of the batch's targets. A
+                                                                                      tuple[int, int], int]:
+    """This rank's rows of a batch (inputs [b, L], targets [b, L]), its share (M_r, M) of the batch's targets, and
+    the most targets of any rank's rows (every rank builds the whole batch, so it knows them all without asking). A
     rank left without rows (a last batch smaller than the ranks) trains the first row with a share of 0."""
-    count = int((targets != IGNORE_INDEX).sum())
-    start, stop = distributed.shard(len(inputs), ranks)
+    per_row = (targets != IGNORE_INDEX).sum(1)  # [b]
+    parts = [distributed.shard(len(inputs), Ranks(rank=rank, world=ranks.world)) for rank in range(ranks.world)]
+    most = max(int(per_row[start:stop].sum()) for start, stop in parts)
+    start, stop = parts[ranks.rank]
     if stop == start:
-        return inputs[:1], targets[:1], (0, count)
-    mine = targets[start:stop]
-    return inputs[start:stop], mine, (int((mine != IGNORE_INDEX).sum()), count)
+        return inputs[:1], targets[:1], (0, int(per_row.sum())), most
+    return inputs[start:stop], targets[start:stop], (int(per_row[start:stop].sum()), int(per_row.sum())), most
 
 
 def ranked_top_items(model: SequenceModel, evalset: EvalSet, config: RunConfig, device: torch.device,
@@ -416,9 +419,10 @@ def fit(
     forward = model
     if catalog:
         forward = catalog_parallel.wrap(model, device)
-    elif ranks.distributed:
-        forward = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.index is not
-                                                            None else None)
+    elif ranks.distributed:  # built on a side stream, as a captured step needs (PyTorch's CUDA graphs notes)
+        with torch.cuda.stream(torch.cuda.Stream(device)) if device.type == "cuda" else contextlib.nullcontext():
+            forward = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.index is
+                                                                not None else None)
     if config.train.compile:
         forward = torch.compile(forward)
     loss_fn = (catalog_parallel.CatalogParallelLoss(model, ranks, config.loss, data.item_counts) if catalog else

@@ -23,6 +23,11 @@ from torch's graph-safe default generator and the kernel losses from the key buf
 step with the same state. A rare batch with more than R targets runs eagerly (counted in `eager_steps`). Without a
 graph, R is each batch's M rounded up to 64, so the Triton kernels, which specialise on a row count's divisibility
 by 16, never compile again after the first step.
+
+Data parallel (DistributedDataParallel over NCCL) is captured too, gradients' all-reduce included: the wrapper is
+built on a side stream and runs 11 warm-up steps before the capture, as PyTorch's CUDA graphs notes require. A
+captured collective must be replayed by every rank or by none, so a batch runs eagerly on every rank when any
+rank's part has more than R targets (each rank knows every part: all of them build the whole batch).
 """
 
 from __future__ import annotations
@@ -45,6 +50,9 @@ from cutrec.transfer import to_device
 
 ROW_MULTIPLE = 64  # R is rounded up to this
 WARMUP_STEPS = 2  # skipped updates before a capture (allocates the optimizer state, compiles the kernels)
+# DistributedDataParallel must run 11 eager iterations before its backward is captured (PyTorch's CUDA graphs notes:
+# it settles its gradient buckets in the first ones)
+DATA_PARALLEL_WARMUP_STEPS = 11
 
 
 class NonFiniteStep(Exception):
@@ -116,6 +124,8 @@ class TrainStep:
         self.graph: torch.cuda.CUDAGraph | None = None
         self.static: torch.Tensor | None = None  # the graph's input buffer
         self.why_eager = self._why_eager(device, config, ranks, catalog_parallel)  # None: capture (until one fails)
+        data_parallel = isinstance(forward, torch.nn.parallel.DistributedDataParallel)
+        self.warmup_steps = DATA_PARALLEL_WARMUP_STEPS if data_parallel else WARMUP_STEPS
         self.prepared = False
         self.setup_seconds = 0.0  # warm-up and capture of this session
         self.eager_steps = 0  # steps that ran eagerly beside a graph (batches with more than R targets)
@@ -134,9 +144,7 @@ class TrainStep:
         if config.train.compile:
             return "train.compile=true (the compiled model is not captured)"
         if catalog_parallel:
-            return "catalog parallel (the captured step is single-device)"
-        if ranks.distributed:
-            return f"data parallel over {ranks.world} ranks (the captured step is single-device)"
+            return "catalog parallel (its collective embedding lookup is not captured)"
         return None
 
     def pack(
@@ -154,8 +162,6 @@ class TrainStep:
         limit = self.batch_size * self.max_len
         if rows is None:
             rows = self.rows if self.use_graph and len(positions) <= self.rows else round_rows(len(positions), limit)
-        if self.catalog_parallel:  # the ranks' hidden rows are gathered: one R on every rank
-            rows = distributed.maximum(rows, self.ranks)
         positions = positions[:rows]
         count = len(positions)
         words = np.empty(limit + 2 * rows + 7, dtype=np.int64)
@@ -215,12 +221,19 @@ class TrainStep:
         self.state.optimizer.zero_grad(set_to_none=True)
         self._body(to_device(host, self.device), rows)
 
-    def run(self, inputs: torch.Tensor, targets: torch.Tensor, share: tuple[int, int] | None = None) -> None:
-        """One step on inputs [b, L] and targets [b, L] (CPU tensors), numbered state.step; `share` as in `pack`."""
-        host, rows = self.pack(inputs, targets, self.state.step, share)
+    def run(self, inputs: torch.Tensor, targets: torch.Tensor, share: tuple[int, int] | None = None,
+            most: int | None = None) -> None:
+        """One step on inputs [b, L] and targets [b, L] (CPU tensors), numbered state.step; `share` as in `pack`.
+        `most`: the most targets of any rank's part of the batch (data parallel: the graph's collectives need every
+        rank to replay it, or none; catalog parallel: the ranks' hidden rows are gathered, so R is the same on every
+        rank; None: this rank's own)."""
+        if self.catalog_parallel and most is None:
+            raise ValueError("a catalog-parallel step needs `most`, the most targets of any rank's part")
+        rows = round_rows(most, self.batch_size * self.max_len) if self.catalog_parallel else None
+        host, rows = self.pack(inputs, targets, self.state.step, share, rows)
         if not self.prepared:
             self._prepare(inputs, targets, host, rows, share)
-        if self.graph is not None and rows == self.rows:
+        if self.graph is not None and rows == self.rows and (most is None or most <= self.rows):
             self.static.copy_(host, non_blocking=True)
             self.graph.replay()
         else:
@@ -264,7 +277,7 @@ class TrainStep:
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
-            for _ in range(WARMUP_STEPS):
+            for _ in range(self.warmup_steps):
                 self.state.optimizer.zero_grad(set_to_none=True)
                 self._body(self.static, self.rows)
         torch.cuda.current_stream(self.device).wait_stream(side)
