@@ -510,6 +510,29 @@ def test_gpu_kernels_with_explicit_negatives(explicit_shape):
 
 @gpu
 @pytest.mark.gpu
+@pytest.mark.parametrize(("share", "popularity"), [("none", False), ("block", True), ("batch", False),
+                                                   ("offsets", False)])
+def test_gpu_a_target_outside_the_table_scores_the_negatives_alone(share, popularity):
+    """The catalog-parallel loss's rows whose target another shard holds (id -1 here): on the GPU the kernels give
+    them a NaN loss and, like the float64 PyTorch implementation, the gradients of their negatives alone."""
+    hidden, items, targets = (t.cuda() for t in make_inputs((1031, 5003, 64), torch.float32, seed=5))
+    targets[::3] = -1
+    options = {"num_negatives": 63, "distribution": _gpu_distribution(popularity, 5003), "share": share, "seed": 8,
+               "reduction": "none", "check_targets": False}
+    upstream = torch.ones(1031, device="cuda")
+    ours = loss_and_grads(sampled_cut_cross_entropy, hidden, items, targets, upstream=upstream, impl="triton",
+                          **options)
+    exact = loss_and_grads(sampled_cut_cross_entropy, hidden, items, targets, torch.float64, upstream, impl="torch",
+                           **options)
+    outside = targets == -1
+    assert torch.isnan(ours[0][outside]).all() and torch.isnan(exact[0][outside]).all()
+    torch.testing.assert_close(ours[0][~outside].double(), exact[0][~outside], rtol=1e-4, atol=1e-5)
+    for value, reference in zip(ours[1:], exact[1:], strict=True):
+        torch.testing.assert_close(value.double(), reference, rtol=1e-4, atol=1e-5)
+
+
+@gpu
+@pytest.mark.gpu
 @pytest.mark.parametrize("share", ["none", "block", "batch", "offsets"])
 def test_gpu_loss_and_hidden_gradient_are_bit_deterministic(share):
     """Loss and hidden gradient are bit-identical per seed; the item gradient too for share="offsets" (written once

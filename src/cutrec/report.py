@@ -204,6 +204,7 @@ def _plots(rows: list[dict[str, str]], out: Path) -> list[str]:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
     except ImportError:
         raise CutrecError("plots need matplotlib: pip install 'cutrec[plots]'") from None
     made = []
@@ -223,7 +224,11 @@ def _plots(rows: list[dict[str, str]], out: Path) -> list[str]:
             else:
                 xs = np.unique(x)
                 axes.plot(xs, [y[x == value].mean() for value in xs], marker="o", label=label)  # mean over seeds
-        axes.set_xscale("log" if logx else "linear")
+        if logx:
+            axes.set_xscale("log")
+            axes.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))  # labels at 1, 2 and 5 x 10^k
+            axes.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+            axes.xaxis.set_minor_formatter(NullFormatter())
         axes.set_xlabel(xlabel)
         axes.set_ylabel(ylabel)
         axes.legend(fontsize=7)
