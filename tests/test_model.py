@@ -119,3 +119,33 @@ def test_build_model_dispatches_on_the_name():
         build_model(ModelConfig(name="gru4rec"), 10)
     with pytest.raises(CutrecError, match="mask_prob=0"):
         BERT4Rec(10, mask_prob=0.0)
+
+
+def test_item_rows_of_any_range_equal_that_range_of_the_whole_table(monkeypatch):
+    """The initial item table is drawn in chunks with their own generators, so a catalog-parallel rank builds its rows
+    alone; any range (across chunk boundaries too) equals that range of the whole table, with std D^-0.5."""
+    from cutrec.models import transformer
+
+    monkeypatch.setattr(transformer, "ITEM_INIT_ROWS", 7)
+    whole = transformer.item_rows(11, 0, 60, 16)  # [60, 16]
+    rng = np.random.default_rng()
+    for _ in range(20):
+        start = int(rng.integers(0, 60))
+        stop = int(rng.integers(start, 61))
+        assert torch.equal(transformer.item_rows(11, start, stop, 16), whole[start:stop])
+    assert not torch.equal(transformer.item_rows(12, 0, 60, 16), whole)  # another seed, other rows
+    monkeypatch.setattr(transformer, "ITEM_INIT_ROWS", 1 << 16)
+    big = transformer.item_rows(3, 0, 20000, 64)
+    assert abs(float(big.std()) - 64**-0.5) < 0.002
+
+
+def test_counting_a_models_parameters_draws_nothing_from_the_generator():
+    """`memory.parameter_count` builds the model on the meta device; the model built next has the same weights."""
+    torch.manual_seed(5)
+    first = build_model(ModelConfig(name="sasrec", dim=16), 50).state_dict()
+    torch.manual_seed(5)
+    with torch.device("meta"):
+        build_model(ModelConfig(name="sasrec", dim=16), 50)
+    second = build_model(ModelConfig(name="sasrec", dim=16), 50).state_dict()
+    assert all(torch.equal(first[name], second[name]) for name in first)
+    assert torch.count_nonzero(first["item_embedding.weight"][50]) == 0  # the padding row

@@ -11,9 +11,11 @@ __all__ = ["BERT4Rec", "MODEL_NAMES", "SASRec", "SequenceModel", "build_model"]
 MODEL_NAMES = ("sasrec", "bert4rec")
 
 
-def build_model(config: ModelConfig, num_items: int) -> SequenceModel:
-    """The encoder named by config.name."""
+def build_model(config: ModelConfig, num_items: int, *, materialize_items: bool = True) -> SequenceModel:
+    """The encoder named by config.name; materialize_items=False leaves its item table on the meta device (a
+    catalog-parallel rank then builds its own rows: `models.sharded`)."""
     common = {
+        "materialize_items": materialize_items,
         "max_len": config.max_len,
         "dim": config.dim,
         "num_blocks": config.num_blocks,

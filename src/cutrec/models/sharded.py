@@ -25,14 +25,19 @@ from cutrec.losses.catalog_parallel import shard_bounds
 
 
 class ShardedItemEmbedding(nn.Module):
-    """This rank's rows of the catalog embedding plus the replicated special rows (see the module docstring)."""
+    """This rank's rows of the catalog embedding plus the replicated special rows (see the module docstring), built
+    alone from the encoder's `item_seed`: the same values as those rows of one device's table."""
 
-    def __init__(self, full: nn.Embedding, num_items: int, ranks: Ranks) -> None:
+    def __init__(self, num_items: int, num_special: int, dim: int, seed: int, ranks: Ranks) -> None:
+        from cutrec.models.transformer import item_rows
+
         super().__init__()
         self.start, self.stop = shard_bounds(num_items, ranks)
         self.num_items, self.ranks = num_items, ranks
-        self.weight = nn.Parameter(full.weight.detach()[self.start : self.stop].clone())  # [N_r, D]
-        self.special = nn.Parameter(full.weight.detach()[num_items:].clone())  # [S, D] padding first
+        self.weight = nn.Parameter(item_rows(seed, self.start, self.stop, dim))  # [N_r, D]
+        special = item_rows(seed, num_items, num_items + num_special, dim)  # [S, D]
+        special[0] = 0.0  # the padding row
+        self.special = nn.Parameter(special)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return _ShardedLookup.apply(ids, self.weight, self.special, self)  # [B, L, D]

@@ -10,6 +10,7 @@ mask instead.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -60,6 +61,22 @@ class TransformerBlock(nn.Module):
         return x + self.dropout(self.feed_forward(self.feed_forward_norm(x)))
 
 
+ITEM_INIT_ROWS = 1 << 16  # the initial item table is drawn in chunks of this many rows, each from its own generator
+
+
+def item_rows(seed: int, start: int, stop: int, dim: int) -> torch.Tensor:
+    """Rows start..stop-1 [stop - start, D] of the initial item table: normal with std D^-0.5, chunk c of
+    ITEM_INIT_ROWS rows drawn from a generator seeded by (seed, c). Any range of rows is built alone and equals that
+    range of the whole table, so a catalog-parallel rank builds only its own rows (`models.sharded`)."""
+    parts = []
+    for chunk in range(start // ITEM_INIT_ROWS, (stop - 1) // ITEM_INIT_ROWS + 1 if stop > start else 0):
+        generator = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, chunk]).generate_state(1)[0]))
+        block = torch.randn(ITEM_INIT_ROWS, dim, generator=generator) * dim**-0.5  # [C, D]
+        first = chunk * ITEM_INIT_ROWS
+        parts.append(block[max(start, first) - first : min(stop, first + ITEM_INIT_ROWS) - first])
+    return torch.cat(parts) if parts else torch.empty(0, dim)
+
+
 class TransformerEncoder(nn.Module):
     """Item ids [B, L] (right-padded with `padding_id` = num_items) -> hidden states [B, L, D].
 
@@ -70,7 +87,7 @@ class TransformerEncoder(nn.Module):
 
     def __init__(
         self, num_items: int, *, num_special: int, causal: bool, max_len: int, dim: int, num_blocks: int,
-        num_heads: int, dropout: float,
+        num_heads: int, dropout: float, materialize_items: bool = True,
     ) -> None:
         super().__init__()
         if num_items < 1:
@@ -81,17 +98,22 @@ class TransformerEncoder(nn.Module):
             raise CutrecError(f"dim={dim} is not divisible by num_heads={num_heads}; pick heads that divide dim")
         self.num_items = num_items
         self.max_len = max_len
-        self.item_embedding = nn.Embedding(num_items + num_special, dim, padding_idx=num_items)
+        self.num_special = num_special
+        counting = torch.get_default_device().type == "meta"  # built on the meta device to count: draw nothing
+        self.item_seed = 0 if counting else int(torch.randint(0, 2**62, (), device="cpu"))  # of `item_rows`
+        table = torch.empty(num_items + num_special, dim, device=None if materialize_items else "meta")
+        self.item_embedding = nn.Embedding(num_items + num_special, dim, padding_idx=num_items, _weight=table)
         self.position_embedding = nn.Embedding(max_len, dim)
         self.embedding_dropout = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(
             TransformerBlock(dim, num_heads, dropout, causal=causal) for _ in range(num_blocks)
         )
         self.final_norm = nn.LayerNorm(dim)
-        nn.init.normal_(self.item_embedding.weight, std=dim**-0.5)
         nn.init.normal_(self.position_embedding.weight, std=dim**-0.5)
-        with torch.no_grad():
-            self.item_embedding.weight[num_items].zero_()
+        if not table.is_meta:  # (meta: counted, not built; or left for a catalog-parallel rank's own rows)
+            with torch.no_grad():
+                table.copy_(item_rows(self.item_seed, 0, num_items + num_special, dim))
+                table[num_items].zero_()  # the padding row
 
     @property
     def padding_id(self) -> int:

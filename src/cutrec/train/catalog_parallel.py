@@ -37,8 +37,10 @@ SHARD_PARAMETER = "item_embedding.weight"  # the encoder's parameter that each r
 
 
 def shard_catalog(model: nn.Module, ranks: Ranks) -> None:
-    """Replace the encoder's item embedding by this rank's shard of it (the same initial values as one device)."""
-    model.item_embedding = ShardedItemEmbedding(model.item_embedding, model.num_items, ranks)
+    """Give the encoder (built with materialize_items=False) this rank's shard of the item embedding, the same
+    initial values as those rows of one device's table; no rank builds the whole table."""
+    dim = model.item_embedding.embedding_dim
+    model.item_embedding = ShardedItemEmbedding(model.num_items, model.num_special, dim, model.item_seed, ranks)
 
 
 def sum_hook(state: Any, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:

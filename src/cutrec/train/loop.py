@@ -338,10 +338,11 @@ def restore_rank(state: TrainState, saved: dict[str, Any], config: RunConfig, ra
 
 
 def new_state(config: RunConfig, num_items: int, device: torch.device, ranks: Ranks = SINGLE) -> TrainState:
-    """A fresh state: the model initialised from torch's generator (the whole model, then this rank's catalog rows
-    under train.catalog_parallel), the batch generator from the run seed."""
-    model = build_model(config.model, num_items)
-    if config.train.catalog_parallel and ranks.grouped:
+    """A fresh state: the model initialised from torch's generator (under train.catalog_parallel, only this rank's
+    catalog rows of the item table), the batch generator from the run seed."""
+    sharded = config.train.catalog_parallel and ranks.grouped
+    model = build_model(config.model, num_items, materialize_items=not sharded)
+    if sharded:
         catalog_parallel.shard_catalog(model, ranks)
     model = model.to(device)
     return TrainState(
