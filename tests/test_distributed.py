@@ -224,7 +224,8 @@ for graph in (False, True):
     order = epoch_order(train, min_length=state.model.min_train_length, rng=np.random.default_rng(0))
     losses = []
     for index in range(8):
-        inputs, targets = state.model.training_batch(train, order[index * 16 : (index + 1) * 16], state.batch_rng)
+        rows = order[(index * 16) % len(order) :][:16]  # [<= 16]
+        inputs, targets = state.model.training_batch(train, rows, state.batch_rng)
         step.run(inputs, targets, most=10**6 if index == 5 else None)  # step 5: another rank's part has too many
         state.step += 1
         losses.append(state.epoch_loss.item())
