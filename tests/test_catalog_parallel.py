@@ -111,12 +111,14 @@ counts = torch.tensor(rng.integers(0, 9, N), dtype=torch.float32)
 counts[31:] = 0  # popularity: the last shard of three (rows 31..46) has no mass, so it draws nothing
 start, stop = shard_bounds(N, ranks)
 results = []
-for share, popularity in (("none", False), ("none", True), ("block", True), ("batch", False), ("offsets", False)):
+cases = (("none", False, torch.float32), ("none", True, torch.float32), ("block", True, torch.float32),
+         ("batch", False, torch.float32), ("offsets", False, torch.float32), ("none", True, torch.float64))
+for share, popularity, dtype in cases:
     whole = NegativeDistribution.popularity(counts, 0.75) if popularity else NegativeDistribution.uniform(N)
     distribution, count = shard_distribution(whole, K, ranks)
     draw_seed = 100 + ranks.rank
-    h = hidden.clone().requires_grad_(True)
-    items = table[start:stop].clone().requires_grad_(True)
+    h = hidden.to(dtype, copy=True).requires_grad_(True)
+    items = table[start:stop].to(dtype, copy=True).requires_grad_(True)
     loss = sharded_sampled_cut_cross_entropy(h, items, targets, start=start, ranks=ranks, num_negatives=count,
                                              distribution=distribution, share=share, seed=draw_seed, impl=impl)
     valid = targets != -100
@@ -135,8 +137,8 @@ for share, popularity in (("none", False), ("none", True), ("block", True), ("ba
     log_q = (torch.full(ids.shape, -np.log(stop - start)) if distribution is None or distribution.probs is None
              else distribution.probs.double().log()[ids])
     drawn = distributed.gather_objects((ids + start, np.log(max(count, 1)) + log_q), ranks)
-    results.append({"share": share, "popularity": popularity, "loss": loss.detach(), "grad_hidden": grad_hidden,
-                    "grad_items": grad_items, "ids": torch.cat([d[0] for d in drawn], 1),
+    results.append({"share": share, "popularity": popularity, "dtype": str(dtype), "loss": loss.detach(),
+                    "grad_hidden": grad_hidden, "grad_items": grad_items, "ids": torch.cat([d[0] for d in drawn], 1),
                     "correction": torch.cat([d[1] for d in drawn], 1), "counts": [len(d[0][0]) for d in drawn]})
 if ranks.main:
     torch.save({"results": results, "hidden": hidden, "table": table, "targets": targets, "counts": counts}, out)
@@ -160,7 +162,7 @@ def test_sharded_sampled_cut_cross_entropy_equals_ce_minus_on_the_shards_draws(t
     targets = out["targets"]
     valid = targets != -100
     for result in out["results"]:
-        name = f"{result['share']}, popularity {result['popularity']}"
+        name = f"{result['share']}, popularity {result['popularity']}, {result['dtype']}"
         assert sum(result["counts"]) == 13, name  # the K_r sum to K
         if result["popularity"] and processes == 3:
             assert result["counts"][2] == 0, name  # the shard without mass draws nothing
@@ -185,7 +187,7 @@ def test_sharded_sampled_cut_cross_entropy_equals_ce_minus_on_the_shards_draws(t
             single = sampled_cut_cross_entropy(out["hidden"], out["table"], targets, num_negatives=13,
                                                distribution=distribution, share=result["share"], seed=100,
                                                reduction="none", impl="torch")
-            torch.testing.assert_close(result["loss"], single, rtol=1e-5, atol=1e-6, msg=name)
+            torch.testing.assert_close(result["loss"].float(), single, rtol=1e-5, atol=1e-6, msg=name)
 
 
 STEP_SCRIPT = """

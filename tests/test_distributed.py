@@ -180,6 +180,9 @@ def test_bad_launches_are_refused_before_any_process_starts(tmp_path, capsys):
     assert "absent.csv' does not exist" in capsys.readouterr().err
     assert main(["train", *TINY, "--devices=2", "--batch-size=32", "--loss=CE-", "--train.catalog_parallel=true"]) == 2
     assert "trains with the loss CCE or CCE-, not CE-" in capsys.readouterr().err
+    assert main(["train", *TINY, "--devices=2", "--batch-size=32", "--loss=CCE-", "--loss.share=offsets",
+                 "--loss.distribution=popularity", "--train.catalog_parallel=true"]) == 2  # refused before any rank
+    assert "loss.share='offsets' draws uniformly" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
 
 

@@ -113,7 +113,7 @@ class TrainConfig:
     progress: bool = True  # a progress bar per epoch on the terminal
     tensorboard: bool = False  # write each epoch's loss, metrics and seconds to RUN_DIR/tensorboard (needs tensorboard)
     dist_timeout_minutes: float = 10.0  # data parallel: a collective waiting this long fails (a rank was lost)
-    catalog_parallel: bool = False  # under torchrun: the item table split by rows across the ranks (loss CCE)
+    catalog_parallel: bool = False  # under torchrun: the item table split by rows across the ranks (CCE, CCE-)
 
 
 @dataclass

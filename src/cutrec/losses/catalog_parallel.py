@@ -171,7 +171,8 @@ class _ShardedSampledCutCrossEntropy(torch.autograd.Function):
         if num_negatives > 0:
             loss, lse = _sampled_forward_impl(hidden, items, local, key, None, *tables, *scalars, False)  # on the shard
         else:  # a shard that q gives no draws: its part of the softmax is the positive, where it holds the target
-            positive = (hidden.float() * items[torch.where(own, local, 0)].float()).sum(1)  # [M]
+            compute = torch.promote_types(hidden.dtype, torch.float32)  # the sampled ops' dtype, on every rank
+            positive = (hidden.to(compute) * items[torch.where(own, local, 0)].to(compute)).sum(1)  # [M]
             loss, lse = torch.zeros_like(positive), torch.where(own, positive, -torch.inf)
         total, whole = _combine(lse, loss, own, valid, ranks)  # [M], [M]
         ctx.save_for_backward(hidden, items, local, own, whole, total, key)
@@ -185,13 +186,14 @@ class _ShardedSampledCutCrossEntropy(torch.autograd.Function):
             grad_hidden, grad_items = _sampled_backward_impl(hidden, items, local, whole, total, grad_loss, key, None,
                                                              *ctx.tables, *ctx.scalars)
         else:
+            compute = total.dtype
             safe = torch.where(own, local, 0)
-            w_target = items[safe].float()  # [M, D]
-            positive = (hidden.float() * w_target).sum(1)
-            factor = torch.where(own, (torch.exp(positive - total) - 1.0) * grad_loss.float(), 0.0)[:, None]  # [M, 1]
-            grad_hidden = (factor * w_target).to(hidden.dtype)
-            grad_items = torch.zeros(items.shape, dtype=torch.float32, device=items.device).index_add_(
-                0, safe, factor * hidden.float()).to(items.dtype)
+            w_target = items[safe].to(compute)  # [M, D]
+            positive = (hidden.to(compute) * w_target).sum(1)
+            factor = torch.where(own, (torch.exp(positive - total) - 1.0) * grad_loss.to(compute), 0.0)[:, None]
+            grad_hidden = (factor * w_target).to(hidden.dtype)  # [M, D]
+            grad_items = torch.zeros(items.shape, dtype=compute, device=items.device).index_add_(
+                0, safe, factor * hidden.to(compute)).to(items.dtype)
         return grad_hidden, grad_items, *[None] * 10
 
 

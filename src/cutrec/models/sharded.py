@@ -29,15 +29,16 @@ class ShardedItemEmbedding(nn.Module):
     alone from the encoder's `item_seed`: the same values as those rows of one device's table."""
 
     def __init__(self, num_items: int, num_special: int, dim: int, seed: int, ranks: Ranks) -> None:
-        from cutrec.models.transformer import item_rows
+        from cutrec.models.transformer import fill_item_rows
 
         super().__init__()
         self.start, self.stop = shard_bounds(num_items, ranks)
         self.num_items, self.ranks = num_items, ranks
-        self.weight = nn.Parameter(item_rows(seed, self.start, self.stop, dim))  # [N_r, D]
-        special = item_rows(seed, num_items, num_items + num_special, dim)  # [S, D]
+        weight, special = torch.empty(self.stop - self.start, dim), torch.empty(num_special, dim)  # [N_r, D], [S, D]
+        fill_item_rows(weight, seed, self.start)
+        fill_item_rows(special, seed, num_items)
         special[0] = 0.0  # the padding row
-        self.special = nn.Parameter(special)
+        self.weight, self.special = nn.Parameter(weight), nn.Parameter(special)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return _ShardedLookup.apply(ids, self.weight, self.special, self)  # [B, L, D]
@@ -63,10 +64,10 @@ class _ShardedLookup(torch.autograd.Function):
         local = every - module.start  # [W, B, L] row ids in this shard
         mine = (local >= 0) & (local < weight.shape[0])
         safe = local.clamp(0, weight.shape[0] - 1)
-        found = weight[safe] * mine[..., None].to(weight.dtype)  # [W, B, L, D]
+        found = torch.where(mine[..., None], weight[safe], 0.0)  # [W, B, L, D]
         if ranks.rank == 0:  # the special ids: rank 0 looks them up
             extra = every - module.num_items  # [W, B, L]
-            found = found + special[extra.clamp(0, special.shape[0] - 1)] * (extra >= 0)[..., None].to(weight.dtype)
+            found = torch.where((extra >= 0)[..., None], special[extra.clamp(0, special.shape[0] - 1)], found)
         with collective(ranks):
             dist.all_reduce(found)  # every rank's rows summed (reduce-scatter without gloo's support for it)
         ctx.save_for_backward(every, safe, mine)
@@ -79,11 +80,11 @@ class _ShardedLookup(torch.autograd.Function):
         module = ctx.module
         grads = _gather(grad, module.ranks).flatten(0, 2)  # [W B L, D]
         grad_weight = grads.new_zeros(module.weight.shape).index_add_(
-            0, safe.flatten(), grads * mine.flatten()[:, None].to(grads.dtype))  # rows of other ranks add zeros
+            0, safe.flatten(), torch.where(mine.flatten()[:, None], grads, 0.0))  # rows of other ranks add zeros
         grad_special = grads.new_zeros(module.special.shape)
         if module.ranks.rank == 0:
             extra = every.flatten() - module.num_items  # [W B L]
             grad_special.index_add_(0, extra.clamp(0, module.special.shape[0] - 1),
-                                    grads * (extra >= 0)[:, None].to(grads.dtype))
+                                    torch.where((extra >= 0)[:, None], grads, 0.0))
             grad_special[0] = 0.0  # the padding row stays zero
         return None, grad_weight, grad_special, None

@@ -64,17 +64,18 @@ class TransformerBlock(nn.Module):
 ITEM_INIT_ROWS = 1 << 16  # the initial item table is drawn in chunks of this many rows, each from its own generator
 
 
-def item_rows(seed: int, start: int, stop: int, dim: int) -> torch.Tensor:
-    """Rows start..stop-1 [stop - start, D] of the initial item table: normal with std D^-0.5, chunk c of
-    ITEM_INIT_ROWS rows drawn from a generator seeded by (seed, c). Any range of rows is built alone and equals that
-    range of the whole table, so a catalog-parallel rank builds only its own rows (`models.sharded`)."""
-    parts = []
-    for chunk in range(start // ITEM_INIT_ROWS, (stop - 1) // ITEM_INIT_ROWS + 1 if stop > start else 0):
+def fill_item_rows(rows: torch.Tensor, seed: int, start: int) -> None:
+    """Fill `rows` [R, D] with rows start..start+R-1 of the initial item table: normal with std D^-0.5, chunk c of
+    ITEM_INIT_ROWS rows drawn from a generator seeded by (seed, c). Any range of rows is filled alone and equals that
+    range of the whole table, so a catalog-parallel rank builds only its own rows (`models.sharded`); the memory
+    beyond `rows` is one chunk."""
+    stop, dim = start + rows.shape[0], rows.shape[1]
+    for chunk in range(start // ITEM_INIT_ROWS, -(-stop // ITEM_INIT_ROWS)):
         generator = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, chunk]).generate_state(1)[0]))
-        block = torch.randn(ITEM_INIT_ROWS, dim, generator=generator) * dim**-0.5  # [C, D]
+        block = torch.randn(ITEM_INIT_ROWS, dim, generator=generator).mul_(dim**-0.5)  # [C, D]
         first = chunk * ITEM_INIT_ROWS
-        parts.append(block[max(start, first) - first : min(stop, first + ITEM_INIT_ROWS) - first])
-    return torch.cat(parts) if parts else torch.empty(0, dim)
+        low, high = max(start, first), min(stop, first + ITEM_INIT_ROWS)
+        rows[low - start : high - start] = block[low - first : high - first]
 
 
 class TransformerEncoder(nn.Module):
@@ -100,7 +101,7 @@ class TransformerEncoder(nn.Module):
         self.max_len = max_len
         self.num_special = num_special
         counting = torch.get_default_device().type == "meta"  # built on the meta device to count: draw nothing
-        self.item_seed = 0 if counting else int(torch.randint(0, 2**62, (), device="cpu"))  # of `item_rows`
+        self.item_seed = 0 if counting else int(torch.randint(0, 2**62, (), device="cpu"))  # `fill_item_rows`
         table = torch.empty(num_items + num_special, dim, device=None if materialize_items else "meta")
         self.item_embedding = nn.Embedding(num_items + num_special, dim, padding_idx=num_items, _weight=table)
         self.position_embedding = nn.Embedding(max_len, dim)
@@ -112,7 +113,7 @@ class TransformerEncoder(nn.Module):
         nn.init.normal_(self.position_embedding.weight, std=dim**-0.5)
         if not table.is_meta:  # (meta: counted, not built; or left for a catalog-parallel rank's own rows)
             with torch.no_grad():
-                table.copy_(item_rows(self.item_seed, 0, num_items + num_special, dim))
+                fill_item_rows(table, self.item_seed, 0)
                 table[num_items].zero_()  # the padding row
 
     @property

@@ -102,6 +102,9 @@ def check_config(config: Any) -> None:
     if config.loss.name not in ("CCE", "CCE-"):
         raise CutrecError(f"train.catalog_parallel=true trains with the loss CCE or CCE-, not {config.loss.name}; "
                           "use --loss CCE or --loss CCE-")
+    if config.loss.share == "offsets" and config.loss.distribution == "popularity":
+        raise CutrecError("loss.share='offsets' draws uniformly; use loss.distribution='uniform', or loss.share='none' "
+                          "for popularity sampling")
     if config.train.batch_size == "auto":
         raise CutrecError("train.catalog_parallel=true needs a batch size; give --batch-size N (a multiple of the "
                           "ranks)")

@@ -14,7 +14,6 @@ written (see interrupt.py).
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import secrets
@@ -406,6 +405,19 @@ def ranked_top_items(model: SequenceModel, evalset: EvalSet, config: RunConfig, 
     return distributed.gather_rows(part, len(evalset.targets), ranks)
 
 
+def _data_parallel(model: SequenceModel, device: torch.device) -> torch.nn.Module:
+    """The model in DistributedDataParallel, built on a side stream on CUDA (PyTorch's CUDA graphs notes: so that
+    the step can be captured), ordered after the copies that made the weights and before the first step."""
+    if device.type != "cuda":
+        return torch.nn.parallel.DistributedDataParallel(model)
+    side, current = torch.cuda.Stream(device), torch.cuda.current_stream(device)
+    side.wait_stream(current)
+    with torch.cuda.stream(side):
+        wrapped = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index])
+    current.wait_stream(side)
+    return wrapped
+
+
 def fit(
     config: RunConfig, folder: Path, data: TrainingData, state: TrainState, device: torch.device,
     ranks: Ranks = SINGLE,
@@ -420,10 +432,8 @@ def fit(
     forward = model
     if catalog:
         forward = catalog_parallel.wrap(model, device)
-    elif ranks.distributed:  # built on a side stream, as a captured step needs (PyTorch's CUDA graphs notes)
-        with torch.cuda.stream(torch.cuda.Stream(device)) if device.type == "cuda" else contextlib.nullcontext():
-            forward = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.index is
-                                                                not None else None)
+    elif ranks.distributed:
+        forward = _data_parallel(model, device)
     if config.train.compile:
         forward = torch.compile(forward)
     loss_fn = (catalog_parallel.CatalogParallelLoss(model, ranks, config.loss, data.item_counts) if catalog else

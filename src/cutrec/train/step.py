@@ -43,6 +43,7 @@ from cutrec import distributed
 from cutrec.console import note
 from cutrec.data.batches import IGNORE_INDEX
 from cutrec.distributed import SINGLE, Ranks
+from cutrec.errors import CutrecError
 from cutrec.losses.sampling import draw_key
 from cutrec.train.evaluate import autocast_context
 from cutrec.train.state import TrainState
@@ -123,9 +124,9 @@ class TrainStep:
         self.readout = Readout(device)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.static: torch.Tensor | None = None  # the graph's input buffer
-        self.why_eager = self._why_eager(device, config, ranks, catalog_parallel)  # None: capture (until one fails)
-        data_parallel = isinstance(forward, torch.nn.parallel.DistributedDataParallel)
-        self.warmup_steps = DATA_PARALLEL_WARMUP_STEPS if data_parallel else WARMUP_STEPS
+        self.why_eager = self._why_eager(device, config, catalog_parallel)  # None: capture (until one fails)
+        self.data_parallel = isinstance(forward, torch.nn.parallel.DistributedDataParallel)
+        self.warmup_steps = DATA_PARALLEL_WARMUP_STEPS if self.data_parallel else WARMUP_STEPS
         self.prepared = False
         self.setup_seconds = 0.0  # warm-up and capture of this session
         self.eager_steps = 0  # steps that ran eagerly beside a graph (batches with more than R targets)
@@ -136,7 +137,7 @@ class TrainStep:
         return self.why_eager is None
 
     @staticmethod
-    def _why_eager(device: torch.device, config: Any, ranks: Ranks, catalog_parallel: bool) -> str | None:
+    def _why_eager(device: torch.device, config: Any, catalog_parallel: bool) -> str | None:
         if not config.train.cuda_graph:
             return "train.cuda_graph=false"
         if device.type != "cuda":
@@ -227,8 +228,8 @@ class TrainStep:
         `most`: the most targets of any rank's part of the batch (data parallel: the graph's collectives need every
         rank to replay it, or none; catalog parallel: the ranks' hidden rows are gathered, so R is the same on every
         rank; None: this rank's own)."""
-        if self.catalog_parallel and most is None:
-            raise ValueError("a catalog-parallel step needs `most`, the most targets of any rank's part")
+        if (self.catalog_parallel or self.ranks.distributed) and most is None:
+            raise ValueError("a step of several ranks needs `most`, the most targets of any rank's part")
         rows = round_rows(most, self.batch_size * self.max_len) if self.catalog_parallel else None
         host, rows = self.pack(inputs, targets, self.state.step, share, rows)
         if not self.prepared:
@@ -257,6 +258,11 @@ class TrainStep:
             except RuntimeError as error:  # an op that syncs or is not capturable
                 self.graph = None
                 self.why_eager = f"capture failed ({str(error).splitlines()[0][:120]})"
+            if self.data_parallel and distributed.agree([self.graph is None], self.ranks)[0]:
+                # a captured collective must be replayed by every rank, and a failed capture may leave the
+                # gradient all-reduce mid-way: every rank stops alike
+                raise CutrecError(f"the CUDA-graph capture of the data-parallel step failed on a rank ("
+                                  f"{self.why_eager or 'on another rank'}); set train.cuda_graph=false")
         if self.graph is None:
             self._eager(host, rows)  # compiles the kernels outside the timed steps
         self.skip.fill_(False)
