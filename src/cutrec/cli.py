@@ -122,6 +122,7 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--budget-gb", type=float, default=40.0, help="the memory budget (default 40)")
     report.add_argument("--out", help="the report folder (default: report/ beside the results)")
     commands.add_parser("datasets", parents=[quiet], help="list the named datasets and their sources")
+    commands.add_parser("presets", parents=[quiet], help="list the named recipes that --preset starts from")
     return parser
 
 
@@ -136,6 +137,7 @@ def _config_keys_help() -> str:
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", help="start from a named recipe (cutrec presets), before --config and the options")
     parser.add_argument("--config", help="a .toml or .yaml file of config sections")
     for option, key in SHORT_OPTIONS.items():
         parser.add_argument(option, dest=key, metavar=key.split(".")[-1].upper(), help=f"sets {key}")
@@ -158,10 +160,13 @@ def _overrides(args: argparse.Namespace, extra: list[str]) -> list[str]:
 
 
 def _run_config(args: argparse.Namespace, extra: list[str]):
-    """The RunConfig of `train` and `estimate`: defaults, a named dataset's presets, the file, the options."""
-    from cutrec.config import build_config, load_file
+    """The RunConfig of `train` and `estimate`: defaults, a named dataset's presets, the recipe preset, the file, the
+    options."""
+    from cutrec import presets
+    from cutrec.config import build_config, load_file, merged_values
 
-    return build_config(load_file(args.config) if args.config else {}, _overrides(args, extra))
+    values = presets.load(args.preset) if args.preset else {}
+    return build_config(merged_values(values, load_file(args.config) if args.config else {}), _overrides(args, extra))
 
 
 def _train(args: argparse.Namespace, extra: list[str]) -> None:
@@ -170,6 +175,8 @@ def _train(args: argparse.Namespace, extra: list[str]) -> None:
     from cutrec.train.loop import resume, train
 
     if args.resume:
+        if args.preset:
+            raise CutrecError("a resumed run keeps its recipe; leave --preset out with --resume")
         resume(Path(args.resume), load_file(args.config) if args.config else {}, _overrides(args, extra))
     else:
         train(_run_config(args, extra))
@@ -357,6 +364,10 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list[
             from cutrec.experiment import run_grid
 
             print(f"results: {run_grid(args.grid, commit=args.commit) / 'results.md'}")
+        elif args.command == "presets":
+            from cutrec import presets
+
+            print(presets.describe())
         else:
             from cutrec.data import registry
 

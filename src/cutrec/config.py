@@ -70,6 +70,8 @@ class ModelConfig:
     num_heads: int = 1
     dropout: float = 0.2
     mask_prob: float = 0.2  # bert4rec: chance that a training position is masked (at least one per sequence)
+    ffn_activation: Literal["gelu", "relu", "swiglu"] = "gelu"  # GELU; ReLU (SASRec 2018); gated SwiGLU (Shazeer 2020)
+    ffn_mult: float = 1.0  # feed-forward width in multiples of dim (SASRec 2018: 1; BERT4Rec and most transformers: 4)
 
 
 @dataclass
@@ -88,6 +90,8 @@ class LossConfig:
     sce_bucket_size_x: int = 256  # SCE: positions per bucket (the best-aligned with its direction)
     sce_bucket_size_y: int = 256  # SCE: items per bucket (the hard negatives of its positions)
     sce_mix: bool = True  # SCE: bucket directions are random mixes of the step's hidden states (else Gaussian)
+    label_smoothing: float = 0.0  # CE, CCE: eps of the target spread uniformly over the catalog (Szegedy et al. 2016)
+    temperature: float = 1.0  # every loss: training logits divided by this (the ranking is unchanged)
 
 
 @dataclass
@@ -390,6 +394,12 @@ def validate(config: RunConfig) -> None:
          "model.num_heads", config.model.num_heads, "use 1 or more heads that divide model.dim"),
         (0.0 <= config.model.dropout < 1.0, "model.dropout", config.model.dropout, "use a value in [0, 1)"),
         (0.0 < config.model.mask_prob <= 1.0, "model.mask_prob", config.model.mask_prob, "use a value in (0, 1]"),
+        (0.0 < config.model.ffn_mult < math.inf and round(config.model.ffn_mult * config.model.dim) >= 1,
+         "model.ffn_mult", config.model.ffn_mult, "use a positive width multiple (ffn_mult x dim >= 1)"),
+        (0.0 <= config.loss.label_smoothing < 1.0, "loss.label_smoothing", config.loss.label_smoothing,
+         "use a value in [0, 1)"),
+        (0.0 < config.loss.temperature < math.inf, "loss.temperature", config.loss.temperature,
+         "use a positive, finite temperature"),
         (config.loss.num_negatives >= 1, "loss.num_negatives", config.loss.num_negatives,
          "use 1 or more negatives"),
         (config.loss.alpha >= 0.0, "loss.alpha", config.loss.alpha, "use a power of 0 or more"),

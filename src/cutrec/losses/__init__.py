@@ -15,6 +15,7 @@ from functools import partial
 import torch
 
 from cutrec.config import LossConfig
+from cutrec.data.batches import IGNORE_INDEX
 from cutrec.errors import CutrecError
 from cutrec.losses.cut_cross_entropy import CutCrossEntropy, cut_cross_entropy
 from cutrec.losses.reference import (
@@ -70,21 +71,51 @@ def resolve_loss_name(name: str, num_items: int) -> str:
 # the loss-section keys each loss uses (besides name)
 _SAMPLING = ("num_negatives", "distribution", "alpha")
 LOSS_KEYS = {
-    "auto": (),
-    "CE": (),
-    "CCE": (),
-    "CE-": (*_SAMPLING, "logq_correction"),
-    "CCE-": (*_SAMPLING, "logq_correction", "share"),
-    "BCE": ("distribution", "alpha"),
-    "BCE+": _SAMPLING,
-    "gBCE": (*_SAMPLING, "gbce_t"),
-    "SCE": ("sce_buckets", "sce_bucket_size_x", "sce_bucket_size_y", "sce_mix"),
+    "auto": ("temperature",),
+    "CE": ("temperature", "label_smoothing"),
+    "CCE": ("temperature", "label_smoothing"),
+    "CE-": (*_SAMPLING, "logq_correction", "temperature"),
+    "CCE-": (*_SAMPLING, "logq_correction", "share", "temperature"),
+    "BCE": ("distribution", "alpha", "temperature"),
+    "BCE+": (*_SAMPLING, "temperature"),
+    "gBCE": (*_SAMPLING, "gbce_t", "temperature"),
+    "SCE": ("sce_buckets", "sce_bucket_size_x", "sce_bucket_size_y", "sce_mix", "temperature"),
 }
+
+
+def _with_recipe(loss: LossFn, config: LossConfig) -> LossFn:
+    """`loss` with loss.temperature T (the hidden states over T: every logit h . w over T) and loss.label_smoothing
+    eps (CE, CCE): (1 - eps) CE + eps times the catalog's mean of -log p_j, per position, which for dot-product
+    logits is CE + eps (z_y - h . w_bar), w_bar the mean item row: no [M, N] logits needed (Szegedy et al. 2016)."""
+    temperature, eps = config.temperature, config.label_smoothing
+    if temperature == 1.0 and eps == 0.0:
+        return loss
+
+    def call(hidden: torch.Tensor, items: torch.Tensor, targets: torch.Tensor, *, seed: int | torch.Tensor = 0):
+        scaled = hidden / temperature if temperature != 1.0 else hidden  # [M, D]
+        value = loss(scaled, items, targets, seed=seed)
+        if eps:
+            valid = targets != IGNORE_INDEX  # [M]
+            offset = items[targets.clamp(min=0)].float() - items.float().mean(0)  # [M, D] w_y - w_bar
+            gap = (scaled.float() * offset).sum(1)  # [M] z_y - h . w_bar
+            value = value + eps * torch.where(valid, gap, 0.0).sum() / valid.sum().clamp(min=1)
+        return value
+
+    return call
 
 
 def build_loss(config: LossConfig, num_items: int, item_counts: torch.Tensor | None = None) -> LossFn:
     """The loss named by config.name (resolved by `resolve_loss_name`) as `loss(hidden, items, targets, *, seed)`."""
     name = resolve_loss_name(config.name, num_items)
+    if config.label_smoothing and name not in ("CE", "CCE"):
+        raise CutrecError(f"loss.label_smoothing={config.label_smoothing} applies to the full-softmax losses CE and "
+                          f"CCE, not {name}; use --loss CE or CCE, or loss.label_smoothing=0")
+    return _with_recipe(_base_loss(name, config, num_items, item_counts), config)
+
+
+def _base_loss(name: str, config: LossConfig, num_items: int, item_counts: torch.Tensor | None) -> LossFn:
+    """The loss `name` (resolved) as `loss(hidden, items, targets, *, seed)`, before the recipe's temperature and
+    label smoothing."""
     if config.distribution == "popularity":
         if item_counts is None:
             raise CutrecError("loss.distribution='popularity' needs training item counts; none were given")

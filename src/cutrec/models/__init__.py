@@ -21,6 +21,8 @@ def build_model(config: ModelConfig, num_items: int, *, materialize_items: bool 
         "num_blocks": config.num_blocks,
         "num_heads": config.num_heads,
         "dropout": config.dropout,
+        "ffn_activation": config.ffn_activation,
+        "ffn_mult": config.ffn_mult,
     }
     if config.name == "sasrec":
         return SASRec(num_items, **common)

@@ -43,17 +43,34 @@ class SelfAttention(nn.Module):
         return self.out(attended.transpose(1, 2).reshape(batch, length, dim))  # [B, L, D]
 
 
+class SwiGLU(nn.Module):
+    """[..., 2H] -> [..., H]: silu(gate) * value of the halves (Shazeer 2020, "GLU Variants Improve Transformer")."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, value = x.chunk(2, dim=-1)
+        return F.silu(gate) * value
+
+
+def feed_forward(dim: int, width: int, activation: str, dropout: float) -> nn.Sequential:
+    """[..., D] -> [..., D] through `width` hidden units: Linear, the activation, dropout, Linear. "swiglu" doubles
+    the first layer (gate and value) and keeps `width` units after the gate."""
+    activations = {"gelu": nn.GELU, "relu": nn.ReLU, "swiglu": SwiGLU}
+    if activation not in activations:
+        raise CutrecError(f"model.ffn_activation={activation!r} is unknown; choose gelu, relu or swiglu")
+    up = 2 * width if activation == "swiglu" else width
+    return nn.Sequential(nn.Linear(dim, up), activations[activation](), nn.Dropout(dropout), nn.Linear(width, dim))
+
+
 class TransformerBlock(nn.Module):
     """Pre-norm block: x + attention(norm(x)), then x + feed-forward(norm(x))."""
 
-    def __init__(self, dim: int, num_heads: int, dropout: float, *, causal: bool) -> None:
+    def __init__(self, dim: int, num_heads: int, dropout: float, *, causal: bool, ffn_activation: str = "gelu",
+                 ffn_width: int | None = None) -> None:
         super().__init__()
         self.attention_norm = nn.LayerNorm(dim)
         self.attention = SelfAttention(dim, num_heads, dropout, causal=causal)
         self.feed_forward_norm = nn.LayerNorm(dim)
-        self.feed_forward = nn.Sequential(
-            nn.Linear(dim, dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(dim, dim)
-        )
+        self.feed_forward = feed_forward(dim, ffn_width or dim, ffn_activation, dropout)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, is_item: torch.Tensor) -> torch.Tensor:
@@ -88,7 +105,8 @@ class TransformerEncoder(nn.Module):
 
     def __init__(
         self, num_items: int, *, num_special: int, causal: bool, max_len: int, dim: int, num_blocks: int,
-        num_heads: int, dropout: float, materialize_items: bool = True,
+        num_heads: int, dropout: float, ffn_activation: str = "gelu", ffn_mult: float = 1.0,
+        materialize_items: bool = True,
     ) -> None:
         super().__init__()
         if num_items < 1:
@@ -107,7 +125,9 @@ class TransformerEncoder(nn.Module):
         self.position_embedding = nn.Embedding(max_len, dim)
         self.embedding_dropout = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(
-            TransformerBlock(dim, num_heads, dropout, causal=causal) for _ in range(num_blocks)
+            TransformerBlock(dim, num_heads, dropout, causal=causal, ffn_activation=ffn_activation,
+                             ffn_width=max(1, round(ffn_mult * dim)))
+            for _ in range(num_blocks)
         )
         self.final_norm = nn.LayerNorm(dim)
         nn.init.normal_(self.position_embedding.weight, std=dim**-0.5)

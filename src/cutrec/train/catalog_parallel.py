@@ -102,6 +102,9 @@ def check_config(config: Any) -> None:
     if config.loss.name not in ("CCE", "CCE-"):
         raise CutrecError(f"train.catalog_parallel=true trains with the loss CCE or CCE-, not {config.loss.name}; "
                           "use --loss CCE or --loss CCE-")
+    if config.loss.temperature != 1.0 or config.loss.label_smoothing:
+        raise CutrecError("train.catalog_parallel=true does not take loss.temperature or loss.label_smoothing yet; "
+                          "leave them at 1 and 0")
     if config.loss.share == "offsets" and config.loss.distribution == "popularity":
         raise CutrecError("loss.share='offsets' draws uniformly; use loss.distribution='uniform', or loss.share='none' "
                           "for popularity sampling")

@@ -1,0 +1,133 @@
+"""The recipe's levers: label smoothing and a logit temperature on the seam, against PyTorch's float64 cross-entropy
+with label smoothing on fresh random inputs of odd shapes (the PyTorch fallback and the Triton interpreter); the
+feed-forward variants (width, ReLU, GELU, gated SwiGLU) and their checkpoints; refusals."""
+
+import importlib.util
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cutrec.config import LossConfig, ModelConfig, build_config
+from cutrec.errors import CutrecError
+from cutrec.losses import build_loss
+from cutrec.models import build_model
+
+
+def _inputs(rng, rows, items, dim):
+    hidden = torch.tensor(rng.normal(size=(rows, dim)), dtype=torch.float32)
+    table = torch.tensor(rng.normal(size=(items, dim)) * 0.5, dtype=torch.float32)
+    targets = torch.tensor(rng.integers(0, items, rows))
+    targets[rng.random(rows) < 0.2] = -100
+    return hidden, table, targets
+
+
+def _loss_and_grads(loss, hidden, table, targets, dtype=None, **kwargs):
+    leaves = [t.detach().to(dtype or t.dtype).requires_grad_() for t in (hidden, table)]
+    value = loss(leaves[0], leaves[1], targets, **kwargs)
+    value.backward()
+    return [value.detach(), leaves[0].grad, leaves[1].grad]
+
+
+@pytest.mark.parametrize("name", ["CE", "CCE"])
+@pytest.mark.parametrize(("eps", "temperature"), [(0.1, 1.0), (0.0, 0.7), (0.3, 1.9)])
+def test_label_smoothing_and_temperature_equal_torch_in_float64(name, eps, temperature):
+    if name == "CCE" and importlib.util.find_spec("triton") is None and not torch.cuda.is_available():
+        pytest.skip("the Triton interpreter needs triton")
+    rng = np.random.default_rng()
+    hidden, table, targets = _inputs(rng, int(rng.integers(30, 90)), int(rng.integers(40, 130)), 12)
+    loss = build_loss(LossConfig(name=name, label_smoothing=eps, temperature=temperature), table.shape[0])
+
+    def reference(h, w, t, seed=0):
+        return F.cross_entropy(h @ w.T / temperature, t, ignore_index=-100, label_smoothing=eps)
+
+    ours = _loss_and_grads(loss, hidden, table, targets, seed=0)
+    exact = _loss_and_grads(reference, hidden, table, targets, torch.float64)
+    for value, expected in zip(ours, exact, strict=True):
+        torch.testing.assert_close(value.double(), expected, rtol=1e-4, atol=1e-6)
+
+
+def test_temperature_scales_the_hidden_states_of_a_sampled_loss():
+    rng = np.random.default_rng()
+    hidden, table, targets = _inputs(rng, 41, 77, 8)
+    options = {"name": "CCE-", "num_negatives": 9}
+    hot = build_loss(LossConfig(**options, temperature=0.5), 77)(hidden, table, targets, seed=4)
+    plain = build_loss(LossConfig(**options), 77)(hidden / 0.5, table, targets, seed=4)
+    torch.testing.assert_close(hot, plain)
+
+
+def test_label_smoothing_is_refused_for_sampled_losses_and_bad_values():
+    with pytest.raises(CutrecError, match="loss.label_smoothing=0.1 applies to the full-softmax losses CE and CCE"):
+        build_loss(LossConfig(name="CCE-", label_smoothing=0.1), 50)
+    with pytest.raises(CutrecError, match="loss.label_smoothing"):
+        build_config({"loss": {"label_smoothing": 1.0}})
+    with pytest.raises(CutrecError, match="loss.temperature"):
+        build_config({"loss": {"temperature": 0}})
+    with pytest.raises(CutrecError, match="model.ffn_mult"):
+        build_config({"model": {"ffn_mult": 0}})
+    with pytest.raises(CutrecError, match="model.ffn_activation"):
+        build_config({"model": {"ffn_activation": "tanh"}})
+
+
+@pytest.mark.parametrize(("activation", "mult", "first_rows"), [("gelu", 1.0, 16), ("relu", 4.0, 64),
+                                                                 ("swiglu", 2.5, 80)])
+@pytest.mark.parametrize("model_name", ["sasrec", "bert4rec"])
+def test_feed_forward_variants_train_and_reload(tmp_path, activation, mult, first_rows, model_name):
+    """The width is round(ffn_mult x dim) (SwiGLU's first layer holds gate and value: twice that); the default
+    (GELU, width dim) keeps the parameter names of earlier checkpoints; a model reloads from its state dict."""
+    config = ModelConfig(name=model_name, dim=16, num_blocks=1, num_heads=2, max_len=10, ffn_activation=activation,
+                         ffn_mult=mult)
+    model = build_model(config, 30)
+    first = model.blocks[0].feed_forward[0]
+    assert first.weight.shape == (first_rows, 16)
+    assert model.blocks[0].feed_forward[3].weight.shape == (16, round(mult * 16))
+    inputs = torch.randint(0, 30, (4, 10))
+    model(inputs).sum().backward()
+    assert all(p.grad is not None for p in model.blocks.parameters())
+    again = build_model(config, 30)
+    again.load_state_dict(model.state_dict())
+    model.eval(), again.eval()
+    torch.testing.assert_close(again(inputs), model(inputs))
+
+
+def test_the_default_feed_forward_keeps_its_parameter_names():
+    names = [name for name in build_model(ModelConfig(), 20).state_dict() if ".feed_forward." in name]
+    assert names[:4] == ["blocks.0.feed_forward.0.weight", "blocks.0.feed_forward.0.bias",
+                         "blocks.0.feed_forward.3.weight", "blocks.0.feed_forward.3.bias"]
+
+
+def test_presets_list_load_and_yield_to_the_config_file_and_the_options(tmp_path, capsys):
+    from cutrec import presets
+    from cutrec.cli import main
+
+    assert presets.names() == ["bert4rec-2019", "sasrec-2018"]
+    assert main(["presets"]) == 0
+    listing = capsys.readouterr().out
+    assert all(name in listing for name in presets.names())
+    for name in presets.names():  # every preset is a valid config that spells out its model, loss and training
+        values = presets.load(name)
+        build_config(values)
+        assert {"model", "loss", "train"} <= values.keys()
+    bert = build_config(presets.load("bert4rec-2019"))
+    assert (bert.model.name, bert.model.num_heads, bert.model.ffn_activation) == ("bert4rec", 2, "gelu")
+    file = tmp_path / "run.toml"
+    file.write_text('[model]\nnum_blocks = 3\n[train]\nlr = 0.002\n')
+    args = ["train", "--preset", "bert4rec-2019", "--config", str(file), "--train.lr=0.003", "--epochs=1",
+            "--data.synthetic.num_users=60", "--data.synthetic.num_items=80", "--model.max_len=8", "--model.dim=16",
+            "--device=cpu", "--train.progress=false", f"--out={tmp_path}", "--name=run"]
+    assert main(args) == 0
+    saved = (tmp_path / "run" / "config.json").read_text()
+    for expected in ('"name": "bert4rec"', '"num_blocks": 3', '"lr": 0.003', '"num_heads": 2'):
+        assert expected in saved, expected
+
+
+def test_a_bad_preset_or_a_preset_on_resume_is_one_line(tmp_path, capsys):
+    from cutrec.cli import main
+
+    assert main(["train", "--preset", "sasrec-1999"]) == 2
+    error = capsys.readouterr().err
+    assert "preset 'sasrec-1999' is unknown; choose one of bert4rec-2019, sasrec-2018" in error
+    assert error.count("\n") == 1
+    assert main(["train", "--resume", str(tmp_path), "--preset", "sasrec-2018"]) == 2
+    assert "a resumed run keeps its recipe; leave --preset out with --resume" in capsys.readouterr().err
