@@ -131,3 +131,44 @@ def test_a_bad_preset_or_a_preset_on_resume_is_one_line(tmp_path, capsys):
     assert error.count("\n") == 1
     assert main(["train", "--resume", str(tmp_path), "--preset", "sasrec-2018"]) == 2
     assert "a resumed run keeps its recipe; leave --preset out with --resume" in capsys.readouterr().err
+
+
+def test_the_learning_rate_schedule_follows_its_formula():
+    """Warm-up over W = round(warmup_epochs x steps per epoch) steps, then linear or cosine decay to 0 at the last
+    step of train.epochs, computed on the device from the step number."""
+    import math
+
+    from cutrec.config import TrainConfig
+    from cutrec.train.step import LearningRate
+
+    for decay in ("none", "linear", "cosine"):
+        config = TrainConfig(lr=0.02, warmup_epochs=0.5, lr_decay=decay, epochs=4)
+        schedule = LearningRate(config, 10, torch.device("cpu"))  # W = 5, T = 40
+        for step in range(45):
+            schedule.update(torch.tensor(step))
+            warm = min(1.0, (step + 1) / 5)
+            progress = min(max((step - 5) / 35, 0.0), 1.0)
+            shape = {"none": 1.0, "linear": 1.0 - progress, "cosine": 0.5 * (1 + math.cos(math.pi * progress))}
+            assert float(schedule.value) == pytest.approx(0.02 * warm * shape[decay], rel=1e-6, abs=1e-9), step
+
+
+def test_a_training_step_updates_with_the_scheduled_learning_rate():
+    """Adam's first update moves every parameter with a gradient by lr: with a warm-up of 4 steps, by lr / 4."""
+    from cutrec.data.splits import Sequences
+    from cutrec.train.loop import new_state
+    from cutrec.train.step import TrainStep
+
+    config = build_config({"model": {"dim": 16, "max_len": 10, "dropout": 0.0}, "loss": {"name": "CE"},
+                           "train": {"lr": 0.01, "warmup_epochs": 1.0, "device": "cpu", "batch_size": 8}})
+    rng = np.random.default_rng(2)
+    offsets = np.concatenate([[0], np.cumsum(rng.integers(3, 12, 32))]).astype(np.int64)
+    train = Sequences(offsets=offsets, items=rng.integers(0, 40, int(offsets[-1])).astype(np.int32),
+                      users=np.arange(32))
+    state = new_state(config, 40, torch.device("cpu"))
+    step = TrainStep(state, state.model, build_loss(config.loss, 40), config, torch.device("cpu"), 40, rows=80,
+                     batch_size=8, steps_per_epoch=4)
+    before = [p.detach().clone() for p in state.model.parameters()]
+    step.run(*state.model.training_batch(train, np.arange(8), state.batch_rng))
+    moved = max(float((p.detach() - b).abs().max()) for p, b in zip(state.model.parameters(), before, strict=True))
+    assert moved == pytest.approx(0.01 / 4, rel=1e-3)
+    assert all(group["lr"] is step.learning_rate.value for group in state.optimizer.param_groups)

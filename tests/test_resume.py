@@ -22,6 +22,10 @@ RUNS = {
     # 3 epochs of 25 batches; the sampled loss draws seeded negatives, BERT4Rec draws masks from the batch generator
     "sasrec-CCE-": ["--loss=CCE-", "--negatives=16"],
     "bert4rec-CE": ["--model=bert4rec", "--loss=CE"],
+    # the recipe's levers: an lr schedule from the step number, AdamW, SwiGLU, label smoothing and a temperature
+    "sasrec-recipe": ["--loss=CE", "--train.warmup_epochs=1", "--train.lr_decay=cosine", "--train.optimizer=adamw",
+                      "--train.weight_decay=0.01", "--model.ffn_activation=swiglu", "--model.ffn_mult=2",
+                      "--loss.label_smoothing=0.1", "--loss.temperature=0.8"],
 }
 COMMON = [
     "--epochs=3", "--train.patience=3", "--batch-size=16", "--seed=5", "--data.synthetic.num_users=400",
@@ -110,7 +114,8 @@ def _resume_matches(tmp_path, name, run, uninterrupted):
 
 @pytest.mark.parametrize(
     "run,action,code",
-    [("sasrec-CCE-", "SIGTERM", 143), ("bert4rec-CE", "SIGTERM", 143), ("bert4rec-CE", "SIGINT", 130)],
+    [("sasrec-CCE-", "SIGTERM", 143), ("bert4rec-CE", "SIGTERM", 143), ("bert4rec-CE", "SIGINT", 130),
+     ("sasrec-recipe", "SIGTERM", 143)],
 )
 def test_signal_saves_last_and_resume_is_exact(tmp_path, uninterrupted, capsys, run, action, code):
     result = _interrupted(tmp_path, run, "stopped", action)

@@ -103,6 +103,8 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     optimizer: Literal["adam", "adamw"] = "adam"
+    warmup_epochs: float = 0.0  # lr rises linearly from lr / steps to lr over this many epochs (Goyal et al. 2017)
+    lr_decay: Literal["none", "linear", "cosine"] = "none"  # after warm-up, lr falls to 0 at train.epochs
     patience: int = 10  # epochs without a better validation NDCG@10 before stopping
     time_limit_minutes: float | None = None  # stop after the epoch that passes this wall time; test the best
     grad_clip: float | None = None  # clip the global gradient norm to this; none: no clipping
@@ -413,6 +415,8 @@ def validate(config: RunConfig) -> None:
         (config.train.batch_size == "auto" or config.train.batch_size >= 1, "train.batch_size",
          config.train.batch_size, "use a batch of 1 or more, or auto"),
         (0.0 < config.train.lr < math.inf, "train.lr", config.train.lr, "use a positive, finite learning rate"),
+        (0.0 <= config.train.warmup_epochs < math.inf, "train.warmup_epochs", config.train.warmup_epochs,
+         "use 0 (no warm-up) or a positive number of epochs"),
         (config.train.grad_clip is None or 0.0 < config.train.grad_clip < math.inf, "train.grad_clip",
          config.train.grad_clip, "use a positive, finite norm, or none"),
         (0.0 <= config.train.checkpoint_every_minutes < math.inf, "train.checkpoint_every_minutes",

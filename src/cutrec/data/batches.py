@@ -18,12 +18,17 @@ from cutrec.errors import CutrecError
 IGNORE_INDEX = -100  # target at padded positions (the value torch's cross-entropy ignores)
 
 
+def usable_rows(train: Sequences, *, min_length: int) -> np.ndarray:
+    """The rows [S'] of the sequences an epoch trains on: those of at least `min_length` items (and 1)."""
+    return np.flatnonzero(np.diff(train.offsets) >= max(min_length, 1))
+
+
 def epoch_order(train: Sequences, *, min_length: int, rng: np.random.Generator) -> np.ndarray:
-    """One epoch's sequence rows [S'] in an order drawn from `rng`; sequences shorter than `min_length` are left out.
+    """One epoch's sequence rows [S'] (`usable_rows`) in an order drawn from `rng`.
 
     Batch b of the epoch is `epoch_order[b * B : (b + 1) * B]` (see `num_batches`); the last batch may be smaller.
     """
-    rows = np.flatnonzero(np.diff(train.offsets) >= max(min_length, 1))  # [S'] usable sequences
+    rows = usable_rows(train, min_length=min_length)  # [S']
     return rows[rng.permutation(len(rows))]
 
 

@@ -30,7 +30,7 @@ import torch
 from cutrec import distributed
 from cutrec.config import RunConfig, build_config, differing_keys, merged_values, to_dict
 from cutrec.console import note, progress, set_quiet
-from cutrec.data.batches import IGNORE_INDEX, epoch_order, num_batches
+from cutrec.data.batches import IGNORE_INDEX, epoch_order, num_batches, usable_rows
 from cutrec.data.cache import read_npz, write_npz
 from cutrec.data.load import load_sequences
 from cutrec.data.preprocess import SequenceData
@@ -440,9 +440,10 @@ def fit(
                build_loss(config.loss, split.num_items, data.item_counts.to(device)))
     share = batch_size // ranks.world
     drawn_items = model.item_table.shape[0]  # the rows the loss draws negatives from: this rank's shard, if sharded
+    steps_per_epoch = num_batches(usable_rows(split.train, min_length=model.min_train_length), batch_size)
     step = TrainStep(state, forward, loss_fn, config, device, drawn_items,
                      rows=batch_positions(config, data.train_lengths, share), batch_size=share, ranks=ranks,
-                     catalog_parallel=catalog)
+                     catalog_parallel=catalog, steps_per_epoch=steps_per_epoch)
     metric_names = [f"{m}@{k}" for m in ("NDCG", "HR") for k in config.eval.ks]
     columns = ["epoch", "step", "train_loss", *metric_names, "epoch_seconds", "train_seconds", "setup_seconds",
                "peak_train_gpu_mb"]

@@ -76,6 +76,41 @@ def make_optimizer(config: Any, model: torch.nn.Module, device: torch.device) ->
                 capturable=device.type == "cuda")
 
 
+class LearningRate:
+    """train.lr over the steps: a linear warm-up over train.warmup_epochs (step s gets (s + 1) / W of lr), then lr,
+    or a linear or cosine decay (Loshchilov and Hutter 2017) to 0 at the last step of train.epochs. It is computed on
+    the device from the step number into the one tensor that every parameter group's lr is, so a replayed CUDA
+    graph follows it, and a resumed run recomputes it from the step (nothing to save)."""
+
+    def __init__(self, config: Any, steps_per_epoch: int, device: torch.device) -> None:
+        self.base, self.decay = config.lr, config.lr_decay
+        self.warmup = round(config.warmup_epochs * steps_per_epoch)  # W steps
+        self.total = config.epochs * steps_per_epoch  # T steps
+        self.value = torch.full((), config.lr, dtype=torch.float32, device=device)
+
+    @staticmethod
+    def wanted(config: Any) -> bool:
+        return config.warmup_epochs > 0 or config.lr_decay != "none"
+
+    def attach(self, optimizer: torch.optim.Optimizer) -> None:
+        """Make every parameter group read this lr (after the optimizer's state dict is loaded, too)."""
+        for group in optimizer.param_groups:
+            group["lr"] = self.value
+
+    def update(self, step: torch.Tensor) -> None:
+        """Set the lr of step number `step` ([] int64 on the device), without a host sync."""
+        step = step.double()
+        factor = torch.ones((), dtype=torch.float64, device=step.device)
+        if self.warmup:
+            factor = torch.clamp((step + 1) / self.warmup, max=1.0)
+        progress = torch.clamp((step - self.warmup) / max(self.total - self.warmup, 1), 0.0, 1.0)
+        if self.decay == "linear":
+            factor = factor * (1.0 - progress)
+        elif self.decay == "cosine":
+            factor = factor * 0.5 * (1.0 + torch.cos(math.pi * progress))
+        self.value.copy_(self.base * factor)
+
+
 class Readout:
     """A few device numbers copied to pinned host memory without waiting; `poll` returns them once they arrive."""
 
@@ -106,7 +141,7 @@ class TrainStep:
 
     def __init__(
         self, state: TrainState, forward: Any, loss_fn: Any, config: Any, device: torch.device, drawn_items: int,
-        rows: int, batch_size: int, ranks: Ranks = SINGLE, catalog_parallel: bool = False,
+        rows: int, batch_size: int, ranks: Ranks = SINGLE, catalog_parallel: bool = False, steps_per_epoch: int = 1,
     ) -> None:
         self.state, self.forward, self.loss_fn, self.config, self.device = state, forward, loss_fn, config, device
         # the item rows that the loss's draw key covers: the catalog, or this rank's shard under catalog parallel
@@ -117,6 +152,10 @@ class TrainStep:
         self.batch_size, self.max_len = batch_size, state.model.max_len  # this rank's rows B of each step
         self.rows = round_rows(rows, self.batch_size * self.max_len)  # R of the graph
         self.parameters = list(state.model.parameters())
+        self.learning_rate = None  # train.lr throughout, or its schedule
+        if LearningRate.wanted(config.train):
+            self.learning_rate = LearningRate(config.train, steps_per_epoch, device)
+            self.learning_rate.attach(state.optimizer)
         self.found_inf = torch.zeros((), device=device)  # 1.0: the fused optimizer skips the update
         state.optimizer.found_inf = self.found_inf
         self.skip = torch.zeros((), dtype=torch.bool, device=device)  # True during warm-up
@@ -199,6 +238,8 @@ class TrainStep:
         loss = loss.detach().float()
         bad = ~(torch.isfinite(loss) & torch.isfinite(norm))
         self.found_inf.copy_((bad | self.skip).float())
+        if self.learning_rate is not None:
+            self.learning_rate.update(step)
         self.state.optimizer.step()
         first = bad & (self.bad[0] == 0)
         self.bad.copy_(torch.where(first, torch.stack([self.bad[0], step.double(), loss.double(), norm.double()]),
