@@ -24,17 +24,21 @@ def _sequences(seed: int) -> Sequences:
     return Sequences(offsets=offsets, items=items, users=np.arange(90))
 
 
-def _setup(device, loss="CCE-", model="sasrec", graph=True, share="none", batch_size=16, seed=0, rows=16 * 24):
+def _setup(device, loss="CCE-", model="sasrec", graph=True, share="none", batch_size=16, seed=0, rows=16 * 24,
+           schedule=False):
+    train = {"batch_size": batch_size, "seed": seed, "cuda_graph": graph, "device": str(device)}
+    if schedule:  # an lr that changes every step: a warm-up of 3 steps (of 2 per epoch), then a cosine decay
+        train |= {"warmup_epochs": 1.5, "lr_decay": "cosine", "epochs": 5}
     config = build_config({
         "model": {"name": model, "max_len": 24, "dim": 32, "num_heads": 2},
         "loss": {"name": loss, "num_negatives": 40, "share": share},
-        "train": {"batch_size": batch_size, "seed": seed, "cuda_graph": graph, "device": str(device)},
+        "train": train,
     })
     torch.manual_seed(seed)
     state = new_state(config, NUM_ITEMS, torch.device(device))
     loss_fn = build_loss(config.loss, NUM_ITEMS, torch.ones(NUM_ITEMS, device=device))
     step = TrainStep(state, state.model, loss_fn, config, torch.device(device), NUM_ITEMS, rows=rows,
-                     batch_size=batch_size)
+                     batch_size=batch_size, steps_per_epoch=2)
     return config, state, step
 
 
@@ -98,17 +102,21 @@ def test_a_non_finite_step_is_skipped_on_the_device_and_reported(device):
 @pytest.mark.gpu
 @CUDA
 @pytest.mark.parametrize(
-    ("loss", "model", "share", "rows"),
-    [("CCE-", "sasrec", "none", 384), ("CCE-", "sasrec", "offsets", 384), ("CCE", "sasrec", "none", 384),
-     ("CE", "bert4rec", "none", 384), ("CE-", "sasrec", "none", 384), ("CCE-", "bert4rec", "none", 64)],
+    ("loss", "model", "share", "rows", "schedule"),
+    [("CCE-", "sasrec", "none", 384, False), ("CCE-", "sasrec", "offsets", 384, False),
+     ("CCE", "sasrec", "none", 384, False), ("CE", "bert4rec", "none", 384, False),
+     ("CE-", "sasrec", "none", 384, False), ("CCE-", "bert4rec", "none", 64, False),
+     ("CCE-", "sasrec", "none", 384, True)],
 )
-def test_graph_replays_equal_eager_steps(loss, model, share, rows):
+def test_graph_replays_equal_eager_steps(loss, model, share, rows, schedule):
     """The same run seed, the same batches: the graph's updates and summed loss equal the eager path's (dropout and
     negatives drawn alike), and each replay draws new negatives (the loss changes). With R = 64 most SASRec batches
-    have more targets and run eagerly beside the graph; BERT4Rec's masked batches mostly fit."""
+    have more targets and run eagerly beside the graph; BERT4Rec's masked batches mostly fit. With an lr schedule,
+    each replay reads the lr of its own step number."""
     results = []
     for graph in (False, True):
-        config, state, step = _setup("cuda", loss=loss, model=model, graph=graph, share=share, rows=rows)
+        config, state, step = _setup("cuda", loss=loss, model=model, graph=graph, share=share, rows=rows,
+                                     schedule=schedule)
         losses = []
         for inputs, targets in _batches(state, 8):
             step.run(inputs, targets)
