@@ -109,6 +109,21 @@ def test_parquet_types(tmp_path):
     np.testing.assert_array_equal(got.ratings, [1.0, 2.0, 3.0])
 
 
+def test_parquet_text_ids_parse_as_a_csvs_cells(tmp_path):
+    """Text ids in parquet follow the csv rules: "0x10" is text, never the number 16 (pyarrow's casts read hex), so
+    it stays apart from "16"; a column of whole numbers written as text becomes int64, as in a csv."""
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    table = pa.table({"user_id": ["0x10", "16", "0x10"], "item_id": ["7", "8", "07"], "timestamp": ["1", "2", "3"]})
+    pq.write_table(table, tmp_path / "log.parquet")
+    got = read_interactions(tmp_path / "log.parquet")
+    assert list(got.users) == ["0x10", "16", "0x10"]
+    assert got.items.dtype == np.int64 and list(got.items) == [7, 8, 7]
+    (tmp_path / "log.csv").write_text("user_id,item_id,timestamp\n0x10,7,1\n16,8,2\n0x10,07,3\n")
+    from_csv = read_interactions(tmp_path / "log.csv")
+    assert list(from_csv.users) == list(got.users) and list(from_csv.items) == list(got.items)
+
+
 @pytest.mark.parametrize(
     "column,message",
     [

@@ -438,7 +438,8 @@ def _read_parquet(path: Path, columns: list[_Column]) -> dict[str, np.ndarray]:
 
 
 def _from_arrow(values, column: _Column) -> np.ndarray:
-    """A pyarrow column as numpy: strings that all parse as int64 (or float64) become numbers, other text str."""
+    """A pyarrow column as numpy. Text stays text (str), to be parsed by the rules of a csv's cells: pyarrow's own
+    casts read "0x10" as 16, which would make the ids "0x10" and "16" one."""
     import pyarrow as pa
 
     if values.null_count:
@@ -448,14 +449,6 @@ def _from_arrow(values, column: _Column) -> np.ndarray:
         values = values.cast(kind.value_type)
         kind = values.type
     if pa.types.is_string(kind) or pa.types.is_large_string(kind):
-        for target in (pa.int64(), pa.float64()):
-            try:
-                numbers = values.cast(target).to_numpy()
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-                continue
-            if numbers.dtype.kind != "f" or not (np.abs(numbers) >= EXACT_INTEGERS).any():
-                return numbers
-            break  # integers past int64 (or an exact float) stay text, as the stdlib reader keeps them
         return values.to_numpy(zero_copy_only=False).astype(str)
     if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_timestamp(kind) or pa.types.is_date(kind):
         return values.to_numpy()
