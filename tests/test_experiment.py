@@ -117,6 +117,16 @@ def test_bad_grids_are_refused_with_the_key_named(tmp_path, capsys, axes, messag
     assert not (tmp_path / "experiments").exists()
 
 
+def test_a_preset_is_the_start_of_base_and_the_axes(tmp_path, capsys):
+    """preset = NAME: the recipe's values, then [base] and the axes over them; an unknown preset is one line."""
+    grid = BASE.replace('out = "{out}"', 'out = "{out}"\npreset = "bert4rec-2019"')
+    _, runs = load_grid(_grid(tmp_path, 'model = ["bert4rec:ffn_activation=swiglu"]\n', base=grid))
+    model = runs[0].values["model"]
+    assert (model["name"], model["num_heads"], model["dim"], model["ffn_activation"]) == ("bert4rec", 2, 8, "swiglu")
+    assert main(["experiment", str(_grid(tmp_path, "seed = [0]\n", base=grid.replace("bert4rec-2019", "nope")))]) == 2
+    assert "preset 'nope' is unknown; choose one of bert4rec-2019, sasrec-2018" in capsys.readouterr().err
+
+
 def test_an_unknown_grid_key_is_refused(tmp_path, capsys):
     path = tmp_path / "grid.toml"
     path.write_text('runs = 3\n[axes]\nseed = [0]\n')

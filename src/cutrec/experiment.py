@@ -6,6 +6,7 @@ A grid file:
     out = "experiments"
     gpus = [0, 1]                    # one run per GPU at a time; leave out for one run at a time (clean timings)
     runs_per_gpu = 1                 # runs sharing each GPU (or the CPU) at a time; 1 for clean timings
+    preset = "sasrec-2018"           # optional: a named recipe (cutrec presets) that [base] and the axes start from
     [base]                           # config values every run shares, nested like a config file
     train = { epochs = 50 }
     [datasets.beauty]                # a named data section (else: a registry name or "synthetic")
@@ -48,6 +49,7 @@ from typing import Any
 
 import numpy as np
 
+from cutrec import presets
 from cutrec.config import ModelConfig, build_config, load_file, merged_values, to_dict
 from cutrec.console import note
 from cutrec.errors import CutrecError
@@ -63,7 +65,7 @@ from cutrec.train.checkpoint import (
 )
 
 AXES = ("dataset", "model", "loss", "batch_size", "max_len", "negatives", "seed")
-GRID_KEYS = ("name", "out", "gpus", "runs_per_gpu", "base", "datasets", "axes")
+GRID_KEYS = ("name", "out", "gpus", "runs_per_gpu", "preset", "base", "datasets", "axes")
 COLUMNS = [
     "run", "status", "dataset", "model", "loss", "batch_size", "max_len", "negatives", "seed", "items", "NDCG@10",
     "HR@10",
@@ -100,6 +102,8 @@ def load_grid(path: str | Path) -> tuple[dict[str, Any], list[Run]]:
     base, datasets = grid.get("base", {}), grid.get("datasets", {})
     if not isinstance(base, dict) or not isinstance(datasets, dict):
         raise CutrecError(f"grid {str(path)!r}: [base] and [datasets] must be tables of config values")
+    if "preset" in grid:
+        base = merged_values(presets.load(str(grid["preset"])), base)
     gpus = grid.get("gpus", [])
     if not isinstance(gpus, list) or not all(isinstance(g, int) and not isinstance(g, bool) for g in gpus):
         raise CutrecError(f"grid key 'gpus' is {gpus!r}; give a list of GPU indices, e.g. gpus = [0, 1]")
