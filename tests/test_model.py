@@ -128,7 +128,7 @@ def test_item_rows_of_any_range_equal_that_range_of_the_whole_table(monkeypatch)
 
     def rows(seed, start, stop, dim):
         out = torch.empty(stop - start, dim)
-        transformer.fill_item_rows(out, seed, start)
+        transformer.fill_item_rows(out, seed, start, dim**-0.5)
         return out
 
     monkeypatch.setattr(transformer, "ITEM_INIT_ROWS", 7)

@@ -169,3 +169,26 @@ def test_a_training_step_updates_with_the_scheduled_learning_rate():
     moved = max(float((p.detach() - b).abs().max()) for p, b in zip(state.model.parameters(), before, strict=True))
     assert moved == pytest.approx(0.01 / 4, rel=1e-3)
     assert all(group["lr"] is step.learning_rate.value for group in state.optimizer.param_groups)
+
+
+def test_embedding_scale_multiplies_the_input_items_by_sqrt_dim_and_init_std_sets_the_initial_spread():
+    """model.embedding_scale: the encoder of a table W with the scale equals the encoder of sqrt(D) W without it
+    (positions unscaled; the output table stays W); model.init_std: the initial item and position rows' std."""
+    import math
+
+    config = ModelConfig(dim=16, num_blocks=1, num_heads=2, max_len=10, dropout=0.0)
+    torch.manual_seed(3)
+    scaled = build_model(ModelConfig(**{**config.__dict__, "embedding_scale": True}), 30).eval()
+    plain = build_model(config, 30).eval()
+    state = scaled.state_dict()
+    plain.load_state_dict({**state, "item_embedding.weight": state["item_embedding.weight"] * math.sqrt(16)})
+    inputs = torch.randint(0, 31, (3, 10))  # 30: the padding id
+    with torch.no_grad():
+        torch.testing.assert_close(scaled(inputs), plain(inputs))
+    wide = build_model(ModelConfig(dim=64, init_std=0.3), 20000)
+    assert float(wide.item_table.detach().std()) == pytest.approx(0.3, rel=0.01)
+    positions = build_model(ModelConfig(dim=64, max_len=2000, init_std=0.3), 10).position_embedding.weight
+    assert float(positions.detach().std()) == pytest.approx(0.3, rel=0.03)
+    assert float(build_model(ModelConfig(dim=64), 20000).item_table.detach().std()) == pytest.approx(64**-0.5, rel=0.01)
+    with pytest.raises(CutrecError, match="model.init_std"):
+        build_config({"model": {"init_std": -1.0}})

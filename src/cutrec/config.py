@@ -72,6 +72,8 @@ class ModelConfig:
     mask_prob: float = 0.2  # bert4rec: chance that a training position is masked (at least one per sequence)
     ffn_activation: Literal["gelu", "relu", "swiglu"] = "gelu"  # GELU; ReLU (SASRec 2018); gated SwiGLU (Shazeer 2020)
     ffn_mult: float = 1.0  # feed-forward width in multiples of dim (SASRec 2018: 1; BERT4Rec and most transformers: 4)
+    embedding_scale: bool = False  # input item embeddings times sqrt(dim) (SASRec 2018's code; Vaswani et al. 2017)
+    init_std: float | None = None  # std of the initial item and position embeddings; none: dim ** -0.5
 
 
 @dataclass
@@ -398,6 +400,8 @@ def validate(config: RunConfig) -> None:
         (0.0 < config.model.mask_prob <= 1.0, "model.mask_prob", config.model.mask_prob, "use a value in (0, 1]"),
         (0.0 < config.model.ffn_mult < math.inf and round(config.model.ffn_mult * config.model.dim) >= 1,
          "model.ffn_mult", config.model.ffn_mult, "use a positive width multiple (ffn_mult x dim >= 1)"),
+        (config.model.init_std is None or 0.0 < config.model.init_std < math.inf, "model.init_std",
+         config.model.init_std, "use a positive, finite std, or none (dim ** -0.5)"),
         (0.0 <= config.loss.label_smoothing < 1.0, "loss.label_smoothing", config.loss.label_smoothing,
          "use a value in [0, 1)"),
         (0.0 < config.loss.temperature < math.inf, "loss.temperature", config.loss.temperature,

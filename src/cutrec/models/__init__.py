@@ -23,6 +23,8 @@ def build_model(config: ModelConfig, num_items: int, *, materialize_items: bool 
         "dropout": config.dropout,
         "ffn_activation": config.ffn_activation,
         "ffn_mult": config.ffn_mult,
+        "embedding_scale": config.embedding_scale,
+        "init_std": config.init_std,
     }
     if config.name == "sasrec":
         return SASRec(num_items, **common)

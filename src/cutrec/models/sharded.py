@@ -28,15 +28,15 @@ class ShardedItemEmbedding(nn.Module):
     """This rank's rows of the catalog embedding plus the replicated special rows (see the module docstring), built
     alone from the encoder's `item_seed`: the same values as those rows of one device's table."""
 
-    def __init__(self, num_items: int, num_special: int, dim: int, seed: int, ranks: Ranks) -> None:
+    def __init__(self, num_items: int, num_special: int, dim: int, seed: int, std: float, ranks: Ranks) -> None:
         from cutrec.models.transformer import fill_item_rows
 
         super().__init__()
         self.start, self.stop = shard_bounds(num_items, ranks)
         self.num_items, self.ranks = num_items, ranks
         weight, special = torch.empty(self.stop - self.start, dim), torch.empty(num_special, dim)  # [N_r, D], [S, D]
-        fill_item_rows(weight, seed, self.start)
-        fill_item_rows(special, seed, num_items)
+        fill_item_rows(weight, seed, self.start, std)
+        fill_item_rows(special, seed, num_items, std)
         special[0] = 0.0  # the padding row
         self.weight, self.special = nn.Parameter(weight), nn.Parameter(special)
 

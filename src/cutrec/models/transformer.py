@@ -10,6 +10,8 @@ mask instead.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -81,15 +83,15 @@ class TransformerBlock(nn.Module):
 ITEM_INIT_ROWS = 1 << 16  # the initial item table is drawn in chunks of this many rows, each from its own generator
 
 
-def fill_item_rows(rows: torch.Tensor, seed: int, start: int) -> None:
-    """Fill `rows` [R, D] with rows start..start+R-1 of the initial item table: normal with std D^-0.5, chunk c of
+def fill_item_rows(rows: torch.Tensor, seed: int, start: int, std: float) -> None:
+    """Fill `rows` [R, D] with rows start..start+R-1 of the initial item table: normal with std `std`, chunk c of
     ITEM_INIT_ROWS rows drawn from a generator seeded by (seed, c). Any range of rows is filled alone and equals that
     range of the whole table, so a catalog-parallel rank builds only its own rows (`models.sharded`); the memory
     beyond `rows` is one chunk."""
     stop, dim = start + rows.shape[0], rows.shape[1]
     for chunk in range(start // ITEM_INIT_ROWS, -(-stop // ITEM_INIT_ROWS)):
         generator = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, chunk]).generate_state(1)[0]))
-        block = torch.randn(ITEM_INIT_ROWS, dim, generator=generator).mul_(dim**-0.5)  # [C, D]
+        block = torch.randn(ITEM_INIT_ROWS, dim, generator=generator).mul_(std)  # [C, D]
         first = chunk * ITEM_INIT_ROWS
         low, high = max(start, first), min(stop, first + ITEM_INIT_ROWS)
         rows[low - start : high - start] = block[low - first : high - first]
@@ -106,7 +108,7 @@ class TransformerEncoder(nn.Module):
     def __init__(
         self, num_items: int, *, num_special: int, causal: bool, max_len: int, dim: int, num_blocks: int,
         num_heads: int, dropout: float, ffn_activation: str = "gelu", ffn_mult: float = 1.0,
-        materialize_items: bool = True,
+        embedding_scale: bool = False, init_std: float | None = None, materialize_items: bool = True,
     ) -> None:
         super().__init__()
         if num_items < 1:
@@ -130,10 +132,12 @@ class TransformerEncoder(nn.Module):
             for _ in range(num_blocks)
         )
         self.final_norm = nn.LayerNorm(dim)
-        nn.init.normal_(self.position_embedding.weight, std=dim**-0.5)
+        self.init_std = dim**-0.5 if init_std is None else init_std  # of the item and position embeddings
+        self.input_scale = math.sqrt(dim) if embedding_scale else 1.0  # of the input item embeddings
+        nn.init.normal_(self.position_embedding.weight, std=self.init_std)
         if not table.is_meta:  # (meta: counted, not built; or left for a catalog-parallel rank's own rows)
             with torch.no_grad():
-                fill_item_rows(table, self.item_seed, 0)
+                fill_item_rows(table, self.item_seed, 0, self.init_std)
                 table[num_items].zero_()  # the padding row
 
     @property
@@ -155,7 +159,10 @@ class TransformerEncoder(nn.Module):
         lengths = is_item.sum(1, keepdim=True)  # [B, 1]
         steps = torch.arange(inputs.shape[1], device=inputs.device).unsqueeze(0)  # [1, L]
         positions = (self.max_len - lengths + steps).clamp(0, self.max_len - 1)  # [B, L]; last item -> max_len - 1
-        x = self.item_embedding(inputs) + self.position_embedding(positions)  # [B, L, D]
+        x = self.item_embedding(inputs)  # [B, L, D]
+        if self.input_scale != 1.0:
+            x = x * self.input_scale
+        x = x + self.position_embedding(positions)
         keep = is_item.unsqueeze(-1).to(x.dtype)  # [B, L, 1]
         x = self.embedding_dropout(x) * keep
         for block in self.blocks:

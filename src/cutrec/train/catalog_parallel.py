@@ -40,7 +40,8 @@ def shard_catalog(model: nn.Module, ranks: Ranks) -> None:
     """Give the encoder (built with materialize_items=False) this rank's shard of the item embedding, the same
     initial values as those rows of one device's table; no rank builds the whole table."""
     dim = model.item_embedding.embedding_dim
-    model.item_embedding = ShardedItemEmbedding(model.num_items, model.num_special, dim, model.item_seed, ranks)
+    model.item_embedding = ShardedItemEmbedding(model.num_items, model.num_special, dim, model.item_seed,
+                                                model.init_std, ranks)
 
 
 def sum_hook(state: Any, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
