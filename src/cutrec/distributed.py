@@ -118,10 +118,15 @@ def rank_device(device: torch.device, ranks: Ranks) -> torch.device:
     return torch.device("cuda", ranks.local)
 
 
+def shards(count: int, world: int) -> list[tuple[int, int]]:
+    """[start, stop) of every rank's contiguous share of `count` rows, in rank order; sizes differ by at most one."""
+    bounds = np.linspace(0, count, world + 1).round().astype(np.int64)  # [world + 1]
+    return [(int(bounds[rank]), int(bounds[rank + 1])) for rank in range(world)]
+
+
 def shard(count: int, ranks: Ranks) -> tuple[int, int]:
-    """[start, stop) of this rank's contiguous share of `count` rows; shares differ in size by at most one."""
-    bounds = np.linspace(0, count, ranks.world + 1).round().astype(np.int64)  # [world + 1]
-    return int(bounds[ranks.rank]), int(bounds[ranks.rank + 1])
+    """[start, stop) of this rank's share of `count` rows (`shards`)."""
+    return shards(count, ranks.world)[ranks.rank]
 
 
 def broadcast(value: Any, ranks: Ranks) -> Any:
@@ -155,12 +160,21 @@ def sum_all(tensor: torch.Tensor, ranks: Ranks) -> torch.Tensor:
     return total
 
 
+def gather_all(tensor: torch.Tensor, ranks: Ranks) -> torch.Tensor:
+    """[W, ...] every rank's `tensor` (one shape on every rank), in rank order, over the device's group (NCCL on
+    GPUs); a collective even in a group of one (catalog parallel on one rank)."""
+    parts = [torch.empty_like(tensor) for _ in range(ranks.world)]
+    with collective(ranks):
+        dist.all_gather(parts, tensor.contiguous())
+    return torch.stack(parts)
+
+
 def gather_rows(rows: torch.Tensor, count: int, ranks: Ranks, *, main_only: bool = False) -> torch.Tensor | None:
     """Every rank's `rows` [n_r, ...] on the CPU (its `shard` of `count` rows) concatenated in rank order:
     [count, ...], on every rank, or with `main_only` on rank 0 alone (the others get None and hold no copy)."""
     if not ranks.distributed:
         return rows
-    sizes = [stop - start for start, stop in (shard(count, Ranks(r, ranks.world)) for r in range(ranks.world))]
+    sizes = [stop - start for start, stop in shards(count, ranks.world)]
     padded = rows.new_zeros((max(sizes), *rows.shape[1:]))  # [widest, ...] the collectives need equal shapes
     padded[: len(rows)] = rows
     receiving = not main_only or ranks.main

@@ -38,9 +38,8 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
-from cutrec.distributed import Ranks, collective, shard
+from cutrec.distributed import Ranks, gather_all, shard, shards, sum_all
 from cutrec.errors import CutrecError
 from cutrec.eval.ranking import top_k_keys
 from cutrec.losses.cut_cross_entropy import _forward_impl, _item_backward_impl, resolve_impl
@@ -58,21 +57,6 @@ def shard_bounds(num_items: int, ranks: Ranks) -> tuple[int, int]:
     return shard(num_items, ranks)
 
 
-def _all_gather(tensor: torch.Tensor, ranks: Ranks) -> torch.Tensor:
-    """[W, ...] every rank's `tensor` (all of one shape), in rank order."""
-    parts = [torch.empty_like(tensor) for _ in range(ranks.world)]
-    with collective(ranks):
-        dist.all_gather(parts, tensor.contiguous())
-    return torch.stack(parts)
-
-
-def _sum_all(tensor: torch.Tensor, ranks: Ranks) -> torch.Tensor:
-    total = tensor.clone()
-    with collective(ranks):
-        dist.all_reduce(total)
-    return total
-
-
 def _local_targets(targets: torch.Tensor, start: int, rows: int, ignore_index: int
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(valid [M], own [M]: targets this rank holds, local targets [M]: their shard ids, an id outside the shard
@@ -87,8 +71,8 @@ def _combine(lse: torch.Tensor, loss: torch.Tensor, own: torch.Tensor, valid: to
              ) -> tuple[torch.Tensor, torch.Tensor]:
     """(the whole catalog's LSE [M], the loss [M], 0 on ignored rows) from every rank's shard LSE and its loss on
     the rows it holds the target of (z_iy = lse - loss there)."""
-    positive = _sum_all(torch.where(own, lse - loss, 0.0), ranks)  # [M] z_iy from the owner
-    total = torch.logsumexp(_all_gather(lse, ranks), dim=0)  # [M]
+    positive = sum_all(torch.where(own, lse - loss, 0.0), ranks)  # [M] z_iy from the owner
+    total = torch.logsumexp(gather_all(lse, ranks), dim=0)  # [M]
     return total, torch.where(valid, total - positive, 0.0)
 
 
@@ -147,7 +131,7 @@ def shard_distribution(distribution: NegativeDistribution, num_negatives: int, r
     """(q restricted to this rank's shard, renormalised, or None when q gives the shard no mass; K_r) of a
     distribution over the whole catalog (`distribution.num_items` items; every rank has the whole of it)."""
     num_items = distribution.num_items
-    bounds = [shard(num_items, Ranks(rank=rank, world=ranks.world)) for rank in range(ranks.world)]
+    bounds = shards(num_items, ranks.world)
     if distribution.probs is None:
         masses = [stop - start for start, stop in bounds]
     else:
@@ -251,6 +235,6 @@ def sharded_top_k_keys(
     keys = keys - start  # the low 32 bits hold (flip - item id): now of the global id
     if width < k:  # a shard smaller than k: pad with keys below every real one
         keys = torch.cat([keys, keys.new_full((keys.shape[0], k - width), torch.iinfo(torch.int64).min)], dim=1)
-    merged = _all_gather(keys, ranks).permute(1, 0, 2).reshape(keys.shape[0], -1)  # [U, W * k]
-    exact = _all_gather(exact.reshape(1), ranks).all()
+    merged = gather_all(keys, ranks).permute(1, 0, 2).reshape(keys.shape[0], -1)  # [U, W * k]
+    exact = gather_all(exact.reshape(1), ranks).all()
     return torch.topk(merged, k, dim=1).values, exact

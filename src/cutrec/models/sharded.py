@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from cutrec.distributed import Ranks, collective
+from cutrec.distributed import Ranks, collective, gather_all
 from cutrec.losses.catalog_parallel import shard_bounds
 
 
@@ -44,14 +44,6 @@ class ShardedItemEmbedding(nn.Module):
         return _ShardedLookup.apply(ids, self.weight, self.special, self)  # [B, L, D]
 
 
-def _gather(tensor: torch.Tensor, ranks: Ranks) -> torch.Tensor:
-    """[W, ...] of every rank's `tensor` (one shape on every rank)."""
-    parts = [torch.empty_like(tensor) for _ in range(ranks.world)]
-    with collective(ranks):
-        dist.all_gather(parts, tensor.contiguous())
-    return torch.stack(parts)
-
-
 class _ShardedLookup(torch.autograd.Function):
     """Fixed shapes, no boolean indexing: nothing waits for the device (ids outside this rank's rows are clamped to a
     row and masked out)."""
@@ -60,7 +52,7 @@ class _ShardedLookup(torch.autograd.Function):
     def forward(ctx: Any, ids: torch.Tensor, weight: torch.Tensor, special: torch.Tensor,
                 module: ShardedItemEmbedding) -> torch.Tensor:
         ranks = module.ranks
-        every = _gather(ids, ranks)  # [W, B, L] all ranks' ids
+        every = gather_all(ids, ranks)  # [W, B, L] all ranks' ids
         local = every - module.start  # [W, B, L] row ids in this shard
         mine = (local >= 0) & (local < weight.shape[0])
         safe = local.clamp(0, weight.shape[0] - 1)
@@ -78,7 +70,7 @@ class _ShardedLookup(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
         every, safe, mine = ctx.saved_tensors
         module = ctx.module
-        grads = _gather(grad, module.ranks).flatten(0, 2)  # [W B L, D]
+        grads = gather_all(grad, module.ranks).flatten(0, 2)  # [W B L, D]
         grad_weight = grads.new_zeros(module.weight.shape).index_add_(
             0, safe.flatten(), torch.where(mine.flatten()[:, None], grads, 0.0))  # rows of other ranks add zeros
         grad_special = grads.new_zeros(module.special.shape)

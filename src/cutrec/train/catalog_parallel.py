@@ -19,7 +19,7 @@ import torch.distributed.nn.functional as distributed_autograd
 from torch import nn
 
 from cutrec.data.batches import IGNORE_INDEX, eval_batches
-from cutrec.distributed import Ranks, collective, gather_rows
+from cutrec.distributed import Ranks, collective, gather_all, gather_rows
 from cutrec.errors import CutrecError
 from cutrec.eval.ranking import keys_to_items, refuse_non_finite
 from cutrec.losses.catalog_parallel import (
@@ -74,10 +74,7 @@ class CatalogParallelLoss:
     def __call__(self, hidden: torch.Tensor, items: torch.Tensor, targets: torch.Tensor, seed: Any = 0
                  ) -> torch.Tensor:
         every = torch.cat(distributed_autograd.all_gather(hidden))  # [W R, D]
-        parts = [torch.empty_like(targets) for _ in range(self.ranks.world)]
-        with collective(self.ranks):
-            dist.all_gather(parts, targets)
-        every_target = torch.cat(parts)  # [W R]
+        every_target = gather_all(targets, self.ranks).reshape(-1)  # [W R]
         start = self.model.item_embedding.start
         if self.config.name == "CCE-":
             per_row = sharded_sampled_cut_cross_entropy(

@@ -385,7 +385,7 @@ def rank_part(inputs: torch.Tensor, targets: torch.Tensor, ranks: Ranks) -> tupl
     the most targets of any rank's rows (every rank builds the whole batch, so it knows them all without asking). A
     rank left without rows (a last batch smaller than the ranks) trains the first row with a share of 0."""
     per_row = (targets != IGNORE_INDEX).sum(1)  # [b]
-    parts = [distributed.shard(len(inputs), Ranks(rank=rank, world=ranks.world)) for rank in range(ranks.world)]
+    parts = distributed.shards(len(inputs), ranks.world)
     most = max(int(per_row[start:stop].sum()) for start, stop in parts)
     start, stop = parts[ranks.rank]
     if stop == start:
