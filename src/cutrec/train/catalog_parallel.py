@@ -87,6 +87,12 @@ class CatalogParallelLoss:
         return per_row.sum() / (every_target != IGNORE_INDEX).sum().clamp(min=1)
 
 
+def active(config: Any, ranks: Ranks) -> bool:
+    """Whether this process trains with the catalog split: train.catalog_parallel in a torchrun run (`check`
+    refuses it anywhere else)."""
+    return config.train.catalog_parallel and ranks.grouped
+
+
 def check(config: Any, ranks: Ranks) -> None:
     """What catalog parallel needs of a run, refused in one line otherwise."""
     if not ranks.grouped:

@@ -261,7 +261,7 @@ def global_batch_size(config: RunConfig, data: TrainingData, device: torch.devic
     share = config if batch == "auto" else replace(config, train=replace(config.train,
                                                                           batch_size=int(batch) // ranks.world))
     items = data.split.num_items
-    if config.train.catalog_parallel:  # each rank holds about N / ranks rows of the table and their optimizer state
+    if catalog_parallel.active(config, ranks):  # each rank holds about N / ranks rows of the table and its Adam state
         items = -(-items // ranks.world)
     fits = checked_batch_size(share, items, data.train_lengths, device)
     return int(batch) if batch != "auto" else distributed.broadcast(fits, ranks) * ranks.world
@@ -314,7 +314,7 @@ def resume(folder: Path, file_values: dict[str, Any], overrides: list[str]) -> P
         write_run_info(folder)
     global_batch_size(config, data, device, ranks)  # this GPU may have less free, or the ranks changed
     state = new_state(config, data.split.num_items, device, ranks)
-    state.load_state_dict(catalog_parallel.take_shard(saved, state, ranks) if config.train.catalog_parallel
+    state.load_state_dict(catalog_parallel.take_shard(saved, state, ranks) if catalog_parallel.active(config, ranks)
                           else saved)
     restore_rank(state, saved, config, ranks)
     if ranks.main:
@@ -339,7 +339,7 @@ def restore_rank(state: TrainState, saved: dict[str, Any], config: RunConfig, ra
 def new_state(config: RunConfig, num_items: int, device: torch.device, ranks: Ranks = SINGLE) -> TrainState:
     """A fresh state: the model initialised from torch's generator (under train.catalog_parallel, only this rank's
     catalog rows of the item table), the batch generator from the run seed."""
-    sharded = config.train.catalog_parallel and ranks.grouped
+    sharded = catalog_parallel.active(config, ranks)
     model = build_model(config.model, num_items, materialize_items=not sharded)
     if sharded:
         catalog_parallel.shard_catalog(model, ranks)
@@ -362,7 +362,7 @@ def save_last(folder: Path, state: TrainState, config: RunConfig, data: Training
     """last.pt, written by rank 0 with every other rank's torch generators and, under catalog parallel, every rank's
     rows of the item table (a collective: every rank calls it)."""
     generators = distributed.gather_objects(state.torch_generators(), ranks)
-    saved = catalog_parallel.full_state(state, ranks) if config.train.catalog_parallel else state.state_dict()
+    saved = catalog_parallel.full_state(state, ranks) if catalog_parallel.active(config, ranks) else state.state_dict()
     if ranks.main:
         save_checkpoint(folder / LAST_NAME, {**saved, "config": to_dict(config),
                                              "data_shape": _data_shape(data), "rank_generators": generators[1:]})
@@ -371,7 +371,7 @@ def save_last(folder: Path, state: TrainState, config: RunConfig, data: Training
 def settle_epoch_loss(state: TrainState, ranks: Ranks, config: RunConfig) -> None:
     """The epoch's summed loss so far, whole on rank 0 (and 0 on the others): every rank sums only its share, or,
     under catalog parallel, every rank the whole step's loss."""
-    if ranks.grouped and config.train.catalog_parallel:
+    if catalog_parallel.active(config, ranks):
         if not ranks.main:
             state.epoch_loss.zero_()
     elif ranks.distributed:
@@ -397,7 +397,7 @@ def ranked_top_items(model: SequenceModel, evalset: EvalSet, config: RunConfig, 
                      ranks: Ranks) -> torch.Tensor:
     """[U, max(ks)] top items of every user of the eval set (on the CPU); each rank ranks its share of the users, or,
     under catalog parallel, every user against its rows of the catalog."""
-    if config.train.catalog_parallel and ranks.grouped:
+    if catalog_parallel.active(config, ranks):
         return catalog_parallel.sharded_model_top_items(model, evalset, config, device, ranks)
     start, stop = distributed.shard(len(evalset.targets), ranks)
     part = (model_top_items(model, evalset.rows(start, stop), config.eval, device, amp=config.train.amp)
@@ -428,7 +428,7 @@ def fit(
     of the rows through DistributedDataParallel; the ranks agree on stop signals and checkpoint times after every
     step, rank 0 alone writes, and validation ranks each rank's share of the users."""
     split, model, batch_size = data.split, state.model, int(config.train.batch_size)
-    catalog = config.train.catalog_parallel and ranks.grouped
+    catalog = catalog_parallel.active(config, ranks)
     forward = model
     if catalog:
         forward = catalog_parallel.wrap(model, device)
@@ -587,9 +587,8 @@ def end_epoch(
     improved = current > state.best_metric
     if improved:
         state.best_metric, state.best_epoch = current, state.epoch
-    if improved:
-        model_state = (catalog_parallel.full_model_state(state.model, ranks) if config.train.catalog_parallel
-                       and ranks.grouped else state.model.state_dict())
+        model_state = (catalog_parallel.full_model_state(state.model, ranks) if catalog_parallel.active(config, ranks)
+                       else state.model.state_dict())
     if improved and ranks.main:
         save_checkpoint(
             folder / BEST_NAME,
