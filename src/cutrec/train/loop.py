@@ -383,13 +383,14 @@ def rank_part(inputs: torch.Tensor, targets: torch.Tensor, ranks: Ranks) -> tupl
                                                                                       tuple[int, int], int]:
     """This rank's rows of a batch (inputs [b, L], targets [b, L]), its share (M_r, M) of the batch's targets, and
     the most targets of any rank's rows (every rank builds the whole batch, so it knows them all without asking). A
-    rank left without rows (a last batch smaller than the ranks) trains the first row with a share of 0."""
+    rank left without rows (a last batch smaller than the ranks) trains the first row with no targets (a share of
+    0), so it adds nothing to the loss, also where the ranks' targets are pooled (catalog parallel)."""
     per_row = (targets != IGNORE_INDEX).sum(1)  # [b]
     parts = distributed.shards(len(inputs), ranks.world)
     most = max(int(per_row[start:stop].sum()) for start, stop in parts)
     start, stop = parts[ranks.rank]
     if stop == start:
-        return inputs[:1], targets[:1], (0, int(per_row.sum())), most
+        return inputs[:1], torch.full_like(targets[:1], IGNORE_INDEX), (0, int(per_row.sum())), most
     return inputs[start:stop], targets[start:stop], (int(per_row[start:stop].sum()), int(per_row.sum())), most
 
 

@@ -196,8 +196,6 @@ class TrainStep:
         forces R (the capture's shapes), keeping the first R targets of a batch that has more."""
         batch = inputs.shape[0]
         inputs_np, flat_targets = inputs.numpy(), targets.numpy().reshape(-1)  # [b, L], [b * L]
-        if self.catalog_parallel and share is not None and share[0] == 0:  # a stand-in row: no targets of its own
-            flat_targets = np.full_like(flat_targets, IGNORE_INDEX)
         positions = np.flatnonzero(flat_targets != IGNORE_INDEX)  # [M]
         limit = self.batch_size * self.max_len
         if rows is None:
