@@ -104,6 +104,13 @@ def _with_recipe(loss: LossFn, config: LossConfig) -> LossFn:
     return call
 
 
+def check_share(config: LossConfig) -> None:
+    """loss.share='offsets' draws uniformly: refused with popularity sampling."""
+    if config.share == "offsets" and config.distribution == "popularity":
+        raise CutrecError("loss.share='offsets' draws uniformly; use loss.distribution='uniform', or "
+                          "loss.share='none' for popularity sampling")
+
+
 def build_loss(config: LossConfig, num_items: int, item_counts: torch.Tensor | None = None) -> LossFn:
     """The loss named by config.name (resolved by `resolve_loss_name`) as `loss(hidden, items, targets, *, seed)`."""
     name = resolve_loss_name(config.name, num_items)
@@ -136,9 +143,7 @@ def _base_loss(name: str, config: LossConfig, num_items: int, item_counts: torch
             logq_correction=config.logq_correction,
         ))
     if name == "CCE-":
-        if config.share == "offsets" and config.distribution == "popularity":
-            raise CutrecError("loss.share='offsets' draws uniformly; use loss.distribution='uniform', or "
-                              "loss.share='none' for popularity sampling")
+        check_share(config)
         return partial(
             sampled_cut_cross_entropy,
             check_targets=False,

@@ -22,6 +22,7 @@ from cutrec.data.batches import IGNORE_INDEX, eval_batches
 from cutrec.distributed import Ranks, collective, gather_all, gather_rows
 from cutrec.errors import CutrecError
 from cutrec.eval.ranking import keys_to_items, refuse_non_finite
+from cutrec.losses import check_share
 from cutrec.losses.catalog_parallel import (
     shard_distribution,
     sharded_cut_cross_entropy,
@@ -109,9 +110,7 @@ def check_config(config: Any) -> None:
     if config.loss.temperature != 1.0 or config.loss.label_smoothing:
         raise CutrecError("train.catalog_parallel=true does not take loss.temperature or loss.label_smoothing yet; "
                           "leave them at 1 and 0")
-    if config.loss.share == "offsets" and config.loss.distribution == "popularity":
-        raise CutrecError("loss.share='offsets' draws uniformly; use loss.distribution='uniform', or loss.share='none' "
-                          "for popularity sampling")
+    check_share(config.loss)
     if config.train.batch_size == "auto":
         raise CutrecError("train.catalog_parallel=true needs a batch size; give --batch-size N (a multiple of the "
                           "ranks)")
