@@ -66,13 +66,13 @@ def feed_forward(dim: int, width: int, activation: str, dropout: float) -> nn.Se
 class TransformerBlock(nn.Module):
     """Pre-norm block: x + attention(norm(x)), then x + feed-forward(norm(x))."""
 
-    def __init__(self, dim: int, num_heads: int, dropout: float, *, causal: bool, ffn_activation: str = "gelu",
-                 ffn_width: int | None = None) -> None:
+    def __init__(self, dim: int, num_heads: int, dropout: float, *, causal: bool, ffn_activation: str,
+                 ffn_width: int) -> None:
         super().__init__()
         self.attention_norm = nn.LayerNorm(dim)
         self.attention = SelfAttention(dim, num_heads, dropout, causal=causal)
         self.feed_forward_norm = nn.LayerNorm(dim)
-        self.feed_forward = feed_forward(dim, ffn_width or dim, ffn_activation, dropout)
+        self.feed_forward = feed_forward(dim, ffn_width, ffn_activation, dropout)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, is_item: torch.Tensor) -> torch.Tensor:
