@@ -140,6 +140,9 @@ class EvalConfig:
     batch_size: int = 1024  # users scored at a time
     item_chunk: int = 65536  # catalog items scored at a time
     valid_metric: str = "NDCG@10"
+    # score the best checkpoint on the test split when training ends; false: validation only (a recipe study
+    # chooses on validation, then reads the test split once per chosen configuration with `cutrec evaluate`)
+    test: bool = True
 
 
 @dataclass
