@@ -10,7 +10,8 @@ A grid file:
     [base]                           # config values every run shares, nested like a config file
     train = { epochs = 50 }
     eval = { test = false }          # a recipe study: rows carry validation only; `cutrec evaluate` tests later
-    [recipes.adamw]                  # a named set of config values over [base], for the recipe axis
+    [recipes.adamw]                  # a named set of config values over [base], for the recipe axis (quote a
+                                     # name with a dot: [recipes."wd-0.1"])
     train = { optimizer = "adamw", weight_decay = 0.1 }
     [recipes.base]                   # (an empty one: [base] alone)
     [datasets.beauty]                # a named data section (else: a registry name or "synthetic")
