@@ -2,6 +2,7 @@
 half-finished run, an OOM is a row, and bad grids are refused before the first run."""
 
 import csv
+import json
 
 import pytest
 
@@ -144,3 +145,30 @@ def test_out_of_memory_and_a_refused_estimate_are_oom_rows():
     assert failure("cutrec: error: predicted peak 208,459 MB exceeds the 142,629 MB free on cuda; use --batch-size "
                    "65 or auto (or set train.check_memory=false to try anyway: ...)") == "OOM"
     assert failure("cutrec: error: data.path='x.csv' does not exist") == "failed"
+
+
+def test_a_validation_only_recipe_grid_reads_no_test_and_evaluate_tests_once_later(tmp_path, capsys):
+    """recipe = [NAME] merges [recipes.NAME] over [base] (and under the other axes); eval.test=false rows carry the
+    best validation NDCG@10 and no test metrics; `cutrec evaluate` then tests a chosen run."""
+    grid = BASE.replace("[base]", '[recipes.plain]\n[recipes.wide]\nmodel = {{ ffn_mult = 4.0, dropout = 0.5 }}\n'
+                        "[base]\neval = {{ test = false }}")
+    grid = grid.replace("epochs = 1", "epochs = 2")
+    path = _grid(tmp_path, 'recipe = ["plain", "wide"]\nmodel = ["sasrec:dropout=0.1"]\n', base=grid)
+    _, runs = load_grid(path)
+    assert [run.values["model"]["ffn_mult"] for run in runs] == [1.0, 4.0]
+    assert [run.values["model"]["dropout"] for run in runs] == [0.1, 0.1]  # the axis over the recipe
+    assert main(["experiment", str(path)]) == 0
+    rows = _rows(tmp_path)
+    assert [row["recipe"] for row in rows] == ["plain", "wide"]
+    for row in rows:
+        assert row["status"] == "ok" and row["NDCG@10"] == row["HR@10"] == row["MostPopular NDCG@10"] == ""
+        log = list(csv.DictReader((tmp_path / "experiments" / "tiny" / "runs" / row["run"] / "log.csv").open()))
+        best = max(log, key=lambda line: float(line["NDCG@10"]))
+        assert (row["valid NDCG@10"], row["best_epoch"]) == (best["NDCG@10"], best["epoch"])
+    folder = tmp_path / "experiments" / "tiny" / "runs" / rows[1]["run"]
+    assert "test" not in json.loads((folder / "metrics.json").read_text())
+    assert main(["evaluate", str(folder)]) == 0
+    assert "test" in json.loads((folder / "metrics.json").read_text())
+    bad = _grid(tmp_path, 'recipe = ["plain", "deep"]\n', base=grid)
+    assert main(["experiment", str(bad)]) == 2
+    assert "grid recipe 'deep' has no [recipes.deep] table" in capsys.readouterr().err

@@ -192,3 +192,27 @@ def test_embedding_scale_multiplies_the_input_items_by_sqrt_dim_and_init_std_set
     assert float(build_model(ModelConfig(dim=64), 20000).item_table.detach().std()) == pytest.approx(64**-0.5, rel=0.01)
     with pytest.raises(CutrecError, match="model.init_std"):
         build_config({"model": {"init_std": -1.0}})
+
+
+@pytest.mark.parametrize("places", [[], ["embedding"], ["attention"], ["feed_forward"], ["residual"]])
+@pytest.mark.parametrize("model_name", ["sasrec", "bert4rec"])
+def test_dropout_acts_only_at_its_places(places, model_name):
+    torch.manual_seed(int(np.random.default_rng().integers(1 << 30)))
+    model = build_model(ModelConfig(name=model_name, dim=16, num_heads=2, max_len=9, dropout=0.5,
+                                    dropout_places=places), 31)
+    inputs = torch.randint(0, 31, (5, 9))
+    inputs[0, 6:] = 31  # padding
+    model.eval()
+    plain = model(inputs)
+    model.train()
+    dropped = {module for module in model.modules() if isinstance(module, torch.nn.Dropout)}
+    attention = [block.attention.dropout for block in model.blocks]
+    assert (len(dropped) > 0) == (places not in ([], ["attention"]))
+    assert all(rate == (0.5 if places == ["attention"] else 0.0) for rate in attention)
+    assert torch.equal(model(inputs), plain) == (places == [])
+
+
+def test_an_unknown_dropout_place_is_one_line():
+    with pytest.raises(CutrecError, match="config key 'model.dropout_places' is 'ffn'; choose one of"):
+        build_config(None, ["model.dropout_places=embedding,ffn"])
+    assert build_config(None, ["model.dropout_places="]).model.dropout_places == []

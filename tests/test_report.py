@@ -125,5 +125,27 @@ def test_configurations_run_with_several_seeds_get_their_mean_and_range():
     rows.append({**rows[0], "loss": "BCE", "NDCG@10": f"{scores[3]:.6f}"})  # one seed: not a group
     text = "\n".join(over_seeds_section(rows))
     kept = [float(f"{value:.6f}") for value in scores[:3]]
-    assert f"| d | sasrec | CE | 3 | {np.mean(kept):.4f} ({min(kept):.4f}..{max(kept):.4f}) |" in text
-    assert "BCE" not in text and "| dataset | model | loss | seeds |" in text
+    assert f"| d | sasrec | CE | 3 |  | {np.mean(kept):.4f} ({min(kept):.4f}..{max(kept):.4f}) |" in text
+    assert "BCE" not in text and "| dataset | model | loss | seeds | valid NDCG@10" in text
+
+
+def test_a_validation_only_grid_reports_its_validation_spread_alone(tmp_path):
+    """Rows of eval.test=false runs (no test NDCG@10): the over-seeds table gives their validation mean and range
+    per recipe; the sections that rank by test NDCG@10 are left out."""
+    rng = np.random.default_rng()
+    valid = rng.uniform(0.02, 0.08, (2, 3))
+    rows = [{"run": f"{recipe}-{seed}", "status": "ok", "dataset": "d", "recipe": recipe, "seed": str(seed),
+             "NDCG@10": "", "HR@10": "", "valid NDCG@10": f"{valid[i, seed]:.6f}", "peak_train_gpu_mb": "10",
+             "mean_train_seconds": "1.0", "machine": "test", "commit": "abc", "note": ""}
+            for i, recipe in enumerate(("plain", "swiglu")) for seed in range(3)]
+    path = tmp_path / "results.csv"
+    with path.open("w", newline="") as file:
+        writer = csv.DictWriter(file, COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    summary = write_report([path], tmp_path / "report", 40).read_text()
+    assert "6 finished runs of 6 (6 validation only)" in summary
+    assert "Best configuration" not in summary and "Spearman" not in summary
+    for i, recipe in enumerate(("plain", "swiglu")):
+        kept = [float(f"{value:.6f}") for value in valid[i]]
+        assert f"| d | {recipe} | 3 | {np.mean(kept):.4f} ({min(kept):.4f}..{max(kept):.4f}) |  |  |" in summary

@@ -1,11 +1,13 @@
-"""Negative distributions: draws follow q (chi-square), and the test can tell a wrong q apart."""
+"""Negative distributions: draws follow q (chi-square), and the test can tell a wrong q apart; the uniform mix."""
 
 import numpy as np
 import pytest
 import torch
 from scipy.stats import chisquare
 
+from cutrec.config import LossConfig, build_config
 from cutrec.errors import CutrecError
+from cutrec.losses import build_loss
 from cutrec.losses.sampling import NegativeDistribution, seeded_generator
 
 
@@ -46,3 +48,28 @@ def test_bad_counts_are_refused():
         NegativeDistribution.popularity(torch.zeros(4))
     with pytest.raises(CutrecError, match="non-negative"):
         NegativeDistribution.popularity(torch.tensor([1.0, -2.0]))
+
+
+@pytest.mark.parametrize("mix", [0.3, 1.0])
+def test_a_uniform_mix_draws_from_the_mixture_and_reaches_items_without_counts(mix):
+    rng = np.random.default_rng()
+    counts = torch.from_numpy(rng.zipf(1.6, size=int(rng.integers(40, 90))).astype(np.float64).clip(max=400))
+    counts[:3] = 0  # never drawn by popularity alone
+    distribution = NegativeDistribution.popularity(counts, 0.8, uniform_mix=mix)
+    q = counts.double().pow(0.8)
+    q = ((1 - mix) * q / q.sum() + mix / counts.numel()).numpy()
+    torch.testing.assert_close(distribution.log_q(torch.arange(counts.numel())).double(), torch.from_numpy(np.log(q)),
+                               rtol=1e-6, atol=1e-6)
+    draws = 300_000
+    observed = _draw_counts(distribution, draws, seed=int(rng.integers(1 << 30)))
+    assert chisquare(observed, q * draws).pvalue > 1e-4
+    assert observed[:3].min() > 0
+
+
+def test_a_uniform_mix_is_refused_out_of_range_and_without_popularity():
+    with pytest.raises(CutrecError, match=r"uniform_mix=1.5 must be in \[0, 1\]"):
+        NegativeDistribution.popularity(torch.ones(4), 1.0, uniform_mix=1.5)
+    with pytest.raises(CutrecError, match="loss.uniform_mix=0.2 mixes uniform draws into popularity sampling"):
+        build_loss(LossConfig(name="CCE-", uniform_mix=0.2), 50)
+    with pytest.raises(CutrecError, match=r"loss.uniform_mix=-0.1 is out of range"):
+        build_config(None, ["loss.uniform_mix=-0.1"])

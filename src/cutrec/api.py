@@ -79,7 +79,8 @@ class Recommender:
 
     @property
     def metrics(self) -> dict[str, Any]:
-        """The run's metrics.json: test metrics of the model and the most-popular baseline, best epoch, steps."""
+        """The run's metrics.json: best epoch, steps, its validation metric and (unless eval.test is false) the test
+        metrics of the model and the most-popular baseline."""
         import json
 
         path = self._fitted().folder / METRICS_NAME

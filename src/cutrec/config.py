@@ -68,7 +68,11 @@ class ModelConfig:
     dim: int = 64
     num_blocks: int = 2
     num_heads: int = 1
-    dropout: float = 0.2
+    dropout: float = 0.2  # the rate at each of dropout_places
+    # where dropout acts: "embedding" (item + position embeddings), "attention" (the attention probabilities),
+    # "feed_forward" (its hidden units), "residual" (each sublayer's output before it is added); [] for none
+    dropout_places: list[Literal["embedding", "attention", "feed_forward", "residual"]] = field(
+        default_factory=lambda: ["embedding", "attention", "feed_forward", "residual"])
     mask_prob: float = 0.2  # bert4rec: chance that a training position is masked (at least one per sequence)
     ffn_activation: Literal["gelu", "relu", "swiglu"] = "gelu"  # GELU; ReLU (SASRec 2018); gated SwiGLU (Shazeer 2020)
     ffn_mult: float = 1.0  # feed-forward width in multiples of dim (SASRec 2018: 1; BERT4Rec and most transformers: 4)
@@ -85,7 +89,10 @@ class LossConfig:
     num_negatives: int = 256  # CE-, CCE-, BCE+, gBCE (BCE always uses 1)
     share: Literal["none", "block", "batch", "offsets"] = "none"  # CCE-: who shares negatives (or their offsets)
     distribution: Literal["uniform", "popularity"] = "uniform"
-    alpha: float = 1.0  # popularity sampling: q proportional to count ** alpha
+    alpha: float = 1.0  # popularity sampling: q proportional to count ** alpha (1: the law of in-batch negatives)
+    # popularity sampling: this share of q is uniform over the catalog, q = (1 - mix) q_pop + mix / N (mixed
+    # negative sampling, Yang et al. 2020)
+    uniform_mix: float = 0.0
     logq_correction: bool = True  # CE-: subtract log(K q(n)) from negative logits
     gbce_t: float = 0.75  # gBCE calibration parameter t in [0, 1]
     sce_buckets: int = 256  # SCE: buckets (random directions) per step
@@ -133,6 +140,9 @@ class EvalConfig:
     batch_size: int = 1024  # users scored at a time
     item_chunk: int = 65536  # catalog items scored at a time
     valid_metric: str = "NDCG@10"
+    # score the best checkpoint on the test split when training ends; false: validation only (a recipe study
+    # chooses on validation, then reads the test split once per chosen configuration with `cutrec evaluate`)
+    test: bool = True
 
 
 @dataclass
@@ -409,6 +419,8 @@ def validate(config: RunConfig) -> None:
         (config.loss.num_negatives >= 1, "loss.num_negatives", config.loss.num_negatives,
          "use 1 or more negatives"),
         (config.loss.alpha >= 0.0, "loss.alpha", config.loss.alpha, "use a power of 0 or more"),
+        (0.0 <= config.loss.uniform_mix <= 1.0, "loss.uniform_mix", config.loss.uniform_mix,
+         "use a share in [0, 1]"),
         (0.0 <= config.loss.gbce_t <= 1.0, "loss.gbce_t", config.loss.gbce_t, "use a value in [0, 1]"),
         (config.loss.sce_buckets >= 1, "loss.sce_buckets", config.loss.sce_buckets, "use 1 or more buckets"),
         (config.loss.sce_bucket_size_x >= 1, "loss.sce_bucket_size_x", config.loss.sce_bucket_size_x,

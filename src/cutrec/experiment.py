@@ -9,6 +9,11 @@ A grid file:
     preset = "sasrec-2018"           # optional: a named recipe (cutrec presets) that [base] and the axes start from
     [base]                           # config values every run shares, nested like a config file
     train = { epochs = 50 }
+    eval = { test = false }          # a recipe study: rows carry validation only; `cutrec evaluate` tests later
+    [recipes.adamw]                  # a named set of config values over [base], for the recipe axis (quote a
+                                     # name with a dot: [recipes."wd-0.1"])
+    train = { optimizer = "adamw", weight_decay = 0.1 }
+    [recipes.base]                   # (an empty one: [base] alone)
     [datasets.beauty]                # a named data section (else: a registry name or "synthetic")
     path = "../shared/data/amazon-beauty/sequences.txt"
     format = "sequences"
@@ -20,6 +25,7 @@ A grid file:
     max_len = [50]
     negatives = [255, 1023]          # applied to the losses that draw negatives only (CE and CCE run once)
     seed = [0, 1]
+    recipe = ["base", "adamw"]
 
 Every run is checked (types, ranges, loss settings that its loss does not use) before the first one starts. Each
 runs as `cutrec train` in its own process; a finished row is written to results.csv at once (an atomic rewrite), so
@@ -64,13 +70,12 @@ from cutrec.train.checkpoint import (
     write_json,
 )
 
-AXES = ("dataset", "model", "loss", "batch_size", "max_len", "negatives", "seed")
-GRID_KEYS = ("name", "out", "gpus", "runs_per_gpu", "preset", "base", "datasets", "axes")
+AXES = ("dataset", "recipe", "model", "loss", "batch_size", "max_len", "negatives", "seed")
+GRID_KEYS = ("name", "out", "gpus", "runs_per_gpu", "preset", "base", "recipes", "datasets", "axes")
 COLUMNS = [
-    "run", "status", "dataset", "model", "loss", "batch_size", "max_len", "negatives", "seed", "items", "NDCG@10",
-    "HR@10",
-    "Coverage@10", "Surprisal@10", "MostPopular NDCG@10", "peak_train_gpu_mb", "mean_train_seconds", "epochs_run",
-    "sharing", "machine", "commit", "date", "note",
+    "run", "status", "dataset", "recipe", "model", "loss", "batch_size", "max_len", "negatives", "seed", "items",
+    "NDCG@10", "HR@10", "Coverage@10", "Surprisal@10", "MostPopular NDCG@10", "valid NDCG@10", "best_epoch",
+    "peak_train_gpu_mb", "mean_train_seconds", "epochs_run", "sharing", "machine", "commit", "date", "note",
 ]
 MODEL_KEYS = tuple(field.name for field in fields(ModelConfig) if field.name != "name")
 SAMPLED = {loss for loss, keys in LOSS_KEYS.items() if "num_negatives" in keys}
@@ -99,9 +104,14 @@ def load_grid(path: str | Path) -> tuple[dict[str, Any], list[Run]]:
             raise CutrecError(f"grid axis {axis!r} is unknown; use {', '.join(AXES)} (others go in [base])")
         if not isinstance(values, list) or not values:
             raise CutrecError(f"grid axis {axis!r} is {values!r}; give a non-empty list, e.g. {axis} = [...]")
-    base, datasets = grid.get("base", {}), grid.get("datasets", {})
-    if not isinstance(base, dict) or not isinstance(datasets, dict):
-        raise CutrecError(f"grid {str(path)!r}: [base] and [datasets] must be tables of config values")
+    base, datasets, recipes = grid.get("base", {}), grid.get("datasets", {}), grid.get("recipes", {})
+    if not all(isinstance(table, dict) for table in (base, datasets, recipes, *recipes.values())):
+        raise CutrecError(f"grid {str(path)!r}: [base], [datasets] and each [recipes.NAME] must be tables of config "
+                          "values")
+    for name in axes.get("recipe", []):
+        if name not in recipes:
+            raise CutrecError(f"grid recipe {name!r} has no [recipes.{name}] table; define it (empty for [base] "
+                              "alone) or drop it from the recipe axis")
     if "preset" in grid:
         base = merged_values(presets.load(str(grid["preset"])), base)
     gpus = grid.get("gpus", [])
@@ -113,7 +123,7 @@ def load_grid(path: str | Path) -> tuple[dict[str, Any], list[Run]]:
     runs, seen = [], set()
     names = list(axes)
     for combination in itertools.product(*(axes[name] for name in names)):
-        run = _run(dict(zip(names, combination, strict=True)), base, datasets)
+        run = _run(dict(zip(names, combination, strict=True)), base, datasets, recipes)
         if run.id not in seen:  # negatives collapse for losses that draw none
             seen.add(run.id)
             runs.append(run)
@@ -121,7 +131,9 @@ def load_grid(path: str | Path) -> tuple[dict[str, Any], list[Run]]:
             "gpus": gpus, "runs_per_gpu": runs_per_gpu}, runs
 
 
-def _run(axes: dict[str, Any], base: dict[str, Any], datasets: dict[str, Any]) -> Run:
+def _run(axes: dict[str, Any], base: dict[str, Any], datasets: dict[str, Any], recipes: dict[str, Any]) -> Run:
+    if "recipe" in axes:
+        base = merged_values(base, recipes[axes["recipe"]])
     values: dict[str, Any] = {}
     if "dataset" in axes:
         name = axes["dataset"]
@@ -245,15 +257,19 @@ def _row(run: Run, folder: Path) -> dict[str, Any]:
     metrics = json.loads((folder / METRICS_NAME).read_text())
     with (folder / LOG_NAME).open(newline="") as file:
         log = list(csv.DictReader(file))
-    model = next(scores for name, scores in metrics["test"].items() if name != "MostPopular")
+    tested = "test" in metrics  # eval.test=false: validation only
+    model = next((scores for name, scores in metrics.get("test", {}).items() if name != "MostPopular"), {})
+    best = next((row for row in log if int(row["epoch"]) == metrics["best_epoch"]), {})
     with np.load(folder / DATA_NAME, allow_pickle=False) as data:
         items = len(data["item_ids"])
     trained = json.loads((folder / CONFIG_NAME).read_text())["train"]["batch_size"]  # "auto" resolved
     return {
         **({"note": f"batch_size auto: {trained}"} if run.axes.get("batch_size") == "auto" else {}),
         "run": run.id, **run.axes, "status": "ok", "items": str(items),
-        **{name: f"{model[name]:.6f}" for name in ("NDCG@10", "HR@10", "Coverage@10", "Surprisal@10")},
-        "MostPopular NDCG@10": f"{metrics['test']['MostPopular']['NDCG@10']:.6f}",
+        **{name: f"{model[name]:.6f}" if tested else "" for name in ("NDCG@10", "HR@10", "Coverage@10",
+                                                                       "Surprisal@10")},
+        "MostPopular NDCG@10": f"{metrics['test']['MostPopular']['NDCG@10']:.6f}" if tested else "",
+        "valid NDCG@10": best.get("NDCG@10", ""), "best_epoch": str(metrics["best_epoch"]),
         "peak_train_gpu_mb": f"{max(float(row['peak_train_gpu_mb'] or 0) for row in log):.1f}",
         "mean_train_seconds": f"{statistics.mean(float(row['train_seconds']) for row in log):.3f}",
         "epochs_run": str(len(log)),

@@ -3,12 +3,13 @@
 The summary gives, for a memory budget, the best configuration of each loss (highest test NDCG@10 among the runs
 whose peak training memory fits), the Spearman rank correlation of NDCG@10 with negatives, batch size, their
 product and sequence length, each with the number of runs behind it, each configuration's mean and range over
-its seeds, and, for each loss run at several batch sizes
+its seeds (validation and test), and, for each loss run at several batch sizes
 and negatives, the table of mean NDCG@10 over seeds with the answer to "does scaling both beat maximising one?".
 Several results tables (grids run apart) are read as one. Plots (matplotlib, the optional `plots`
 extra, imported only here): NDCG@10 against negatives per batch size, peak memory against negatives per loss,
 NDCG@10 against peak memory per loss (with each loss's frontier), and training seconds per epoch against catalog
-size per loss. Only rows with status ok count; OOM rows are listed.
+size per loss. Only rows with status ok count; OOM rows are listed. Runs of a validation-only grid
+(eval.test=false, a recipe study) have no test NDCG@10: they appear in the over-seeds table alone.
 """
 
 from __future__ import annotations
@@ -96,30 +97,32 @@ def write_report(results: list[Path], out: Path, budget_gb: float) -> Path:
     if not ok:
         raise CutrecError(f"{', '.join(map(str, results))} hold no finished run (status ok); run the grid first")
     out.mkdir(parents=True, exist_ok=True)
-    lines = [f"# Experiment report: {', '.join(map(str, results))}", "", f"{len(ok)} finished runs of {len(rows)}; "
-             f"machine {', '.join(sorted({r['machine'] for r in ok}))}; commits "
-             f"{', '.join(sorted({r['commit'] for r in ok}))}",
-             "", f"## Best configuration per loss within {budget_gb:g} GB of peak training memory", "",
-             "| loss | NDCG@10 | HR@10 | peak MB | train s / epoch | run |", "|---|---|---|---|---|---|"]
-    for loss, row in sorted(best_within(ok, budget_gb).items()):
-        lines.append(f"| {loss} | {row['NDCG@10']} | {row['HR@10']} | {row['peak_train_gpu_mb']} | "
-                     f"{row['mean_train_seconds']} | {row['run']} |")
-    lines += ["", "## Spearman correlation of NDCG@10", "", "| factor | Spearman | runs |", "|---|---|---|"]
-    lines += [f"| {name} | {rho:.3f} | {n} |" for name, rho, n in correlations(ok)]
+    tested = [r for r in ok if r["NDCG@10"]]  # validation-only runs have no test NDCG@10
+    lines = [f"# Experiment report: {', '.join(map(str, results))}", "", f"{len(ok)} finished runs of {len(rows)} "
+             f"({len(ok) - len(tested)} validation only); machine {', '.join(sorted({r['machine'] for r in ok}))}; "
+             f"commits {', '.join(sorted({r['commit'] for r in ok}))}"]
+    if tested:
+        lines += ["", f"## Best configuration per loss within {budget_gb:g} GB of peak training memory", "",
+                  "| loss | NDCG@10 | HR@10 | peak MB | train s / epoch | run |", "|---|---|---|---|---|---|"]
+        for loss, row in sorted(best_within(tested, budget_gb).items()):
+            lines.append(f"| {loss} | {row['NDCG@10']} | {row['HR@10']} | {row['peak_train_gpu_mb']} | "
+                         f"{row['mean_train_seconds']} | {row['run']} |")
+        lines += ["", "## Spearman correlation of NDCG@10", "", "| factor | Spearman | runs |", "|---|---|---|"]
+        lines += [f"| {name} | {rho:.3f} | {n} |" for name, rho, n in correlations(tested)]
     lines += over_seeds_section(ok)
-    for loss, table in balance_tables(ok).items():
+    for loss, table in balance_tables(tested).items():
         lines += ["", *balance_section(loss, table)]
     failed = [r for r in rows if r["status"] != "ok"]
     if failed:
         lines += ["", "## Runs that did not finish", ""]
         lines += [f"- {r['run']}: {r['status']} ({r['note']})" for r in failed]
-    lines += ["", *(f"![{name}]({name}.png)" for name in _plots(ok, out))]
+    lines += ["", *(f"![{name}]({name}.png)" for name in (_plots(tested, out) if tested else []))]
     summary = out / "summary.md"
     summary.write_text("\n".join(lines) + "\n")
     return summary
 
 
-SETTINGS = ("dataset", "model", "loss", "batch_size", "max_len", "negatives")  # a configuration, all but the seed
+SETTINGS = ("dataset", "recipe", "model", "loss", "batch_size", "max_len", "negatives")  # all axes but the seed
 
 
 def over_seeds(rows: list[dict[str, str]]) -> dict[tuple[str, ...], list[dict[str, str]]]:
@@ -131,22 +134,28 @@ def over_seeds(rows: list[dict[str, str]]) -> dict[tuple[str, ...], list[dict[st
 
 
 def over_seeds_section(rows: list[dict[str, str]]) -> list[str]:
-    """A table of each configuration's mean (min..max) test NDCG@10 and HR@10 over its seeds; none without seeds."""
+    """A table of each configuration's mean (min..max) over its seeds of the best validation NDCG@10 and of test
+    NDCG@10 and HR@10 (blank for validation-only runs); none without seeds."""
     groups = over_seeds(rows)
     if not groups:
         return []
     shown = [name for name in SETTINGS if any(key[SETTINGS.index(name)] for key in groups)]
-    lines = ["", "## Over seeds", "", "| " + " | ".join(shown) + " | seeds | NDCG@10 mean (min..max) | "
-             "HR@10 mean (min..max) | peak MB | train s / epoch |", "|" + "---|" * (len(shown) + 5)]
+    metrics = ("valid NDCG@10", "NDCG@10", "HR@10")
+    lines = ["", "## Over seeds", "", "| " + " | ".join(shown) + " | seeds | valid NDCG@10 mean (min..max) | "
+             "test NDCG@10 mean (min..max) | test HR@10 mean (min..max) | peak MB | train s / epoch |",
+             "|" + "---|" * (len(shown) + 6)]
     for key, group in groups.items():
         cells = [key[SETTINGS.index(name)] for name in shown]
-        spread = [f"{np.mean(v):.4f} ({min(v):.4f}..{max(v):.4f})"
-                  for v in ([float(r[m]) for r in group] for m in ("NDCG@10", "HR@10"))]
+        spread = [_spread([float(r[m]) for r in group if r.get(m)]) for m in metrics]
         peak = max(float(r["peak_train_gpu_mb"] or 0) for r in group)
         seconds = np.mean([float(r["mean_train_seconds"] or 0) for r in group])
-        lines.append(f"| {' | '.join(cells)} | {len(group)} | {spread[0]} | {spread[1]} | {peak:.0f} | "
-                     f"{seconds:.3f} |")
+        lines.append(f"| {' | '.join(cells)} | {len(group)} | {' | '.join(spread)} | {peak:.0f} | {seconds:.3f} |")
     return lines
+
+
+def _spread(values: list[float]) -> str:
+    """'mean (min..max)' of `values`, blank when there are none."""
+    return f"{np.mean(values):.4f} ({min(values):.4f}..{max(values):.4f})" if values else ""
 
 
 def balance_tables(rows: list[dict[str, str]]) -> dict[str, dict[tuple[float, float], list[float]]]:

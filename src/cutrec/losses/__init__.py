@@ -69,14 +69,14 @@ def resolve_loss_name(name: str, num_items: int) -> str:
 
 
 # the loss-section keys each loss uses (besides name)
-_SAMPLING = ("num_negatives", "distribution", "alpha")
+_SAMPLING = ("num_negatives", "distribution", "alpha", "uniform_mix")
 LOSS_KEYS = {
     "auto": ("temperature",),
     "CE": ("temperature", "label_smoothing"),
     "CCE": ("temperature", "label_smoothing"),
     "CE-": (*_SAMPLING, "logq_correction", "temperature"),
     "CCE-": (*_SAMPLING, "logq_correction", "share", "temperature"),
-    "BCE": ("distribution", "alpha", "temperature"),
+    "BCE": ("distribution", "alpha", "uniform_mix", "temperature"),
     "BCE+": (*_SAMPLING, "temperature"),
     "gBCE": (*_SAMPLING, "gbce_t", "temperature"),
     "SCE": ("sce_buckets", "sce_bucket_size_x", "sce_bucket_size_y", "sce_mix", "temperature"),
@@ -120,15 +120,24 @@ def build_loss(config: LossConfig, num_items: int, item_counts: torch.Tensor | N
     return _with_recipe(_base_loss(name, config, num_items, item_counts), config)
 
 
+def negative_distribution(config: LossConfig, num_items: int, item_counts: torch.Tensor | None
+                          ) -> NegativeDistribution:
+    """q of the sampled losses: uniform, or popularity (training counts ** loss.alpha) mixed with loss.uniform_mix
+    of the uniform distribution."""
+    if config.distribution == "uniform":
+        if config.uniform_mix:
+            raise CutrecError(f"loss.uniform_mix={config.uniform_mix} mixes uniform draws into popularity sampling; "
+                              "set loss.distribution='popularity', or loss.uniform_mix=0")
+        return NegativeDistribution.uniform(num_items)
+    if item_counts is None:
+        raise CutrecError("loss.distribution='popularity' needs training item counts; none were given")
+    return NegativeDistribution.popularity(item_counts, config.alpha, config.uniform_mix)
+
+
 def _base_loss(name: str, config: LossConfig, num_items: int, item_counts: torch.Tensor | None) -> LossFn:
     """The loss `name` (resolved) as `loss(hidden, items, targets, *, seed)`, before the recipe's temperature and
     label smoothing."""
-    if config.distribution == "popularity":
-        if item_counts is None:
-            raise CutrecError("loss.distribution='popularity' needs training item counts; none were given")
-        distribution = NegativeDistribution.popularity(item_counts, config.alpha)
-    else:
-        distribution = NegativeDistribution.uniform(num_items)
+    distribution = negative_distribution(config, num_items, item_counts)
     # The data pipeline guarantees targets in [0, N): every loss skips the per-step range check (a host sync).
     if name == "CE":
         return _without_seed(partial(cross_entropy, check_targets=False))

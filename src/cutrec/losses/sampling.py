@@ -35,8 +35,10 @@ class NegativeDistribution:
         return cls(num_items=num_items)
 
     @classmethod
-    def popularity(cls, item_counts: torch.Tensor, alpha: float = 1.0) -> NegativeDistribution:
-        """q_j proportional to item_counts[j] ** alpha (items with count 0 are never drawn)."""
+    def popularity(cls, item_counts: torch.Tensor, alpha: float = 1.0, uniform_mix: float = 0.0
+                   ) -> NegativeDistribution:
+        """q_j proportional to item_counts[j] ** alpha (items with count 0 are never drawn), mixed with the uniform
+        distribution: q = (1 - uniform_mix) q_pop + uniform_mix / N (every item drawable when uniform_mix > 0)."""
         counts = torch.as_tensor(item_counts, dtype=torch.float64).cpu()  # q lives on the CPU; tables go to devices
         if counts.ndim != 1 or counts.numel() == 0:
             raise CutrecError(f"item_counts must be a non-empty [N] vector, got shape {tuple(counts.shape)}")
@@ -44,11 +46,14 @@ class NegativeDistribution:
             raise CutrecError("item_counts must be finite and non-negative; pass per-item training counts")
         if alpha < 0:
             raise CutrecError(f"alpha={alpha} must be >= 0 (alpha=0 is uniform over items with a count)")
+        if not 0.0 <= uniform_mix <= 1.0:
+            raise CutrecError(f"uniform_mix={uniform_mix} must be in [0, 1] (the uniform share of q)")
         weights = torch.where(counts > 0, counts.pow(alpha), torch.zeros_like(counts))
         total = weights.sum()
         if total <= 0:
             raise CutrecError("item_counts are all zero: popularity sampling needs at least one item with a count")
-        return cls(num_items=counts.numel(), probs=(weights / total).float())
+        probs = (1.0 - uniform_mix) * weights / total + uniform_mix / counts.numel()  # [N] float64
+        return cls(num_items=counts.numel(), probs=probs.float())
 
     def sample(self, shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
         """Draw item ids with replacement (generator None: the device's default one); int64 of `shape` on `device`."""

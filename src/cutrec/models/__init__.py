@@ -21,6 +21,7 @@ def build_model(config: ModelConfig, num_items: int, *, materialize_items: bool 
         "num_blocks": config.num_blocks,
         "num_heads": config.num_heads,
         "dropout": config.dropout,
+        "dropout_places": tuple(config.dropout_places),
         "ffn_activation": config.ffn_activation,
         "ffn_mult": config.ffn_mult,
         "embedding_scale": config.embedding_scale,

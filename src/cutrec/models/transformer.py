@@ -20,9 +20,17 @@ from torch import nn
 from cutrec.errors import CutrecError
 from cutrec.models.sharded import ShardedItemEmbedding
 
+DROPOUT_PLACES = ("embedding", "attention", "feed_forward", "residual")
+
+
+def dropout_layer(rate: float) -> nn.Module:
+    """Dropout at `rate`, or nothing at 0 (no kernel, no random draws)."""
+    return nn.Dropout(rate) if rate else nn.Identity()
+
 
 class SelfAttention(nn.Module):
-    """Multi-head self-attention through torch's fused scaled_dot_product_attention; causal or bidirectional."""
+    """Multi-head self-attention through torch's fused scaled_dot_product_attention; causal or bidirectional;
+    `dropout` on the attention probabilities."""
 
     def __init__(self, dim: int, num_heads: int, dropout: float, *, causal: bool) -> None:
         super().__init__()
@@ -54,26 +62,28 @@ class SwiGLU(nn.Module):
 
 
 def feed_forward(dim: int, width: int, activation: str, dropout: float) -> nn.Sequential:
-    """[..., D] -> [..., D] through `width` hidden units: Linear, the activation, dropout, Linear. "swiglu" doubles
-    the first layer (gate and value) and keeps `width` units after the gate."""
+    """[..., D] -> [..., D] through `width` hidden units: Linear, the activation, dropout at `dropout`, Linear.
+    "swiglu" doubles the first layer (gate and value) and keeps `width` units after the gate."""
     activations = {"gelu": nn.GELU, "relu": nn.ReLU, "swiglu": SwiGLU}
     if activation not in activations:
         raise CutrecError(f"model.ffn_activation={activation!r} is unknown; choose gelu, relu or swiglu")
     up = 2 * width if activation == "swiglu" else width
-    return nn.Sequential(nn.Linear(dim, up), activations[activation](), nn.Dropout(dropout), nn.Linear(width, dim))
+    return nn.Sequential(nn.Linear(dim, up), activations[activation](), dropout_layer(dropout), nn.Linear(width, dim))
 
 
 class TransformerBlock(nn.Module):
-    """Pre-norm block: x + attention(norm(x)), then x + feed-forward(norm(x))."""
+    """Pre-norm block: x + attention(norm(x)), then x + feed-forward(norm(x)); `rates` maps each of "attention"
+    (the attention probabilities), "feed_forward" (its hidden units) and "residual" (each sublayer's output before
+    it is added) to its dropout rate."""
 
-    def __init__(self, dim: int, num_heads: int, dropout: float, *, causal: bool, ffn_activation: str,
+    def __init__(self, dim: int, num_heads: int, rates: dict[str, float], *, causal: bool, ffn_activation: str,
                  ffn_width: int) -> None:
         super().__init__()
         self.attention_norm = nn.LayerNorm(dim)
-        self.attention = SelfAttention(dim, num_heads, dropout, causal=causal)
+        self.attention = SelfAttention(dim, num_heads, rates["attention"], causal=causal)
         self.feed_forward_norm = nn.LayerNorm(dim)
-        self.feed_forward = feed_forward(dim, ffn_width, ffn_activation, dropout)
-        self.dropout = nn.Dropout(dropout)
+        self.feed_forward = feed_forward(dim, ffn_width, ffn_activation, rates["feed_forward"])
+        self.dropout = dropout_layer(rates["residual"])
 
     def forward(self, x: torch.Tensor, is_item: torch.Tensor) -> torch.Tensor:
         x = x + self.dropout(self.attention(self.attention_norm(x), is_item))
@@ -107,8 +117,9 @@ class TransformerEncoder(nn.Module):
 
     def __init__(
         self, num_items: int, *, num_special: int, causal: bool, max_len: int, dim: int, num_blocks: int,
-        num_heads: int, dropout: float, ffn_activation: str = "gelu", ffn_mult: float = 1.0,
-        embedding_scale: bool = False, init_std: float | None = None, materialize_items: bool = True,
+        num_heads: int, dropout: float, dropout_places: tuple[str, ...] = DROPOUT_PLACES, ffn_activation: str = "gelu",
+        ffn_mult: float = 1.0, embedding_scale: bool = False, init_std: float | None = None,
+        materialize_items: bool = True,
     ) -> None:
         super().__init__()
         if num_items < 1:
@@ -117,6 +128,10 @@ class TransformerEncoder(nn.Module):
             raise CutrecError(f"max_len={max_len}: use a sequence length of 1 or more")
         if dim % num_heads != 0:
             raise CutrecError(f"dim={dim} is not divisible by num_heads={num_heads}; pick heads that divide dim")
+        unknown = sorted(set(dropout_places) - set(DROPOUT_PLACES))
+        if unknown:
+            raise CutrecError(f"model.dropout_places has {unknown[0]!r}; choose from {', '.join(DROPOUT_PLACES)}")
+        rates = {place: dropout if place in dropout_places else 0.0 for place in DROPOUT_PLACES}
         self.num_items = num_items
         self.max_len = max_len
         self.num_special = num_special
@@ -125,9 +140,9 @@ class TransformerEncoder(nn.Module):
         table = torch.empty(num_items + num_special, dim, device=None if materialize_items else "meta")
         self.item_embedding = nn.Embedding(num_items + num_special, dim, padding_idx=num_items, _weight=table)
         self.position_embedding = nn.Embedding(max_len, dim)
-        self.embedding_dropout = nn.Dropout(dropout)
+        self.embedding_dropout = dropout_layer(rates["embedding"])
         self.blocks = nn.ModuleList(
-            TransformerBlock(dim, num_heads, dropout, causal=causal, ffn_activation=ffn_activation,
+            TransformerBlock(dim, num_heads, rates, causal=causal, ffn_activation=ffn_activation,
                              ffn_width=max(1, round(ffn_mult * dim)))
             for _ in range(num_blocks)
         )

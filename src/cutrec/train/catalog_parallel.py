@@ -22,14 +22,13 @@ from cutrec.data.batches import IGNORE_INDEX, eval_batches
 from cutrec.distributed import Ranks, collective, gather_all, gather_rows
 from cutrec.errors import CutrecError
 from cutrec.eval.ranking import keys_to_items, refuse_non_finite
-from cutrec.losses import check_share
+from cutrec.losses import check_share, negative_distribution
 from cutrec.losses.catalog_parallel import (
     shard_distribution,
     sharded_cut_cross_entropy,
     sharded_sampled_cut_cross_entropy,
     sharded_top_k_keys,
 )
-from cutrec.losses.sampling import NegativeDistribution
 from cutrec.models.sharded import ShardedItemEmbedding
 from cutrec.train.evaluate import autocast_context, batch_exclusion
 from cutrec.transfer import to_device
@@ -68,8 +67,7 @@ class CatalogParallelLoss:
                  impl: str = "auto") -> None:
         self.model, self.ranks, self.config, self.impl = model, ranks, config, impl
         if config.name == "CCE-":
-            whole = (NegativeDistribution.popularity(item_counts.cpu(), config.alpha)
-                     if config.distribution == "popularity" else NegativeDistribution.uniform(model.num_items))
+            whole = negative_distribution(config, model.num_items, item_counts)
             self.distribution, self.num_negatives = shard_distribution(whole, config.num_negatives, ranks)
 
     def __call__(self, hidden: torch.Tensor, items: torch.Tensor, targets: torch.Tensor, seed: Any = 0

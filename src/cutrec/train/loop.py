@@ -536,8 +536,12 @@ def fit(
         note(f"{step.eager_steps} step(s) had more than {step.rows} targets and ran outside the CUDA graph")
     note(reason)
     if ranks.main:  # the others end now: a barrier would time out during a long test
-        results = test_run(folder, device, data)
-        print(format_table(results["test"], config.eval.ks))
+        results = test_run(folder, device, data, test=config.eval.test)
+        if config.eval.test:
+            print(format_table(results["test"], config.eval.ks))
+        else:
+            note(f"eval.test=false: not tested; best validation {config.eval.valid_metric} "
+                 f"{results['valid_metric'][config.eval.valid_metric]:.4f} at epoch {results['best_epoch']}")
         note(f"run folder: {folder}")
     return folder
 
@@ -657,13 +661,23 @@ def load_run_model(folder: Path, device: torch.device) -> tuple[RunConfig, Seque
     return config, model, checkpoint
 
 
-def test_run(folder: Path, device: torch.device, data: TrainingData | None = None) -> dict[str, Any]:
-    """Score the best checkpoint and the most-popular baseline on the test set; write metrics.json.
+def test_run(folder: Path, device: torch.device, data: TrainingData | None = None, *, test: bool = True
+             ) -> dict[str, Any]:
+    """Score the best checkpoint and the most-popular baseline on the test set; write metrics.json (with
+    test=False: the best epoch and its validation metric alone, the test split unread).
 
     `data` is the run's split when the caller has it (the trainer does); without it the split is built once here
     from the folder's own data.
     """
     config, model, checkpoint = load_run_model(folder, device)
+    results: dict[str, Any] = {
+        "best_epoch": checkpoint["epoch"],
+        "steps": checkpoint["step"],
+        "valid_metric": {config.eval.valid_metric: checkpoint["valid_metric"]},
+    }
+    if not test:
+        write_json(folder / METRICS_NAME, results)
+        return results
     if data is None:
         data = training_data(config, run_sequences(folder, config))
     if data.split.num_items != checkpoint["num_items"]:
@@ -671,21 +685,16 @@ def test_run(folder: Path, device: torch.device, data: TrainingData | None = Non
             f"the data now has {data.split.num_items} items but run {str(folder)!r} was trained on "
             f"{checkpoint['num_items']}; the data changed since training"
         )
-    test = data.split.test
+    split = data.split.test
     common = {"popularity": data.item_users, "num_train_users": data.num_train_users}
-    results = {
-        "test": {
-            model.__class__.__name__: score(
-                model_top_items(model, test, config.eval, device, amp=config.train.amp), test, config.eval, **common
-            ),
-            "MostPopular": score(
-                popular_top_items(data.item_counts.to(device), test, config.eval), test, config.eval, **common
-            ),
-        },
-        "best_epoch": checkpoint["epoch"],
-        "steps": checkpoint["step"],
-        "valid_metric": {config.eval.valid_metric: checkpoint["valid_metric"]},
-        "test_users": len(test.targets),
+    results["test"] = {
+        model.__class__.__name__: score(
+            model_top_items(model, split, config.eval, device, amp=config.train.amp), split, config.eval, **common
+        ),
+        "MostPopular": score(
+            popular_top_items(data.item_counts.to(device), split, config.eval), split, config.eval, **common
+        ),
     }
+    results["test_users"] = len(split.targets)
     write_json(folder / METRICS_NAME, results)
     return results
