@@ -55,3 +55,12 @@ def test_bad_files(tmp_path):
         build_config({"model": {"width": 3}})
     with pytest.raises(CutrecError, match="needs an integer"):
         build_config({"model": {"dim": 3.5}})
+
+
+def test_each_model_starts_from_its_own_defaults_under_the_file_and_the_options():
+    assert build_config(None, []).model.num_heads == 1  # SASRec's
+    assert build_config(None, ["model.name=bert4rec"]).model.num_heads == 2  # MODEL_DEFAULTS
+    assert build_config({"model": {"name": "bert4rec"}}).model.num_heads == 2
+    assert build_config({"model": {"name": "bert4rec", "num_heads": 1}}).model.num_heads == 1
+    assert build_config({"model": {"name": "bert4rec"}}, ["model.num_heads=4"]).model.num_heads == 4
+    assert build_config({"model": {"name": "bert4rec", "dim": 32}}).model.dim == 32

@@ -67,7 +67,7 @@ class ModelConfig:
     max_len: int = 50
     dim: int = 64
     num_blocks: int = 2
-    num_heads: int = 1
+    num_heads: int = 1  # bert4rec: 2 (MODEL_DEFAULTS)
     dropout: float = 0.2  # the rate at each of dropout_places
     # where dropout acts: "embedding" (item + position embeddings), "attention" (the attention probabilities),
     # "feed_forward" (its hidden units), "residual" (each sublayer's output before it is added); [] for none
@@ -253,14 +253,23 @@ def load_file(path: str | Path) -> dict[str, Any]:
     raise CutrecError(f"config file {str(path)!r} has suffix {suffix!r}; use .toml, .yaml, .yml or .json")
 
 
+# Each model's own defaults where they differ from the dataclass defaults above (which are SASRec's): the layer
+# just over those defaults, chosen by the model.name that the file or the options give.
+MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
+    "sasrec": {},
+    "bert4rec": {"model": {"num_heads": 2}},  # BERT4Rec's 2019 layout: 2 heads of dim / 2
+}
+
+
 def build_config(file_values: dict[str, Any] | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """Defaults, then a named dataset's preprocessing presets (`cutrec datasets`), then the file's values, then
-    `key=value` overrides (dotted keys, strings parsed by type). A local data.path gets no presets (a note says
-    which were not applied)."""
+    """Defaults, then the model's own defaults (`MODEL_DEFAULTS`), then a named dataset's preprocessing presets
+    (`cutrec datasets`), then the file's values, then `key=value` overrides (dotted keys, strings parsed by type). A
+    local data.path gets no presets (a note says which were not applied)."""
     config = _layered(file_values or {}, overrides or [])
     presets = _dataset_presets(config)
-    if presets:
-        config = _layered(merged_values({"data": presets}, file_values or {}), overrides or [])
+    below = merged_values(MODEL_DEFAULTS.get(config.model.name, {}), {"data": presets} if presets else {})
+    if below:
+        config = _layered(merged_values(below, file_values or {}), overrides or [])
     validate(config)
     return config
 
