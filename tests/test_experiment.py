@@ -42,6 +42,7 @@ def test_a_grid_runs_each_configuration_once_and_a_restart_skips_finished_rows(t
     assert all(0 <= float(row["NDCG@10"]) <= 1 and row["epochs_run"] == "1" for row in rows)
     assert rows[1]["negatives"] == "3" and rows[0]["negatives"] == ""
     assert rows[0]["sharing"] == "one run at a time" and rows[0]["commit"]
+    assert rows[0]["model"] == "sasrec"  # no model axis: the model the run trained
     before = (tmp_path / "experiments" / "tiny" / "results.csv").read_text()
     assert main(["experiment", str(grid)]) == 0  # nothing left to run: nothing recomputed
     assert (tmp_path / "experiments" / "tiny" / "results.csv").read_text() == before
@@ -148,15 +149,15 @@ def test_out_of_memory_and_a_refused_estimate_are_oom_rows():
 
 
 def test_a_validation_only_recipe_grid_reads_no_test_and_evaluate_tests_once_later(tmp_path, capsys):
-    """recipe = [NAME] merges [recipes.NAME] over [base] (and under the other axes); eval.test=false rows carry the
+    """recipe = [NAME] merges [recipes.NAME] over [base] (beside the other axes); eval.test=false rows carry the
     best validation NDCG@10 and no test metrics; `cutrec evaluate` then tests a chosen run."""
-    grid = BASE.replace("[base]", '[recipes.plain]\n[recipes.wide]\nmodel = {{ ffn_mult = 4.0, dropout = 0.5 }}\n'
+    grid = BASE.replace("[base]", '[recipes.plain]\n[recipes.wide]\nmodel = {{ ffn_mult = 4.0 }}\n'
                         "[base]\neval = {{ test = false }}")
     grid = grid.replace("epochs = 1", "epochs = 2")
     path = _grid(tmp_path, 'recipe = ["plain", "wide"]\nmodel = ["sasrec:dropout=0.1"]\n', base=grid)
     _, runs = load_grid(path)
     assert [run.values["model"]["ffn_mult"] for run in runs] == [1.0, 4.0]
-    assert [run.values["model"]["dropout"] for run in runs] == [0.1, 0.1]  # the axis over the recipe
+    assert [run.values["model"]["dropout"] for run in runs] == [0.1, 0.1]  # the model axis, under both recipes
     assert main(["experiment", str(path)]) == 0
     rows = _rows(tmp_path)
     assert [row["recipe"] for row in rows] == ["plain", "wide"]
@@ -169,6 +170,27 @@ def test_a_validation_only_recipe_grid_reads_no_test_and_evaluate_tests_once_lat
     assert "test" not in json.loads((folder / "metrics.json").read_text())
     assert main(["evaluate", str(folder)]) == 0
     assert "test" in json.loads((folder / "metrics.json").read_text())
+    assert [row["model"] for row in rows] == ["sasrec:dropout=0.1"] * 2  # the model axis's value
     bad = _grid(tmp_path, 'recipe = ["plain", "deep"]\n', base=grid)
     assert main(["experiment", str(bad)]) == 2
     assert "grid recipe 'deep' has no [recipes.deep] table" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "recipes,axes,message",
+    [
+        ("[recipes.a]\nmodel = {{ dropout = 0.3 }}\n", 'recipe = ["a"]\nmodel = ["sasrec:dropout=0.1"]\n',
+         "grid recipe 'a' sets model.dropout, which an axis sets too"),
+        ("[recipes.a]\ntrain = {{ seed = 5 }}\n", 'recipe = ["a"]\nseed = [0]\n', "sets train.seed, which an axis"),
+        ("[recipes.a]\nloss = {{ name = 'CE-', num_negatives = 9 }}\n", 'recipe = ["a"]\nnegatives = [3]\n',
+         "sets loss.num_negatives, which an axis"),
+        ("[recipes.a]\n", "seed = [0]\n", "has [recipes] but no recipe axis"),
+        ("recipes = [1]\n", 'seed = [0]\n', "each [recipes.NAME] must be tables"),
+        ("[recipes.a]\nmodel = {{ colour = 1 }}\n", 'recipe = ["a"]\n', "grid run recipe=a: unknown config key"),
+    ],
+)
+def test_a_recipe_that_collides_with_an_axis_or_is_malformed_is_one_line(tmp_path, capsys, recipes, axes, message):
+    grid = BASE.replace("[base]", recipes + "[base]")
+    assert main(["experiment", str(_grid(tmp_path, axes, base=grid))]) == 2
+    error = capsys.readouterr().err
+    assert message in error and error.count("\n") == 1

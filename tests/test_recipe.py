@@ -205,10 +205,11 @@ def test_dropout_acts_only_at_its_places(places, model_name):
     model.eval()
     plain = model(inputs)
     model.train()
-    dropped = {module for module in model.modules() if isinstance(module, torch.nn.Dropout)}
-    attention = [block.attention.dropout for block in model.blocks]
-    assert (len(dropped) > 0) == (places not in ([], ["attention"]))
-    assert all(rate == (0.5 if places == ["attention"] else 0.0) for rate in attention)
+    layers = {"embedding": [model.embedding_dropout], "feed_forward": [block.feed_forward[2] for block in model.blocks],
+              "residual": [block.dropout for block in model.blocks]}
+    for place, modules in layers.items():
+        assert all(isinstance(module, torch.nn.Dropout) == (place in places) for module in modules), place
+    assert all(block.attention.dropout == (0.5 if "attention" in places else 0.0) for block in model.blocks)
     assert torch.equal(model(inputs), plain) == (places == [])
 
 

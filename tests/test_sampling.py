@@ -5,9 +5,8 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
-from cutrec.config import LossConfig, build_config
+from cutrec.config import build_config
 from cutrec.errors import CutrecError
-from cutrec.losses import build_loss
 from cutrec.losses.sampling import NegativeDistribution, seeded_generator
 
 
@@ -69,7 +68,8 @@ def test_a_uniform_mix_draws_from_the_mixture_and_reaches_items_without_counts(m
 def test_a_uniform_mix_is_refused_out_of_range_and_without_popularity():
     with pytest.raises(CutrecError, match=r"uniform_mix=1.5 must be in \[0, 1\]"):
         NegativeDistribution.popularity(torch.ones(4), 1.0, uniform_mix=1.5)
-    with pytest.raises(CutrecError, match="loss.uniform_mix=0.2 mixes uniform draws into popularity sampling"):
-        build_loss(LossConfig(name="CCE-", uniform_mix=0.2), 50)
+    with pytest.raises(CutrecError, match="loss.uniform_mix=0.2 is out of range: it mixes uniform draws into "
+                                          "popularity sampling"):
+        build_config(None, ["loss.name=CCE-", "loss.uniform_mix=0.2"])
     with pytest.raises(CutrecError, match=r"loss.uniform_mix=-0.1 is out of range"):
         build_config(None, ["loss.uniform_mix=-0.1"])

@@ -90,7 +90,7 @@ class Recommender:
 
     def fit(self, data: Interactions) -> Recommender:
         """Preprocess and split `data` as the config says, train into a new run folder (out/run_name), test the
-        best epoch, and keep that model for recommending. Returns self."""
+        best epoch (unless eval.test is false), and keep that model for recommending. Returns self."""
         if not isinstance(data, Interactions):
             raise CutrecError(
                 f"fit got a {type(data).__name__}; pass cutrec.Interactions, e.g. "

@@ -105,11 +105,15 @@ def load_grid(path: str | Path) -> tuple[dict[str, Any], list[Run]]:
         if not isinstance(values, list) or not values:
             raise CutrecError(f"grid axis {axis!r} is {values!r}; give a non-empty list, e.g. {axis} = [...]")
     base, datasets, recipes = grid.get("base", {}), grid.get("datasets", {}), grid.get("recipes", {})
-    if not all(isinstance(table, dict) for table in (base, datasets, recipes, *recipes.values())):
+    if not all(isinstance(table, dict) for table in (base, datasets, recipes)) or not all(
+            isinstance(table, dict) for table in recipes.values()):
         raise CutrecError(f"grid {str(path)!r}: [base], [datasets] and each [recipes.NAME] must be tables of config "
                           "values")
+    if recipes and "recipe" not in axes:
+        raise CutrecError(f"grid {str(path)!r} has [recipes] but no recipe axis; add recipe = [...] to [axes] or "
+                          "drop [recipes]")
     for name in axes.get("recipe", []):
-        if name not in recipes:
+        if not isinstance(name, str) or name not in recipes:
             raise CutrecError(f"grid recipe {name!r} has no [recipes.{name}] table; define it (empty for [base] "
                               "alone) or drop it from the recipe axis")
     if "preset" in grid:
@@ -132,8 +136,41 @@ def load_grid(path: str | Path) -> tuple[dict[str, Any], list[Run]]:
 
 
 def _run(axes: dict[str, Any], base: dict[str, Any], datasets: dict[str, Any], recipes: dict[str, Any]) -> Run:
+    values = _axis_values(axes, datasets)
     if "recipe" in axes:
-        base = merged_values(base, recipes[axes["recipe"]])
+        recipe = recipes[axes["recipe"]]
+        set_by_axes = set(_dotted(values)) | ({"loss.num_negatives"} if "negatives" in axes else set())
+        both = sorted(set(_dotted(recipe)) & set_by_axes)
+        if both:
+            raise CutrecError(f"grid recipe {axes['recipe']!r} sets {both[0]}, which an axis sets too; set it in "
+                              "one place")
+        base = merged_values(base, recipe)
+    merged = merged_values(base, values)
+    loss_name = merged.get("loss", {}).get("name", "auto")
+    if "negatives" in axes and loss_name in SAMPLED:
+        merged.setdefault("loss", {})["num_negatives"] = axes["negatives"]
+        shown = dict(axes)
+    else:
+        shown = {key: value for key, value in axes.items() if key != "negatives"}
+    run_id = "-".join(f"{key}={value}".replace("/", "_").replace(":", "_").replace(",", "_")
+                      for key, value in shown.items())
+    try:
+        config = build_config({key: value for key, value in merged.items() if key not in ("out", "name")})  # checks
+    except CutrecError as error:
+        raise CutrecError(f"grid run {run_id}: {error}") from None
+    return Run(run_id, shown, to_dict(config))
+
+
+def _dotted(values: dict[str, Any], prefix: str = "") -> list[str]:
+    """The dotted keys of nested config values."""
+    keys = []
+    for key, value in values.items():
+        keys += _dotted(value, f"{prefix}{key}.") if isinstance(value, dict) else [f"{prefix}{key}"]
+    return keys
+
+
+def _axis_values(axes: dict[str, Any], datasets: dict[str, Any]) -> dict[str, Any]:
+    """The config values that a run's axes set (all but negatives, which apply to sampled losses alone)."""
     values: dict[str, Any] = {}
     if "dataset" in axes:
         name = axes["dataset"]
@@ -149,17 +186,7 @@ def _run(axes: dict[str, Any], base: dict[str, Any], datasets: dict[str, Any], r
     if "loss" in axes:
         loss = str(axes["loss"]).partition(":")[0]
         values["loss"] = _spec("loss", str(axes["loss"]), LOSS_KEYS.get(loss, ()))
-    merged = merged_values(base, values)
-    loss_name = merged.get("loss", {}).get("name", "auto")
-    if "negatives" in axes and loss_name in SAMPLED:
-        merged.setdefault("loss", {})["num_negatives"] = axes["negatives"]
-        shown = dict(axes)
-    else:
-        shown = {key: value for key, value in axes.items() if key != "negatives"}
-    config = build_config({key: value for key, value in merged.items() if key not in ("out", "name")})  # checks all
-    run_id = "-".join(f"{key}={value}".replace("/", "_").replace(":", "_").replace(",", "_")
-                      for key, value in shown.items())
-    return Run(run_id, shown, to_dict(config))
+    return values
 
 
 def _spec(axis: str, spec: str, keys: tuple[str, ...]) -> dict[str, Any]:
@@ -204,7 +231,8 @@ def run_grid(path: str | Path, *, commit: str | None = None) -> Path:
             with lock:
                 free.append(gpu)
         results.add({**row, **context})
-        note(f"{run.id}: {row['status']}" + (f" NDCG@10 {row['NDCG@10']}" if row["status"] == "ok" else ""))
+        shown = f" NDCG@10 {row['NDCG@10']}" if row.get("NDCG@10") else f" valid NDCG@10 {row.get('valid NDCG@10')}"
+        note(f"{run.id}: {row['status']}" + (shown if row["status"] == "ok" else ""))
 
     with ThreadPoolExecutor(max_workers=slots) as pool:
         for future in [pool.submit(one, run) for run in todo]:
@@ -243,7 +271,8 @@ def _train(run: Run, runs: Path, gpu: int | None, threads: int | None) -> dict[s
     if done.returncode == 0:
         return _row(run, folder)
     last = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
-    return {"run": run.id, **run.axes, "status": failure(done.stderr), "note": last[-300:]}
+    return {"run": run.id, "model": run.values["model"]["name"], **run.axes, "status": failure(done.stderr),
+            "note": last[-300:]}
 
 
 def failure(stderr: str) -> str:
@@ -265,7 +294,7 @@ def _row(run: Run, folder: Path) -> dict[str, Any]:
     trained = json.loads((folder / CONFIG_NAME).read_text())["train"]["batch_size"]  # "auto" resolved
     return {
         **({"note": f"batch_size auto: {trained}"} if run.axes.get("batch_size") == "auto" else {}),
-        "run": run.id, **run.axes, "status": "ok", "items": str(items),
+        "run": run.id, "model": run.values["model"]["name"], **run.axes, "status": "ok", "items": str(items),
         **{name: f"{model[name]:.6f}" if tested else "" for name in ("NDCG@10", "HR@10", "Coverage@10",
                                                                        "Surprisal@10")},
         "MostPopular NDCG@10": f"{metrics['test']['MostPopular']['NDCG@10']:.6f}" if tested else "",

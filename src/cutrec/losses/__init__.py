@@ -124,10 +124,7 @@ def negative_distribution(config: LossConfig, num_items: int, item_counts: torch
                           ) -> NegativeDistribution:
     """q of the sampled losses: uniform, or popularity (training counts ** loss.alpha) mixed with loss.uniform_mix
     of the uniform distribution."""
-    if config.distribution == "uniform":
-        if config.uniform_mix:
-            raise CutrecError(f"loss.uniform_mix={config.uniform_mix} mixes uniform draws into popularity sampling; "
-                              "set loss.distribution='popularity', or loss.uniform_mix=0")
+    if config.distribution == "uniform":  # (config.validate refuses a uniform_mix here)
         return NegativeDistribution.uniform(num_items)
     if item_counts is None:
         raise CutrecError("loss.distribution='popularity' needs training item counts; none were given")

@@ -1,5 +1,5 @@
 """The training loop, top to bottom: run folder, data, model, epochs with validation, early stopping and
-checkpoints, then test. `train` starts a run and `resume` continues one from its last.pt.
+checkpoints, then test (unless eval.test is false). `train` starts a run and `resume` continues one from its last.pt.
 
 Everything that changes while a run trains lives in one `TrainState` (cutrec.train.state); the loop owns nothing
 else. The model is used only through cutrec.models.SequenceModel; each step runs through cutrec.train.step (static
@@ -8,8 +8,8 @@ loop reads the device only at epoch ends, checkpoints and through the step's non
 data.npz (the run's own copy of its preprocessed data, raw ids included), run.json (its format), config.json,
 log.csv (one row per finished epoch; rows are only added, each time atomically), last.pt (the whole state, at every
 epoch end and every train.checkpoint_every_minutes), best.pt (the model of the best validation epoch, the one
-tested) and metrics.json (test metrics). SIGTERM and SIGINT stop after the current step with last.pt
-written (see interrupt.py).
+tested) and metrics.json (the best epoch, its validation metric and the test metrics). SIGTERM and SIGINT stop
+after the current step with last.pt written (see interrupt.py).
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ from cutrec.train.step import NonFiniteStep, TrainStep, make_optimizer, step_see
 
 # what --resume may change: nothing that changes what is computed
 RESUMABLE_KEYS = ("train.epochs", "train.time_limit_minutes", "train.progress", "train.check_memory",
-                  "train.memory_limit_gb", "train.tensorboard", "train.dist_timeout_minutes")
+                  "train.memory_limit_gb", "train.tensorboard", "train.dist_timeout_minutes", "eval.test")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -202,7 +202,7 @@ def stop_reason(config: RunConfig, state: TrainState) -> str | None:
 
 def train(config: RunConfig, sequences: SequenceData | None = None) -> Path:
     """Start a run: create its folder, read the data (config.data, unless `sequences` are given), keep a copy of
-    it in the folder, train, test the best epoch; returns the run folder.
+    it in the folder, train, test the best epoch (unless eval.test is false); returns the run folder.
 
     A failure or a signal before the first last.pt removes the folder again: nothing in it could be resumed.
     """
@@ -423,7 +423,7 @@ def fit(
     config: RunConfig, folder: Path, data: TrainingData, state: TrainState, device: torch.device,
     ranks: Ranks = SINGLE,
 ) -> Path:
-    """Train from `state` until a stop reason, checkpointing as it goes; then test the best epoch.
+    """Train from `state` until a stop reason, checkpointing as it goes; then test the best epoch (eval.test).
 
     In a data-parallel run every rank builds each whole batch (the same generator everywhere) and trains its share
     of the rows through DistributedDataParallel; the ranks agree on stop signals and checkpoint times after every
