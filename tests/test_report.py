@@ -16,6 +16,7 @@ from cutrec.report import (
     best_within,
     correlations,
     over_seeds_section,
+    recipes_section,
     spearman,
     write_report,
 )
@@ -149,3 +150,21 @@ def test_a_validation_only_grid_reports_its_validation_spread_alone(tmp_path):
     for i, recipe in enumerate(("plain", "swiglu")):
         kept = [float(f"{value:.6f}") for value in valid[i]]
         assert f"| d | {recipe} | 3 | {np.mean(kept):.4f} ({min(kept):.4f}..{max(kept):.4f}) |  |  |" in summary
+    assert "Recipes against base" not in summary  # no recipe named base
+
+
+def test_the_ablation_gives_each_recipe_against_base_and_marks_gains_beyond_the_base_spread():
+    rng = np.random.default_rng()
+    base = rng.uniform(0.04, 0.05, 3)
+    rows = [{"dataset": "d", "recipe": "base", "seed": str(s), "valid NDCG@10": f"{v:.6f}"} for s, v in enumerate(base)]
+    spread = float(f"{base.max():.6f}") - float(f"{base.min():.6f}")
+    big, small = np.mean(base) + 2 * spread + 0.001, np.mean(base) + spread / 4
+    rows += [{"dataset": "d", "recipe": name, "seed": str(s), "valid NDCG@10": f"{value:.6f}"}
+             for name, value in (("wide", big), ("deep", small)) for s in range(2)]
+    rows.append({"dataset": "e", "recipe": "wide", "seed": "0", "valid NDCG@10": "0.1"})  # no base on e: no table
+    text = "\n".join(recipes_section(rows))
+    assert text.count("## Recipes against base") == 1 and "dataset d" in text
+    lines = [line for line in text.splitlines() if line.startswith("| ") and "recipe |" not in line]
+    assert [line.split(" | ")[0] for line in lines] == ["| wide", "| deep", "| base"]  # best first
+    assert lines[0].endswith(f"{float(f'{big:.6f}') - np.mean([float(f'{v:.6f}') for v in base]):+.4f} * |")
+    assert not lines[1].endswith("* |") and lines[2].endswith("+0.0000 |")

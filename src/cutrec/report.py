@@ -3,7 +3,8 @@
 The summary gives, for a memory budget, the best configuration of each loss (highest test NDCG@10 among the runs
 whose peak training memory fits), the Spearman rank correlation of NDCG@10 with negatives, batch size, their
 product and sequence length, each with the number of runs behind it, each configuration's mean and range over
-its seeds (validation and test), and, for each loss run at several batch sizes
+its seeds (validation and test), a recipe study's ablation (each recipe's validation NDCG@10 against the recipe
+"base"), and, for each loss run at several batch sizes
 and negatives, the table of mean NDCG@10 over seeds with the answer to "does scaling both beat maximising one?".
 Several results tables (grids run apart) are read as one. Plots (matplotlib, the optional `plots`
 extra, imported only here): NDCG@10 against negatives per batch size, peak memory against negatives per loss,
@@ -110,6 +111,7 @@ def write_report(results: list[Path], out: Path, budget_gb: float) -> Path:
         lines += ["", "## Spearman correlation of NDCG@10", "", "| factor | Spearman | runs |", "|---|---|---|"]
         lines += [f"| {name} | {rho:.3f} | {n} |" for name, rho, n in correlations(tested)]
     lines += over_seeds_section(ok)
+    lines += recipes_section(ok)
     for loss, table in balance_tables(tested).items():
         lines += ["", *balance_section(loss, table)]
     failed = [r for r in rows if r["status"] != "ok"]
@@ -150,6 +152,31 @@ def over_seeds_section(rows: list[dict[str, str]]) -> list[str]:
         peak = max(float(r["peak_train_gpu_mb"] or 0) for r in group)
         seconds = np.mean([float(r["mean_train_seconds"] or 0) for r in group])
         lines.append(f"| {' | '.join(cells)} | {len(group)} | {' | '.join(spread)} | {peak:.0f} | {seconds:.3f} |")
+    return lines
+
+
+def recipes_section(rows: list[dict[str, str]]) -> list[str]:
+    """The ablation of a recipe study: per configuration of the other axes that ran the recipe "base", each recipe's
+    mean (min..max) best validation NDCG@10 over its seeds and its mean's difference from base's, marked * when
+    that difference is larger than base's own spread (max - min over seeds); none without a base recipe."""
+    others = [name for name in SETTINGS if name != "recipe"]
+    groups: dict[tuple[str, ...], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for row in rows:
+        if row.get("recipe") and row.get("valid NDCG@10"):
+            groups[tuple(row.get(name, "") for name in others)][row["recipe"]].append(float(row["valid NDCG@10"]))
+    lines = []
+    for key, recipes in groups.items():
+        if "base" not in recipes:
+            continue
+        base = recipes["base"]
+        title = ", ".join(f"{name} {value}" for name, value in zip(others, key, strict=True) if value)
+        lines += ["", f"## Recipes against base: {title or 'all runs'} (validation NDCG@10; * beyond base's spread "
+                  f"{max(base) - min(base):.4f})", "", "| recipe | seeds | valid NDCG@10 mean (min..max) | "
+                  "against base |", "|---|---|---|---|"]
+        for recipe, values in sorted(recipes.items(), key=lambda item: -np.mean(item[1])):
+            gain = np.mean(values) - np.mean(base)
+            mark = " *" if abs(gain) > max(base) - min(base) else ""
+            lines.append(f"| {recipe} | {len(values)} | {_spread(values)} | {gain:+.4f}{mark} |")
     return lines
 
 
