@@ -217,3 +217,43 @@ def test_an_unknown_dropout_place_is_one_line():
     with pytest.raises(CutrecError, match="config key 'model.dropout_places' is 'ffn'; choose one of"):
         build_config(None, ["model.dropout_places=embedding,ffn"])
     assert build_config(None, ["model.dropout_places="]).model.dropout_places == []
+
+
+@pytest.mark.parametrize(("placement", "gate"), [("pre", False), ("post", False), ("pre", True), ("post", True)])
+@pytest.mark.parametrize("model_name", ["sasrec", "bert4rec"])
+def test_norm_placement_and_residual_gates_follow_their_formulas_in_float64(placement, gate, model_name):
+    """Each block, in float64 without dropout, against the formula written out from its own weights: pre-norm
+    x + g * f(norm(x)) then a final norm, post-norm norm(x + g * f(x)) and no final norm, g = sigmoid(W u + b) of
+    the sublayer's input u (1 without gates); every parameter gets a gradient and a reload gives the same output."""
+    rng = np.random.default_rng()
+    torch.manual_seed(int(rng.integers(1 << 30)))
+    dim, length = 12, int(rng.integers(5, 11))
+    config = ModelConfig(name=model_name, dim=dim, num_blocks=2, num_heads=3, max_len=length, dropout=0.3,
+                         norm_placement=placement, residual_gate=gate)
+    model = build_model(config, 37).double()
+    inputs = torch.randint(0, 37, (4, length))
+    inputs[1, length - 2:] = 37  # padding
+    model.train()
+    model(inputs).sum().backward()
+    assert all(p.grad is not None for name, p in model.named_parameters() if "item_embedding" not in name)
+    model.eval()
+    is_item = inputs != 37
+    keep = is_item.unsqueeze(-1).double()
+    x = model.embedding_dropout(model.item_embedding(inputs) + model.position_embedding(
+        (length - is_item.sum(1, keepdim=True) + torch.arange(length)).clamp(0, length - 1))) * keep
+    for block in model.blocks:
+        for norm, layer, gate_layer in ((block.attention_norm, lambda u, b=block: b.attention(u, is_item),
+                                         block.attention_gate),
+                                        (block.feed_forward_norm, block.feed_forward, block.feed_forward_gate)):
+            inner = x if placement == "post" else norm(x)
+            out = layer(inner) * (torch.sigmoid(gate_layer(inner)) if gate else 1.0)
+            x = norm(x + out) if placement == "post" else x + out
+        x = x * keep
+    expected = x if placement == "post" else model.final_norm(x)
+    assert isinstance(model.final_norm, torch.nn.LayerNorm) == (placement == "pre")
+    assert (model.blocks[0].attention_gate is not None) == gate
+    torch.testing.assert_close(model(inputs), expected, rtol=1e-10, atol=1e-10)
+    again = build_model(config, 37).double()
+    again.load_state_dict(model.state_dict())
+    again.eval()
+    torch.testing.assert_close(again(inputs), expected, rtol=1e-10, atol=1e-10)

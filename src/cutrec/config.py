@@ -76,6 +76,8 @@ class ModelConfig:
     mask_prob: float = 0.2  # bert4rec: chance that a training position is masked (at least one per sequence)
     ffn_activation: Literal["gelu", "relu", "swiglu"] = "gelu"  # GELU; ReLU (SASRec 2018); gated SwiGLU (Shazeer 2020)
     ffn_mult: float = 1.0  # feed-forward width in multiples of dim (SASRec 2018: 1; BERT4Rec and most transformers: 4)
+    norm_placement: Literal["pre", "post"] = "pre"  # LayerNorm before each sublayer (pre) or after its residual add
+    residual_gate: bool = False  # each sublayer's output times sigmoid(linear(its input)) (LiGR, Gu et al. 2025)
     embedding_scale: bool = False  # input item embeddings times sqrt(dim) (SASRec 2018's code; Vaswani et al. 2017)
     init_std: float | None = None  # std of the initial item and position embeddings; none: dim ** -0.5
 

@@ -24,6 +24,8 @@ def build_model(config: ModelConfig, num_items: int, *, materialize_items: bool 
         "dropout_places": tuple(config.dropout_places),
         "ffn_activation": config.ffn_activation,
         "ffn_mult": config.ffn_mult,
+        "norm_placement": config.norm_placement,
+        "residual_gate": config.residual_gate,
         "embedding_scale": config.embedding_scale,
         "init_std": config.init_std,
     }

@@ -26,7 +26,7 @@ class BERT4Rec(TransformerEncoder):
     def __init__(
         self, num_items: int, *, max_len: int = 50, dim: int = 64, num_blocks: int = 2, num_heads: int = 2,
         dropout: float = 0.2, mask_prob: float = 0.2, dropout_places: tuple[str, ...] = DROPOUT_PLACES,
-        ffn_activation: str = "gelu", ffn_mult: float = 1.0,
+        ffn_activation: str = "gelu", ffn_mult: float = 1.0, norm_placement: str = "pre", residual_gate: bool = False,
         embedding_scale: bool = False, init_std: float | None = None, materialize_items: bool = True,
     ) -> None:
         if not 0.0 < mask_prob <= 1.0:
@@ -34,7 +34,7 @@ class BERT4Rec(TransformerEncoder):
         super().__init__(
             num_items, num_special=2, causal=False, max_len=max_len, dim=dim, num_blocks=num_blocks,
             num_heads=num_heads, dropout=dropout, dropout_places=dropout_places, ffn_activation=ffn_activation,
-            ffn_mult=ffn_mult,
+            ffn_mult=ffn_mult, norm_placement=norm_placement, residual_gate=residual_gate,
             embedding_scale=embedding_scale, init_std=init_std, materialize_items=materialize_items,
         )
         self.mask_prob = mask_prob

@@ -1,5 +1,6 @@
-"""The transformer layers SASRec and BERT4Rec share: self-attention (causal or bidirectional), the pre-norm block,
-and the encoder body (item and position embeddings, blocks, final norm) that turns item ids into hidden states.
+"""The transformer layers SASRec and BERT4Rec share: self-attention (causal or bidirectional), the block (pre- or
+post-norm, optionally with gated residuals), and the encoder body (item and position embeddings, blocks, final norm)
+that turns item ids into hidden states.
 
 Batches are right-padded (real items first, then the padding id). Position ids count back from the most recent real
 item (the last real item, or BERT4Rec's trailing mask token, always has position max_len - 1), the convention of
@@ -72,22 +73,37 @@ def feed_forward(dim: int, width: int, activation: str, dropout: float) -> nn.Se
 
 
 class TransformerBlock(nn.Module):
-    """Pre-norm block: x + attention(norm(x)), then x + feed-forward(norm(x)); `rates` maps each of "attention"
-    (the attention probabilities), "feed_forward" (its hidden units) and "residual" (each sublayer's output before
-    it is added) to its dropout rate."""
+    """Two sublayers, attention then feed-forward, each added to its input: pre-norm, x + f(norm(x)), or post-norm,
+    norm(x + f(x)) (Vaswani et al. 2017). `rates` maps each of "attention" (the attention probabilities),
+    "feed_forward" (its hidden units) and "residual" (each sublayer's output before it is added) to its dropout
+    rate. `residual_gate`: each sublayer's output is scaled, feature by feature, by sigmoid(W g + b) of the
+    sublayer's own input g before it is added (the gated residual of LiGR layers, Gu et al. 2025, used by
+    eSASRec)."""
 
     def __init__(self, dim: int, num_heads: int, rates: dict[str, float], *, causal: bool, ffn_activation: str,
-                 ffn_width: int) -> None:
+                 ffn_width: int, post_norm: bool, residual_gate: bool) -> None:
         super().__init__()
+        self.post_norm = post_norm
         self.attention_norm = nn.LayerNorm(dim)
         self.attention = SelfAttention(dim, num_heads, rates["attention"], causal=causal)
         self.feed_forward_norm = nn.LayerNorm(dim)
         self.feed_forward = feed_forward(dim, ffn_width, ffn_activation, rates["feed_forward"])
         self.dropout = dropout_layer(rates["residual"])
+        self.attention_gate = nn.Linear(dim, dim) if residual_gate else None
+        self.feed_forward_gate = nn.Linear(dim, dim) if residual_gate else None
 
     def forward(self, x: torch.Tensor, is_item: torch.Tensor) -> torch.Tensor:
-        x = x + self.dropout(self.attention(self.attention_norm(x), is_item))
-        return x + self.dropout(self.feed_forward(self.feed_forward_norm(x)))
+        """x [B, L, D], is_item [B, L] -> [B, L, D]."""
+        x = self._add(x, self.attention_norm, lambda inner: self.attention(inner, is_item), self.attention_gate)
+        return self._add(x, self.feed_forward_norm, self.feed_forward, self.feed_forward_gate)
+
+    def _add(self, x: torch.Tensor, norm: nn.LayerNorm, sublayer, gate: nn.Linear | None) -> torch.Tensor:
+        """One sublayer and its residual connection, [B, L, D] -> [B, L, D]."""
+        inner = x if self.post_norm else norm(x)
+        out = self.dropout(sublayer(inner))
+        if gate is not None:
+            out = torch.sigmoid(gate(inner)) * out
+        return norm(x + out) if self.post_norm else x + out
 
 
 ITEM_INIT_ROWS = 1 << 16  # the initial item table is drawn in chunks of this many rows, each from its own generator
@@ -118,8 +134,8 @@ class TransformerEncoder(nn.Module):
     def __init__(
         self, num_items: int, *, num_special: int, causal: bool, max_len: int, dim: int, num_blocks: int,
         num_heads: int, dropout: float, dropout_places: tuple[str, ...] = DROPOUT_PLACES, ffn_activation: str = "gelu",
-        ffn_mult: float = 1.0, embedding_scale: bool = False, init_std: float | None = None,
-        materialize_items: bool = True,
+        ffn_mult: float = 1.0, norm_placement: str = "pre", residual_gate: bool = False, embedding_scale: bool = False,
+        init_std: float | None = None, materialize_items: bool = True,
     ) -> None:
         super().__init__()
         if num_items < 1:
@@ -132,6 +148,8 @@ class TransformerEncoder(nn.Module):
         if unknown:
             raise CutrecError(f"model.dropout_places has {unknown[0]!r}; choose from {', '.join(DROPOUT_PLACES)}")
         rates = {place: dropout if place in dropout_places else 0.0 for place in DROPOUT_PLACES}
+        if norm_placement not in ("pre", "post"):
+            raise CutrecError(f"model.norm_placement={norm_placement!r} is unknown; choose pre or post")
         self.num_items = num_items
         self.max_len = max_len
         self.num_special = num_special
@@ -143,10 +161,12 @@ class TransformerEncoder(nn.Module):
         self.embedding_dropout = dropout_layer(rates["embedding"])
         self.blocks = nn.ModuleList(
             TransformerBlock(dim, num_heads, rates, causal=causal, ffn_activation=ffn_activation,
-                             ffn_width=max(1, round(ffn_mult * dim)))
+                             ffn_width=max(1, round(ffn_mult * dim)), post_norm=norm_placement == "post",
+                             residual_gate=residual_gate)
             for _ in range(num_blocks)
         )
-        self.final_norm = nn.LayerNorm(dim)
+        # post-norm blocks end normalised already
+        self.final_norm = nn.LayerNorm(dim) if norm_placement == "pre" else nn.Identity()
         self.init_std = dim**-0.5 if init_std is None else init_std  # of the item and position embeddings
         self.input_scale = math.sqrt(dim) if embedding_scale else 1.0  # of the input item embeddings
         nn.init.normal_(self.position_embedding.weight, std=self.init_std)

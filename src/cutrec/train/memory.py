@@ -25,7 +25,9 @@ hundred epochs rarely pass), capped by the B largest counts.
 The constants were read off the tensors each operation keeps and then measured on an NVIDIA H200 (torch 2.11,
 bf16 autocast) with torch.cuda.max_memory_allocated: benchmarks/memory_estimate.py varies the catalog (12,101 and
 1,000,000 items), the batch, the blocks, the model and the loss, and its table gives estimate and measurement side
-by side. The fp32 constants (train.amp=false) rest on fewer measurements. The CUDA context (about 500 MB, outside
+by side. The fp32 constants (train.amp=false) rest on fewer measurements. `BLOCK_BYTES` is that of the default
+block (feed-forward width D, GELU, pre-norm, no residual gates): a wider feed-forward (model.ffn_mult > 1), SwiGLU
+and residual gates keep more activations, which the estimate does not count yet. The CUDA context (about 500 MB, outside
 PyTorch's allocator) is not part of the estimate; the free memory it is compared with already excludes it.
 """
 
