@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from cutrec.config import build_config
+from cutrec.config import build_config, merged_values
 from cutrec.data.batches import IGNORE_INDEX, epoch_order
 from cutrec.data.splits import Sequences
 from cutrec.losses import build_loss
@@ -24,16 +24,22 @@ def _sequences(seed: int) -> Sequences:
     return Sequences(offsets=offsets, items=items, users=np.arange(90))
 
 
+# the recipe's model and loss levers away from their defaults
+LEVERS = {"model": {"ffn_activation": "swiglu", "ffn_mult": 2.0, "norm_placement": "post", "residual_gate": True,
+                    "dropout_places": ["embedding", "residual"]},
+          "loss": {"distribution": "popularity", "uniform_mix": 0.3}}
+
+
 def _setup(device, loss="CCE-", model="sasrec", graph=True, share="none", batch_size=16, seed=0, rows=16 * 24,
-           schedule=False):
+           schedule=False, levers=False):
     train = {"batch_size": batch_size, "seed": seed, "cuda_graph": graph, "device": str(device)}
     if schedule:  # an lr that changes every step: a warm-up of 3 steps (of 2 per epoch), then a cosine decay
         train |= {"warmup_epochs": 1.5, "lr_decay": "cosine", "epochs": 5}
-    config = build_config({
+    config = build_config(merged_values({
         "model": {"name": model, "max_len": 24, "dim": 32, "num_heads": 2},
         "loss": {"name": loss, "num_negatives": 40, "share": share},
         "train": train,
-    })
+    }, LEVERS if levers else {}))
     torch.manual_seed(seed)
     state = new_state(config, NUM_ITEMS, torch.device(device))
     loss_fn = build_loss(config.loss, NUM_ITEMS, torch.ones(NUM_ITEMS, device=device))
@@ -102,21 +108,23 @@ def test_a_non_finite_step_is_skipped_on_the_device_and_reported(device):
 @pytest.mark.gpu
 @CUDA
 @pytest.mark.parametrize(
-    ("loss", "model", "share", "rows", "schedule"),
-    [("CCE-", "sasrec", "none", 384, False), ("CCE-", "sasrec", "offsets", 384, False),
-     ("CCE", "sasrec", "none", 384, False), ("CE", "bert4rec", "none", 384, False),
-     ("CE-", "sasrec", "none", 384, False), ("CCE-", "bert4rec", "none", 64, False),
-     ("CCE-", "sasrec", "none", 384, True)],
+    ("loss", "model", "share", "rows", "schedule", "levers"),
+    [("CCE-", "sasrec", "none", 384, False, False), ("CCE-", "sasrec", "offsets", 384, False, False),
+     ("CCE", "sasrec", "none", 384, False, False), ("CE", "bert4rec", "none", 384, False, False),
+     ("CE-", "sasrec", "none", 384, False, False), ("CCE-", "bert4rec", "none", 64, False, False),
+     ("CCE-", "sasrec", "none", 384, True, False), ("CCE-", "sasrec", "none", 384, False, True),
+     ("CCE-", "bert4rec", "block", 384, False, True)],
 )
-def test_graph_replays_equal_eager_steps(loss, model, share, rows, schedule):
+def test_graph_replays_equal_eager_steps(loss, model, share, rows, schedule, levers):
     """The same run seed, the same batches: the graph's updates and summed loss equal the eager path's (dropout and
     negatives drawn alike), and each replay draws new negatives (the loss changes). With R = 64 most SASRec batches
     have more targets and run eagerly beside the graph; BERT4Rec's masked batches mostly fit. With an lr schedule,
-    each replay reads the lr of its own step number."""
+    each replay reads the lr of its own step number. With the recipe's levers (SwiGLU, post-norm, gated residuals,
+    dropout at two places, popularity negatives mixed with uniform) the graph is the same as the eager path too."""
     results = []
     for graph in (False, True):
         config, state, step = _setup("cuda", loss=loss, model=model, graph=graph, share=share, rows=rows,
-                                     schedule=schedule)
+                                     schedule=schedule, levers=levers)
         losses = []
         for inputs, targets in _batches(state, 8):
             step.run(inputs, targets)
