@@ -9,13 +9,15 @@ hidden state is the user vector.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
 from cutrec.data.batches import masked_item_batch
 from cutrec.data.splits import Sequences
 from cutrec.errors import CutrecError
-from cutrec.models.transformer import DROPOUT_PLACES, TransformerEncoder
+from cutrec.models.transformer import TransformerEncoder
 
 
 class BERT4Rec(TransformerEncoder):
@@ -23,20 +25,11 @@ class BERT4Rec(TransformerEncoder):
 
     min_train_length = 1  # a single item can be masked and predicted
 
-    def __init__(
-        self, num_items: int, *, max_len: int = 50, dim: int = 64, num_blocks: int = 2, num_heads: int = 2,
-        dropout: float = 0.2, mask_prob: float = 0.2, dropout_places: tuple[str, ...] = DROPOUT_PLACES,
-        ffn_activation: str = "gelu", ffn_mult: float = 1.0, norm_placement: str = "pre", residual_gate: bool = False,
-        embedding_scale: bool = False, init_std: float | None = None, materialize_items: bool = True,
-    ) -> None:
+    def __init__(self, num_items: int, *, num_heads: int = 2, mask_prob: float = 0.2, **settings: Any) -> None:
+        """`settings`: the keywords of TransformerEncoder (max_len, dim, num_blocks, dropout, ...)."""
         if not 0.0 < mask_prob <= 1.0:
             raise CutrecError(f"mask_prob={mask_prob} is out of range; use a probability in (0, 1]")
-        super().__init__(
-            num_items, num_special=2, causal=False, max_len=max_len, dim=dim, num_blocks=num_blocks,
-            num_heads=num_heads, dropout=dropout, dropout_places=dropout_places, ffn_activation=ffn_activation,
-            ffn_mult=ffn_mult, norm_placement=norm_placement, residual_gate=residual_gate,
-            embedding_scale=embedding_scale, init_std=init_std, materialize_items=materialize_items,
-        )
+        super().__init__(num_items, num_special=2, causal=False, num_heads=num_heads, **settings)
         self.mask_prob = mask_prob
 
     @property

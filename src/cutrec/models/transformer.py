@@ -132,10 +132,10 @@ class TransformerEncoder(nn.Module):
     """
 
     def __init__(
-        self, num_items: int, *, num_special: int, causal: bool, max_len: int, dim: int, num_blocks: int,
-        num_heads: int, dropout: float, dropout_places: tuple[str, ...] = DROPOUT_PLACES, ffn_activation: str = "gelu",
-        ffn_mult: float = 1.0, norm_placement: str = "pre", residual_gate: bool = False, embedding_scale: bool = False,
-        init_std: float | None = None, materialize_items: bool = True,
+        self, num_items: int, *, num_special: int, causal: bool, max_len: int = 50, dim: int = 64, num_blocks: int = 2,
+        num_heads: int = 1, dropout: float = 0.2, dropout_places: tuple[str, ...] = DROPOUT_PLACES,
+        ffn_activation: str = "gelu", ffn_mult: float = 1.0, norm_placement: str = "pre", residual_gate: bool = False,
+        embedding_scale: bool = False, init_std: float | None = None, materialize_items: bool = True,
     ) -> None:
         super().__init__()
         if num_items < 1:
