@@ -57,7 +57,7 @@ def test_report_budget_correlations_and_plots(tmp_path):
     best = best_within(ok, budget_gb=1.0)
     for loss in ("CE-", "CCE-"):
         fitting = [r for r in ok if r["loss"] == loss and float(r["peak_train_gpu_mb"]) <= 1024]
-        assert best[loss]["NDCG@10"] == max((r["NDCG@10"] for r in fitting), key=float)
+        assert best[loss,]["NDCG@10"] == max((r["NDCG@10"] for r in fitting), key=float)
     table = {name: (rho, n) for name, rho, n in correlations(ok)}
     product = [float(r["negatives"]) * float(r["batch_size"]) for r in ok]
     assert table["negatives x batch_size"][0] == pytest.approx(
@@ -66,9 +66,25 @@ def test_report_budget_correlations_and_plots(tmp_path):
     assert main(["report", str(path), "--budget-gb", "1", "--out", str(tmp_path / "report")]) == 0
     summary = (tmp_path / "report" / "summary.md").read_text()
     assert "within 1 GB" in summary and "big: OOM" in summary
+    assert f"| max_len | not varied | {len(ok)} |" in summary  # one max_len in the grid: no correlation to give
     for name in ("ndcg_vs_negatives", "memory_vs_negatives", "ndcg_vs_memory", "epoch_time_vs_catalog"):
         assert (tmp_path / "report" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
         assert f"({name}.png)" in summary
+
+
+def test_the_best_configuration_is_chosen_per_dataset_and_model_where_they_vary():
+    """Scores of different datasets are not comparable: with two datasets, each gets its own best row per loss."""
+    rng = np.random.default_rng()
+    rows = [{"run": f"{d}{m}{i}", "dataset": d, "model": m, "loss": loss, "NDCG@10": f"{rng.uniform(0, 0.1):.6f}",
+             "peak_train_gpu_mb": "10"} for d in ("beauty", "toys") for m in ("sasrec", "bert4rec")
+            for loss in ("CE", "CCE-:share=none", "CCE-:share=block") for i in range(2)]
+    best = best_within(rows, budget_gb=1.0)
+    assert len(best) == 8  # 2 datasets x 2 models x 2 losses (CCE- settings are one loss)
+    for (dataset, model, loss), row in best.items():
+        mine = [r for r in rows if (r["dataset"], r["model"], r["loss"].split(":")[0]) == (dataset, model, loss)]
+        assert row["NDCG@10"] == max((r["NDCG@10"] for r in mine), key=float)
+    assert set(best_within([r for r in rows if r["model"] == "sasrec"], 1.0)) == {
+        (d, loss) for d in ("beauty", "toys") for loss in ("CE", "CCE-")}  # one model: not in the key
 
 
 def test_report_errors(tmp_path, capsys):

@@ -1,16 +1,17 @@
 """`cutrec report RESULTS.csv`: a markdown summary and PNG plots of an experiment's results table.
 
 The summary gives, for a memory budget, the best configuration of each loss (highest test NDCG@10 among the runs
-whose peak training memory fits), the Spearman rank correlation of NDCG@10 with negatives, batch size, their
-product and sequence length, each with the number of runs behind it, each configuration's mean and range over
-its seeds (validation and test), a recipe study's ablation (each recipe's validation NDCG@10 against the recipe
-"base"), and, for each loss run at several batch sizes
-and negatives, the table of mean NDCG@10 over seeds with the answer to "does scaling both beat maximising one?".
-Several results tables (grids run apart) are read as one. Plots (matplotlib, the optional `plots`
-extra, imported only here): NDCG@10 against negatives per batch size, peak memory against negatives per loss,
-NDCG@10 against peak memory per loss (with each loss's frontier), and training seconds per epoch against catalog
-size per loss. Only rows with status ok count; OOM rows are listed. Runs of a validation-only grid
-(eval.test=false, a recipe study) have no test NDCG@10: they appear in the over-seeds table alone.
+whose peak training memory fits; per dataset and model where the tables hold several), the Spearman rank
+correlation of NDCG@10 with negatives, batch size, their product and sequence length, each with the number of runs
+behind it ("not varied" where the factor is constant), each configuration's mean and range over its seeds
+(validation and test), a recipe study's ablation (each recipe's validation NDCG@10 against the recipe "base"),
+and, for each loss run at several batch sizes and negatives, the table of mean NDCG@10 over seeds with the answer
+to "does scaling both beat maximising one?".
+Several results tables (grids run apart) are read as one. Plots (matplotlib, the optional `plots` extra, imported
+only here): NDCG@10 against negatives per batch size, peak memory against negatives per loss, NDCG@10 against peak
+memory per loss and dataset (with each one's frontier), and training seconds per epoch against catalog size per
+loss. Only rows with status ok count; OOM rows are listed. Runs of a validation-only grid (eval.test=false, a recipe
+study) have no test NDCG@10: they appear in the over-seeds table alone.
 """
 
 from __future__ import annotations
@@ -79,15 +80,18 @@ def correlations(rows: list[dict[str, str]]) -> list[tuple[str, float, int]]:
     return out
 
 
-def best_within(rows: list[dict[str, str]], budget_gb: float) -> dict[str, dict[str, str]]:
-    """Per loss, the ok row of highest NDCG@10 whose peak training memory is within the budget."""
-    best: dict[str, dict[str, str]] = {}
+def best_within(rows: list[dict[str, str]], budget_gb: float) -> dict[tuple[str, ...], dict[str, str]]:
+    """Per (dataset, model, loss), the ok row of highest NDCG@10 whose peak training memory is within the budget;
+    the key holds the dataset and the model only where the rows have several (scores of different datasets or
+    models are not comparable), then the loss without its settings."""
+    scopes = [name for name in ("dataset", "model") if len({row.get(name, "") for row in rows}) > 1]
+    best: dict[tuple[str, ...], dict[str, str]] = {}
     for row in rows:
         if float(row["peak_train_gpu_mb"] or 0) > budget_gb * 1024:
             continue
-        loss = row["loss"].split(":")[0]
-        if loss not in best or float(row["NDCG@10"]) > float(best[loss]["NDCG@10"]):
-            best[loss] = row
+        key = (*(row[name] for name in scopes), row["loss"].split(":")[0])
+        if key not in best or float(row["NDCG@10"]) > float(best[key]["NDCG@10"]):
+            best[key] = row
     return best
 
 
@@ -103,13 +107,17 @@ def write_report(results: list[Path], out: Path, budget_gb: float) -> Path:
              f"({len(ok) - len(tested)} validation only); machine {', '.join(sorted({r['machine'] for r in ok}))}; "
              f"commits {', '.join(sorted({r['commit'] for r in ok}))}"]
     if tested:
-        lines += ["", f"## Best configuration per loss within {budget_gb:g} GB of peak training memory", "",
-                  "| loss | NDCG@10 | HR@10 | peak MB | train s / epoch | run |", "|---|---|---|---|---|---|"]
-        for loss, row in sorted(best_within(tested, budget_gb).items()):
-            lines.append(f"| {loss} | {row['NDCG@10']} | {row['HR@10']} | {row['peak_train_gpu_mb']} | "
+        best = best_within(tested, budget_gb)
+        scopes = [name for name in ("dataset", "model") if len({row.get(name, "") for row in tested}) > 1]
+        lines += ["", f"## Best configuration per {', '.join([*scopes, 'loss'])} within {budget_gb:g} GB of peak "
+                  "training memory", "", "| " + " | ".join(scopes) + (" | " if scopes else "") +
+                  "loss | NDCG@10 | HR@10 | peak MB | train s / epoch | run |", "|---" * (len(scopes) + 6) + "|"]
+        for key, row in sorted(best.items(), key=lambda item: _natural(" ".join(item[0]))):
+            lines.append(f"| {' | '.join(key)} | {row['NDCG@10']} | {row['HR@10']} | {row['peak_train_gpu_mb']} | "
                          f"{row['mean_train_seconds']} | {row['run']} |")
         lines += ["", "## Spearman correlation of NDCG@10", "", "| factor | Spearman | runs |", "|---|---|---|"]
-        lines += [f"| {name} | {rho:.3f} | {n} |" for name, rho, n in correlations(tested)]
+        lines += [f"| {name} | {'not varied' if np.isnan(rho) else f'{rho:.3f}'} | {n} |"
+                  for name, rho, n in correlations(tested)]
     lines += over_seeds_section(ok)
     lines += recipes_section(ok)
     for loss, table in balance_tables(tested).items():
@@ -128,11 +136,17 @@ SETTINGS = ("dataset", "recipe", "model", "loss", "batch_size", "max_len", "nega
 
 
 def over_seeds(rows: list[dict[str, str]]) -> dict[tuple[str, ...], list[dict[str, str]]]:
-    """The ok rows of each configuration (every axis but the seed) that ran with two or more seeds."""
+    """The ok rows of each configuration (every axis but the seed) that ran with two or more seeds, ordered by
+    each setting's first appearance in `rows` (dataset first, then recipe, model, loss, ...)."""
     groups: dict[tuple[str, ...], list[dict[str, str]]] = defaultdict(list)
+    first: dict[tuple[str, str], int] = {}
     for row in rows:
-        groups[tuple(row.get(name, "") for name in SETTINGS)].append(row)
-    return {key: group for key, group in groups.items() if len(group) >= 2}
+        key = tuple(row.get(name, "") for name in SETTINGS)
+        groups[key].append(row)
+        for name, value in zip(SETTINGS, key, strict=True):
+            first.setdefault((name, value), len(first))
+    order = sorted(groups, key=lambda key: [first[name, value] for name, value in zip(SETTINGS, key, strict=True)])
+    return {key: groups[key] for key in order if len(groups[key]) >= 2}
 
 
 def over_seeds_section(rows: list[dict[str, str]]) -> list[str]:
@@ -284,8 +298,10 @@ def _plots(rows: list[dict[str, str]], out: Path) -> list[str]:
          grouped(lambda r: f"{r['loss']} batch {r['batch_size'] or 'base'}", "negatives", "NDCG@10"), logx=True)
     plot("memory_vs_negatives", "negatives", "peak training GPU MB",
          grouped(lambda r: r["loss"], "negatives", "peak_train_gpu_mb"), logx=True)
+    datasets = len({r.get("dataset", "") for r in rows}) > 1  # one frontier per loss and dataset then
     plot("ndcg_vs_memory", "peak training GPU MB", "test NDCG@10",
-         grouped(lambda r: r["loss"].split(":")[0], "peak_train_gpu_mb", "NDCG@10"), logx=True, frontier=True)
+         grouped(lambda r: r["loss"].split(":")[0] + (f" {r['dataset']}" if datasets else ""), "peak_train_gpu_mb",
+                 "NDCG@10"), logx=True, frontier=True)
     plot("epoch_time_vs_catalog", "items", "training s / epoch",
          grouped(lambda r: r["loss"], "items", "mean_train_seconds"), logx=True)
     return made
