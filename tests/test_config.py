@@ -64,3 +64,13 @@ def test_each_model_starts_from_its_own_defaults_under_the_file_and_the_options(
     assert build_config({"model": {"name": "bert4rec", "num_heads": 1}}).model.num_heads == 1
     assert build_config({"model": {"name": "bert4rec"}}, ["model.num_heads=4"]).model.num_heads == 4
     assert build_config({"model": {"name": "bert4rec", "dim": 32}}).model.dim == 32
+
+
+def test_a_local_file_names_its_runs_after_itself_not_after_the_default_dataset(tmp_path):
+    from cutrec.train.loop import create_run_folder
+
+    local = build_config(overrides=[f"data.path={tmp_path / 'events.csv'}", f"out={tmp_path / 'runs'}"])
+    assert local.data.label == "events" and create_run_folder(local).name.startswith("events-sasrec-")
+    named = build_config(overrides=["data.dataset=amazon-beauty", f"data.path={tmp_path / 'events.csv'}"])
+    assert named.data.label == "amazon-beauty"  # a dataset name given with the file is the user's own
+    assert build_config().data.label == "synthetic"

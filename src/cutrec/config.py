@@ -58,6 +58,14 @@ class DataConfig:
     cache_dir: str = "~/.cache/cutrec"
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
+    @property
+    def label(self) -> str:
+        """The data's name in run folders and messages: the file's stem for a local file given without a dataset
+        name (the default "synthetic" would be wrong there), else data.dataset."""
+        if self.path is not None and self.dataset == "synthetic":
+            return Path(self.path).stem
+        return self.dataset
+
 
 @dataclass
 class ModelConfig:

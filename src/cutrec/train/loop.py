@@ -121,7 +121,7 @@ def training_data(config: RunConfig, sequences: SequenceData) -> TrainingData:
 def print_data(config: RunConfig, data: TrainingData) -> None:
     split = data.split
     note(
-        f"data: {config.data.dataset}  items {split.num_items:,}  train sequences {len(split.train.users):,}  "
+        f"data: {config.data.label}  items {split.num_items:,}  train sequences {len(split.train.users):,}  "
         f"valid users {len(split.valid.targets):,}  test users {len(split.test.targets):,}")
 
 
@@ -129,7 +129,7 @@ def create_run_folder(config: RunConfig) -> Path:
     """OUT/NAME, created exclusively before any data is read; every --out/--name problem is a one-line error."""
     out = Path(config.out).expanduser()
     name = config.name or (
-        f"{config.data.dataset}-{config.model.name}-{config.loss.name}-{datetime.now():%Y%m%d-%H%M%S}-"
+        f"{config.data.label}-{config.model.name}-{config.loss.name}-{datetime.now():%Y%m%d-%H%M%S}-"
         f"{secrets.token_hex(3)}"  # two runs started in the same second never collide
     )
     if Path(name).name != name or name in (".", ".."):
