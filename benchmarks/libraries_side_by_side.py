@@ -224,6 +224,7 @@ def run_recbole(args: argparse.Namespace, data: Path, work: Path) -> dict:
     init_logger(config)
     dataset = create_dataset(config)
     train_data, valid_data, test_data = data_preparation(config, dataset)
+    progress("data ready")
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     model = SASRec(config, train_data._dataset).to(config["device"])
     times, peaks, best = [], [], {"epoch": 0, "capped": False}
@@ -239,6 +240,7 @@ def run_recbole(args: argparse.Namespace, data: Path, work: Path) -> dict:
             cuda_sync(torch)
             times.append(time.perf_counter() - begin)
             peaks.append(torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else 0.0)
+            progress(f"epoch {len(times)} trained in {times[-1]:.1f} s")
             return loss
 
     original_stopping = trainer_module.early_stopping
@@ -331,6 +333,7 @@ def run_replay(args: argparse.Namespace, data: Path, work: Path, sampled: bool) 
     test_loader, test_seen = evaluation(test_input, test_target)
     train_loader = torch.utils.data.DataLoader(
         SasRecTrainingDataset(sequential_train, max_sequence_length=MAX_LEN), batch_size=BATCH, shuffle=True)
+    progress("data ready")
     torch.manual_seed(0)
     model = SasRec(
         tensor_schema, block_count=BLOCKS, head_count=HEADS, hidden_size=DIM, max_seq_len=MAX_LEN,
@@ -357,6 +360,7 @@ def run_replay(args: argparse.Namespace, data: Path, work: Path, sampled: bool) 
 
         def on_validation_end(self, trainer, module):
             score = float(trainer.callback_metrics["ndcg@10"])
+            progress(f"epoch {len(record['times'])} trained in {record['times'][-1]:.1f} s, valid NDCG@10 {score:.4f}")
             if score > record["best"]:
                 record.update(best=score, best_epoch=len(record["times"]), bad=0,
                               state=copy.deepcopy({k: v.detach().cpu() for k, v in module.state_dict().items()}))
@@ -392,6 +396,14 @@ def run_replay(args: argparse.Namespace, data: Path, work: Path, sampled: bool) 
         "steps_per_epoch": len(train_loader),
         "how_timed": "Lightning on_train_epoch_start to on_validation_start (synchronised)",
     }
+
+
+PROGRESS = "progress: "  # a worker's stderr lines that say how far it got (a timeout's row quotes the last)
+WORKER_STARTED = time.perf_counter()
+
+
+def progress(message: str) -> None:
+    print(f"{PROGRESS}{time.perf_counter() - WORKER_STARTED:.0f} s: {message}", file=sys.stderr, flush=True)
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -443,8 +455,9 @@ def run_library(args: argparse.Namespace, library: str, data: Path, info: dict, 
     except subprocess.TimeoutExpired as error:
         stderr = error.stderr.decode() if isinstance(error.stderr, bytes) else (error.stderr or "")
         (work / "stderr.txt").write_text(stderr[-50000:])
-        return {**row, "status": "timeout", "error": f"no result within {args.time_limit_s + args.grace_s} s",
-                "wall_seconds": time.perf_counter() - started}
+        reached = [line[len(PROGRESS):] for line in stderr.splitlines() if line.startswith(PROGRESS)]
+        return {**row, "status": "timeout", "error": f"no result within {args.time_limit_s + args.grace_s} s "
+                f"(last progress: {reached[-1] if reached else 'none'})", "wall_seconds": time.perf_counter() - started}
     (work / "stderr.txt").write_text(process.stderr[-50000:])
     row["wall_seconds"] = time.perf_counter() - started
     if process.returncode != 0 or not result.exists():
@@ -508,7 +521,7 @@ def main() -> None:
     parser.add_argument("--synthetic-items", type=int, default=1_000_000)
     parser.add_argument("--synthetic-clusters", type=int, default=2000)
     parser.add_argument("--synthetic-mean-length", type=int, default=30)
-    parser.add_argument("--work-dir", default=None, help="where the runs go (default: a temporary folder)")
+    parser.add_argument("--work-dir", default=None, help="a new or empty folder (default: a temporary one)")
     parser.add_argument("--commit", default="unknown (pass --commit)")
     parser.add_argument("--out", default="benchmarks/results/libraries_side_by_side")
     # the worker's own arguments (the driver starts one process per library with these)
@@ -525,6 +538,8 @@ def main() -> None:
     if args.worker:
         worker(args)
         return
+    if args.work_dir and Path(args.work_dir).is_dir() and any(Path(args.work_dir).iterdir()):
+        sys.exit(f"--work-dir {args.work_dir!r} is not empty (an earlier run's folders would clash); pass a new folder")
     name = args.dataset_name or args.dataset or Path(args.data).parent.name
     with tempfile.TemporaryDirectory(prefix="side_by_side_") as temporary:
         root = Path(args.work_dir or temporary)
