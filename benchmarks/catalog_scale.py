@@ -176,7 +176,8 @@ def write(args: argparse.Namespace, rows: list[dict]) -> None:
         "# Catalog-parallel cut CE and CCE- on large catalogs", "",
         f"Machine: {header['machine']}; date: {header['date']}; commit: {args.commit}; torch {_torch_version()}. "
         f"D {args.dim}, {args.rows:,} hidden rows a step over all ranks, CCE- with {args.negatives} uniform "
-        f"negatives, share none; median of {args.steps} steps (forward, backward, fused Adam on the table).",
+        f"negatives, share none; median of {args.steps} steps (forward, backward, fused Adam on the table)"
+        + ("; on the CPU every rank runs one thread (OMP_NUM_THREADS=1)." if args.device == "cpu" else "."),
         f"Command: `python benchmarks/catalog_scale.py {' '.join(sys.argv[1:])}`", "",
         "| loss | items | ranks | path | step ms | peak GB per card | floor GB per card (table, grad, Adam) | "
         "first step's loss (log N) | status |",
