@@ -1,9 +1,10 @@
 """The parallel training paths against the plain one, each a `cutrec train` run in its own process tree, one after
 the other, with the same global batch (so every run takes the same optimizer steps):
 
-- `--suite cpu-data-parallel`: one small config on the CPU in one process (default threads, and one thread) and
-  with `--devices 2` and `--devices 4` (gloo; torchrun gives each rank one thread). On a machine with fewer cores
-  than ranks the ranks share the cores; the table names the core count.
+- `--suite cpu-data-parallel`: one small config on the CPU in one process (default threads, with seeds 0, 1 and 2
+  for the seed spread of test NDCG@10, and one thread) and with `--devices 2`, `4` and `8` (gloo, seed 0; torchrun
+  gives each rank one thread). On a machine with fewer cores than ranks the ranks share the cores; the table names
+  the core count.
 - `--suite gpu-catalog-overhead`: on one GPU, SASRec with CCE on the synthetic 1M-item catalog: the plain step
   (with its CUDA graph, and eagerly) against the catalog-parallel path on one rank (torchrun with one process,
   train.catalog_parallel=true, which runs eagerly). The overhead is the catalog-parallel epoch time over the eager
@@ -42,8 +43,10 @@ SUITES = {
         "config": ["--data.synthetic.num_users=6000", "--data.synthetic.num_items=2000", "--model.dim=64",
                    "--model.num_blocks=2", "--model.max_len=50", "--loss=CE", "--batch-size=128", "--epochs=3",
                    "--train.patience=100", "--device=cpu", "--train.progress=false", "--quiet"],
-        "runs": [("1 process, default threads", [], [], {}), ("1 process, 1 thread", [], [], {"OMP_NUM_THREADS": "1"}),
-                 ("2 processes (gloo)", [], ["--devices=2"], {}), ("4 processes (gloo)", [], ["--devices=4"], {})],
+        "runs": [("1 process, default threads", [], [], {}),
+                 *((f"1 process, default threads, seed {seed}", [], [f"--seed={seed}"], {}) for seed in (1, 2)),
+                 ("1 process, 1 thread", [], [], {"OMP_NUM_THREADS": "1"}),
+                 *((f"{ranks} processes (gloo)", [], [f"--devices={ranks}"], {}) for ranks in (2, 4, 8))],
     },
     "gpu-catalog-overhead": {
         "config": ["--data.synthetic.num_items=1000000", "--data.synthetic.num_users=50000",
