@@ -184,3 +184,13 @@ def test_the_ablation_gives_each_recipe_against_base_and_marks_gains_beyond_the_
     assert [line.split(" | ")[0] for line in lines] == ["| wide", "| deep", "| base"]  # best first
     assert lines[0].endswith(f"{float(f'{big:.6f}') - np.mean([float(f'{v:.6f}') for v in base]):+.4f} * |")
     assert not lines[1].endswith("* |") and lines[2].endswith("+0.0000 |")
+
+
+def test_a_screening_pass_with_one_seed_of_base_stars_nothing():
+    """One seed of base has no spread: the ablation gives the differences but marks none of them."""
+    rng = np.random.default_rng()
+    rows = [{"dataset": "d", "recipe": name, "seed": "0", "valid NDCG@10": f"{rng.uniform(0.01, 0.09):.6f}"}
+            for name in ("base", "wide", "deep")]
+    text = "\n".join(recipes_section(rows))
+    assert "one seed of base" in text and "*" not in text.replace("* beyond", "")
+    assert text.count("| 1 | ") == 3

@@ -172,7 +172,8 @@ def over_seeds_section(rows: list[dict[str, str]]) -> list[str]:
 def recipes_section(rows: list[dict[str, str]]) -> list[str]:
     """The ablation of a recipe study: per configuration of the other axes that ran the recipe "base", each recipe's
     mean (min..max) best validation NDCG@10 over its seeds and its mean's difference from base's, marked * when
-    that difference is larger than base's own spread (max - min over seeds); none without a base recipe."""
+    that difference is larger than base's own spread (max - min over seeds; nothing is marked when base ran with
+    one seed); none without a base recipe."""
     others = [name for name in SETTINGS if name != "recipe"]
     groups: dict[tuple[str, ...], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for row in rows:
@@ -184,12 +185,14 @@ def recipes_section(rows: list[dict[str, str]]) -> list[str]:
             continue
         base = recipes["base"]
         title = ", ".join(f"{name} {value}" for name, value in zip(others, key, strict=True) if value)
-        lines += ["", f"## Recipes against base: {title or 'all runs'} (validation NDCG@10; * beyond base's spread "
-                  f"{max(base) - min(base):.4f})", "", "| recipe | seeds | valid NDCG@10 mean (min..max) | "
-                  "against base |", "|---|---|---|---|"]
+        spread = max(base) - min(base) if len(base) >= 2 else None  # one seed of base: its spread is unknown
+        marks = (f"* beyond base's spread {spread:.4f}" if spread is not None else
+                 "one seed of base, so no spread to judge by: nothing starred")
+        lines += ["", f"## Recipes against base: {title or 'all runs'} (validation NDCG@10; {marks})", "",
+                  "| recipe | seeds | valid NDCG@10 mean (min..max) | against base |", "|---|---|---|---|"]
         for recipe, values in sorted(recipes.items(), key=lambda item: -np.mean(item[1])):
             gain = np.mean(values) - np.mean(base)
-            mark = " *" if abs(gain) > max(base) - min(base) else ""
+            mark = " *" if spread is not None and abs(gain) > spread else ""
             lines.append(f"| {recipe} | {len(values)} | {_spread(values)} | {gain:+.4f}{mark} |")
     return lines
 
