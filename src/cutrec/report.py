@@ -84,7 +84,7 @@ def best_within(rows: list[dict[str, str]], budget_gb: float) -> dict[tuple[str,
     """Per (dataset, model, loss), the ok row of highest NDCG@10 whose peak training memory is within the budget;
     the key holds the dataset and the model only where the rows have several (scores of different datasets or
     models are not comparable), then the loss without its settings."""
-    scopes = [name for name in ("dataset", "model") if len({row.get(name, "") for row in rows}) > 1]
+    scopes = _scopes(rows)
     best: dict[tuple[str, ...], dict[str, str]] = {}
     for row in rows:
         if float(row["peak_train_gpu_mb"] or 0) > budget_gb * 1024:
@@ -93,6 +93,11 @@ def best_within(rows: list[dict[str, str]], budget_gb: float) -> dict[tuple[str,
         if key not in best or float(row["NDCG@10"]) > float(best[key]["NDCG@10"]):
             best[key] = row
     return best
+
+
+def _scopes(rows: list[dict[str, str]]) -> list[str]:
+    """Of dataset and model, those that take several values in `rows`."""
+    return [name for name in ("dataset", "model") if len({row.get(name, "") for row in rows}) > 1]
 
 
 def write_report(results: list[Path], out: Path, budget_gb: float) -> Path:
@@ -108,7 +113,7 @@ def write_report(results: list[Path], out: Path, budget_gb: float) -> Path:
              f"commits {', '.join(sorted({r['commit'] for r in ok}))}"]
     if tested:
         best = best_within(tested, budget_gb)
-        scopes = [name for name in ("dataset", "model") if len({row.get(name, "") for row in tested}) > 1]
+        scopes = _scopes(tested)
         lines += ["", f"## Best configuration per {', '.join([*scopes, 'loss'])} within {budget_gb:g} GB of peak "
                   "training memory", "", "| " + " | ".join(scopes) + (" | " if scopes else "") +
                   "loss | NDCG@10 | HR@10 | peak MB | train s / epoch | run |", "|---" * (len(scopes) + 6) + "|"]
