@@ -306,7 +306,7 @@ def _plots(rows: list[dict[str, str]], out: Path) -> list[str]:
          grouped(lambda r: f"{r['loss']} batch {r['batch_size'] or 'base'}", "negatives", "NDCG@10"), logx=True)
     plot("memory_vs_negatives", "negatives", "peak training GPU MB",
          grouped(lambda r: r["loss"], "negatives", "peak_train_gpu_mb"), logx=True)
-    datasets = len({r.get("dataset", "") for r in rows}) > 1  # one frontier per loss and dataset then
+    datasets = "dataset" in _scopes(rows)  # several datasets: one frontier per loss and dataset
     plot("ndcg_vs_memory", "peak training GPU MB", "test NDCG@10",
          grouped(lambda r: r["loss"].split(":")[0] + (f" {r['dataset']}" if datasets else ""), "peak_train_gpu_mb",
                  "NDCG@10"), logx=True, frontier=True)

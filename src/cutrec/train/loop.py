@@ -651,14 +651,24 @@ def run_sequences(folder: Path, config: RunConfig) -> SequenceData:
     return sequences
 
 
-def load_run_model(folder: Path, device: torch.device) -> tuple[RunConfig, SequenceModel, dict[str, Any]]:
-    """The config, the best model and the checkpoint of a run folder (refused if a newer cutrec wrote it)."""
+def load_best(folder: Path, device: torch.device) -> tuple[RunConfig, dict[str, Any]]:
+    """The config and the best checkpoint of a run folder (refused if a newer cutrec wrote it)."""
     run_format(folder)
     checkpoint = load_checkpoint(folder / BEST_NAME, device)
-    config = build_config(checkpoint["config"])
+    return build_config(checkpoint["config"]), checkpoint
+
+
+def checkpoint_model(config: RunConfig, checkpoint: dict[str, Any], device: torch.device) -> SequenceModel:
+    """The model of a checkpoint, with its weights, on `device`."""
     model = build_model(config.model, checkpoint["num_items"]).to(device)
     model.load_state_dict(checkpoint["model"])
-    return config, model, checkpoint
+    return model
+
+
+def load_run_model(folder: Path, device: torch.device) -> tuple[RunConfig, SequenceModel, dict[str, Any]]:
+    """The config, the best model and the checkpoint of a run folder (`load_best`)."""
+    config, checkpoint = load_best(folder, device)
+    return config, checkpoint_model(config, checkpoint, device), checkpoint
 
 
 def test_run(folder: Path, device: torch.device, data: TrainingData | None = None, *, test: bool = True
@@ -669,15 +679,16 @@ def test_run(folder: Path, device: torch.device, data: TrainingData | None = Non
     `data` is the run's split when the caller has it (the trainer does); without it the split is built once here
     from the folder's own data.
     """
-    config, model, checkpoint = load_run_model(folder, device)
+    config, checkpoint = load_best(folder, device)
     results: dict[str, Any] = {
         "best_epoch": checkpoint["epoch"],
         "steps": checkpoint["step"],
         "valid_metric": {config.eval.valid_metric: checkpoint["valid_metric"]},
     }
-    if not test:
+    if not test:  # nothing to score: no model is built
         write_json(folder / METRICS_NAME, results)
         return results
+    model = checkpoint_model(config, checkpoint, device)
     if data is None:
         data = training_data(config, run_sequences(folder, config))
     if data.split.num_items != checkpoint["num_items"]:
