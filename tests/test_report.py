@@ -133,6 +133,33 @@ def test_several_results_tables_are_read_as_one(tmp_path):
     assert "48 finished runs of 50" in summary and str(second) in summary
 
 
+def _png_size(path) -> tuple[int, int]:
+    header = path.read_bytes()[:24]  # the signature, then the IHDR chunk: width and height, big-endian
+    return int.from_bytes(header[16:20], "big"), int.from_bytes(header[20:24], "big")
+
+
+def test_each_dataset_and_model_gets_its_own_panel(tmp_path):
+    """Three datasets and two models: six panels of the frontier plot, in a grid two wide; the catalog-size plot
+    puts the datasets (its x axis) in one panel per model."""
+    rng = np.random.default_rng()
+    rows = [{"run": f"{d}{m}{loss}{s}", "status": "ok", "dataset": d, "model": m, "loss": loss,
+             "items": str(1000 * (k + 1)), "NDCG@10": f"{rng.uniform(0, 0.1):.6f}", "HR@10": "0.1",
+             "peak_train_gpu_mb": f"{rng.uniform(100, 500):.1f}", "mean_train_seconds": "1.0", "machine": "test",
+             "commit": "abc", "note": ""}
+            for k, d in enumerate(("beauty", "toys", "ml")) for m in ("sasrec", "bert4rec") for loss in ("CE", "CCE-")
+            for s in range(2)]
+    path = tmp_path / "results.csv"
+    with path.open("w", newline="") as file:
+        writer = csv.DictWriter(file, COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    write_report([path], tmp_path / "report", budget_gb=40)
+    frontier = _png_size(tmp_path / "report" / "ndcg_vs_memory.png")
+    catalog = _png_size(tmp_path / "report" / "epoch_time_vs_catalog.png")
+    assert frontier == (2 * 720, 3 * 480)  # 6 x 4 inches a panel at 120 dpi: 2 columns, 3 rows
+    assert catalog == (2 * 720, 480)  # sasrec and bert4rec side by side
+
+
 def test_configurations_run_with_several_seeds_get_their_mean_and_range():
     rng = np.random.default_rng()
     scores = rng.uniform(0, 0.1, 5)

@@ -9,9 +9,10 @@ and, for each loss run at several batch sizes and negatives, the table of mean N
 to "does scaling both beat maximising one?".
 Several results tables (grids run apart) are read as one. Plots (matplotlib, the optional `plots` extra, imported
 only here): NDCG@10 against negatives per batch size, peak memory against negatives per loss, NDCG@10 against peak
-memory per loss and dataset (with each one's frontier), and training seconds per epoch against catalog size per
-loss. Only rows with status ok count; OOM rows are listed. Runs of a validation-only grid (eval.test=false, a recipe
-study) have no test NDCG@10: they appear in the over-seeds table alone.
+memory per loss (with each one's frontier), and training seconds per epoch against catalog size per loss; one panel
+per dataset and model where the rows hold several (per model alone for the catalog-size plot), a loss in one colour
+throughout. Only rows with status ok count; OOM rows are listed. Runs of a validation-only grid (eval.test=false, a
+recipe study) have no test NDCG@10: they appear in the over-seeds table alone.
 """
 
 from __future__ import annotations
@@ -267,49 +268,70 @@ def _plots(rows: list[dict[str, str]], out: Path) -> list[str]:
         raise CutrecError("plots need matplotlib: pip install 'cutrec[plots]'") from None
     made = []
 
-    def plot(name: str, xlabel: str, ylabel: str, series: dict[str, list[tuple[float, float]]], *, logx: bool,
-             frontier: bool = False) -> None:
-        series = {label: sorted(points) for label, points in series.items() if points}
-        if not series:
+    def plot(name: str, xlabel: str, ylabel: str, panels: dict[str, dict[str, list[tuple[float, float]]]], *,
+             logx: bool, frontier: bool = False) -> None:
+        """One panel per key of `panels` (a dataset and model, or "" for all rows), one line per label in each;
+        a label keeps its colour in every panel."""
+        panels = {title: {label: sorted(points) for label, points in series.items() if points}
+                  for title, series in panels.items()}
+        panels = {title: series for title, series in panels.items() if series}
+        if not panels:
             return
-        figure, axes = plt.subplots(figsize=(6, 4))
-        for label, points in sorted(series.items(), key=lambda item: _natural(item[0])):
-            x, y = np.array(points).T
-            if frontier:
-                axes.scatter(x, y, s=12)
-                best = np.maximum.accumulate(y)  # the highest NDCG@10 reachable within each memory
-                axes.step(x, best, where="post", label=label)
-            else:
-                xs = np.unique(x)
-                axes.plot(xs, [y[x == value].mean() for value in xs], marker="o", label=label)  # mean over seeds
-        if logx:
-            axes.set_xscale("log")
-            axes.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))  # labels at 1, 2 and 5 x 10^k
-            axes.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
-            axes.xaxis.set_minor_formatter(NullFormatter())
-        axes.set_xlabel(xlabel)
-        axes.set_ylabel(ylabel)
-        axes.legend(fontsize=7)
+        labels = sorted({label for series in panels.values() for label in series}, key=_natural)
+        colours = dict(zip(labels, plt.get_cmap("tab20" if len(labels) > 10 else "tab10").colors, strict=False))
+        columns = min(len(panels), 2)
+        rows_of_panels = -(-len(panels) // columns)
+        figure, grid = plt.subplots(rows_of_panels, columns, figsize=(6 * columns, 4 * rows_of_panels),
+                                    squeeze=False, sharey=True)
+        ordered = sorted(panels.items(), key=lambda item: _natural(item[0]))
+        for axes, (title, series) in zip(grid.flat, ordered, strict=False):  # an odd count leaves a cell empty
+            for label in labels:
+                if label not in series:
+                    continue
+                x, y = np.array(series[label]).T
+                if frontier:
+                    axes.scatter(x, y, s=12, color=colours[label])
+                    best = np.maximum.accumulate(y)  # the highest NDCG@10 reachable within each memory
+                    axes.step(x, best, where="post", label=label, color=colours[label])
+                else:
+                    xs = np.unique(x)
+                    axes.plot(xs, [y[x == value].mean() for value in xs], marker="o", label=label,  # mean over seeds
+                              color=colours[label])
+            if logx:
+                axes.set_xscale("log")
+                axes.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))  # labels at 1, 2, 5 x 10^k
+                axes.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+                axes.xaxis.set_minor_formatter(NullFormatter())
+            axes.set_title(title, fontsize=9)
+            axes.set_xlabel(xlabel)
+            axes.set_ylabel(ylabel)
+            axes.legend(fontsize=7)
+        for axes in list(grid.flat)[len(panels):]:
+            axes.set_visible(False)
         figure.tight_layout()
         figure.savefig(out / f"{name}.png", dpi=120)
         plt.close(figure)
         made.append(name)
 
-    def grouped(key, x: str, y: str) -> dict[str, list[tuple[float, float]]]:
-        groups: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    scopes = _scopes(rows)
+
+    def panels(key, x: str, y: str, by: list[str] = scopes) -> dict[str, dict[str, list[tuple[float, float]]]]:
+        """Points (x, y) of the rows, by panel (the values of `by`: dataset and model, where they vary) and by
+        key(row)."""
+        groups: dict[str, dict[str, list[tuple[float, float]]]] = defaultdict(lambda: defaultdict(list))
         for row in rows:
             if row.get(x) not in ("", None) and row.get(y) not in ("", None):
-                groups[key(row)].append((float(row[x]), float(row[y])))
+                title = ", ".join(row[scope] for scope in by)
+                groups[title][key(row)].append((float(row[x]), float(row[y])))
         return groups
 
     plot("ndcg_vs_negatives", "negatives", "test NDCG@10",
-         grouped(lambda r: f"{r['loss']} batch {r['batch_size'] or 'base'}", "negatives", "NDCG@10"), logx=True)
+         panels(lambda r: f"{r['loss']} batch {r['batch_size'] or 'base'}", "negatives", "NDCG@10"), logx=True)
     plot("memory_vs_negatives", "negatives", "peak training GPU MB",
-         grouped(lambda r: r["loss"], "negatives", "peak_train_gpu_mb"), logx=True)
-    datasets = "dataset" in _scopes(rows)  # several datasets: one frontier per loss and dataset
+         panels(lambda r: r["loss"], "negatives", "peak_train_gpu_mb"), logx=True)
     plot("ndcg_vs_memory", "peak training GPU MB", "test NDCG@10",
-         grouped(lambda r: r["loss"].split(":")[0] + (f" {r['dataset']}" if datasets else ""), "peak_train_gpu_mb",
-                 "NDCG@10"), logx=True, frontier=True)
+         panels(lambda r: r["loss"].split(":")[0], "peak_train_gpu_mb", "NDCG@10"), logx=True, frontier=True)
     plot("epoch_time_vs_catalog", "items", "training s / epoch",
-         grouped(lambda r: r["loss"], "items", "mean_train_seconds"), logx=True)
+         panels(lambda r: r["loss"], "items", "mean_train_seconds", by=[s for s in scopes if s != "dataset"]),
+         logx=True)  # the catalogs are the datasets: one panel holds them all
     return made
