@@ -4,7 +4,9 @@ For one data set given as a cutrec "sequences" file (one user per line, `user it
 or `--dataset synthetic-1m` (the file written from cutrec's own generator, `cutrec.data.synthetic`), the script runs
 each library in its own subprocess, one after the other, on the same device:
 
-- `cutrec`: `cutrec train --loss CE` (its defaults otherwise: CUDA graph, bf16 autocast on CUDA).
+- `cutrec`: `cutrec train --loss CE` (its defaults otherwise: CUDA graph, bf16 autocast on CUDA); `cutrec-cce`: the
+  same with `--loss CCE` (the same full softmax, fused: no logits in memory); `cutrec-cce-`: `--loss CCE-` with
+  `--negatives` uniform negatives (the counterpart of RePlay's sampled CE).
 - `recbole-ce`: RecBole 1.2.1 `SASRec` with `loss_type: CE`, its own `Trainer` (fit, early stopping, best-model
   reload) and its full-ranking evaluation, split `eval_args: {split: {LS: valid_and_test}, order: TO, mode: full}`.
 - `replay-ce` and `replay-sce`: RePlay (`replay-rec` from PyPI) `SasRec` Lightning module (the
@@ -77,7 +79,8 @@ import time
 from datetime import date
 from pathlib import Path
 
-LIBRARIES = ["cutrec", "recbole-ce", "replay-ce", "replay-sce"]
+LIBRARIES = ["cutrec", "cutrec-cce", "cutrec-cce-", "recbole-ce", "replay-ce", "replay-sce"]
+CUTREC_LOSSES = {"cutrec": "CE", "cutrec-cce": "CCE", "cutrec-cce-": "CCE-"}  # library -> cutrec's --loss
 DIM, BLOCKS, HEADS, DROPOUT, MAX_LEN, BATCH, LR, PATIENCE = 64, 1, 1, 0.2, 50, 128, 1e-3, 10
 
 
@@ -152,11 +155,12 @@ def cuda_sync(torch) -> None:
         torch.cuda.synchronize()
 
 
-def run_cutrec(args: argparse.Namespace, data: Path, work: Path) -> dict:
-    """`cutrec train` in a further process; its log.csv and metrics.json give the numbers."""
+def run_cutrec(args: argparse.Namespace, data: Path, work: Path, loss: str) -> dict:
+    """`cutrec train --loss LOSS` in a further process; its log.csv and metrics.json give the numbers."""
+    sampled = [f"--loss.num_negatives={args.negatives}", "--loss.distribution=uniform"] if loss == "CCE-" else []
     command = [
         sys.executable, "-m", "cutrec.cli", "train", f"--data={data}", "--data.format=sequences",
-        f"--data.cache_dir={work / 'cache'}", "--dataset=side_by_side", "--loss=CE", "--seed=0",
+        f"--data.cache_dir={work / 'cache'}", "--dataset=side_by_side", f"--loss={loss}", *sampled, "--seed=0",
         f"--out={work}", "--name=cutrec", f"--epochs={args.epochs}", f"--train.patience={PATIENCE}",
         f"--train.time_limit_minutes={args.time_limit_s / 60}", "--model.name=sasrec", f"--model.dim={DIM}",
         f"--model.num_blocks={BLOCKS}", f"--model.num_heads={HEADS}", f"--model.dropout={DROPOUT}",
@@ -411,7 +415,7 @@ def worker(args: argparse.Namespace) -> None:
     work, data = Path(args.work), Path(args.worker_data)
     args.data_info = json.loads(args.data_info)
     runners = {
-        "cutrec": lambda: run_cutrec(args, data, work),
+        **{library: (lambda loss=loss: run_cutrec(args, data, work, loss)) for library, loss in CUTREC_LOSSES.items()},
         "recbole-ce": lambda: run_recbole(args, data, work),
         "replay-ce": lambda: run_replay(args, data, work, sampled=False),
         "replay-sce": lambda: run_replay(args, data, work, sampled=True),
@@ -446,8 +450,9 @@ def run_library(args: argparse.Namespace, library: str, data: Path, info: dict, 
         "--device", args.device, "--epochs", str(args.epochs), "--time-limit-s", str(args.time_limit_s),
         "--negatives", str(args.negatives), "--eval-batch-size", str(args.eval_batch_size),
     ]
-    label = {"cutrec": "cutrec CE", "recbole-ce": "RecBole CE", "replay-ce": "RePlay CE",
-             "replay-sce": f"RePlay sampled CE ({args.negatives} negatives)"}[library]
+    label = {"cutrec": "cutrec CE", "cutrec-cce": "cutrec CCE",
+             "cutrec-cce-": f"cutrec CCE- ({args.negatives} negatives)", "recbole-ce": "RecBole CE",
+             "replay-ce": "RePlay CE", "replay-sce": f"RePlay sampled CE ({args.negatives} negatives)"}[library]
     row = {"library": library, "label": label}
     started = time.perf_counter()
     try:
@@ -514,7 +519,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=200)
     parser.add_argument("--time-limit-s", type=float, default=100.0, help="per library: training loop cap")
     parser.add_argument("--grace-s", type=float, default=150.0, help="per library: hard timeout beyond the cap")
-    parser.add_argument("--negatives", type=int, default=256, help="RePlay sampled CE: loss_sample_count")
+    parser.add_argument("--negatives", type=int, default=256,
+                        help="RePlay sampled CE: loss_sample_count; cutrec CCE-: loss.num_negatives")
     parser.add_argument("--eval-batch-size", type=int, default=256, help="users per evaluation batch")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     parser.add_argument("--synthetic-users", type=int, default=50_000)
