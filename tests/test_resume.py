@@ -55,6 +55,8 @@ DRIVER = textwrap.dedent(
                     file.flush()
                     os.kill(os.getpid(), signal.SIGKILL)
                 loop.save_checkpoint = lambda path, state: checkpoint.atomic_write_bytes(path, torn)
+            elif action == "raise":
+                raise RuntimeError("a failure inside training")
             elif action == "twice":
                 os.kill(os.getpid(), signal.SIGTERM)
                 os.kill(os.getpid(), signal.SIGTERM)
@@ -142,6 +144,40 @@ def test_sigkill_after_a_timed_checkpoint_resumes_exactly(tmp_path, uninterrupte
     _resume_matches(tmp_path, "killed", "bert4rec-CE", uninterrupted)
 
 
+def test_checkpoints_every_second_epoch_resume_exactly_and_keep_the_log(tmp_path):
+    """train.checkpoint_every_epochs=2: no last.pt at epoch 1, one at epochs 2 and 4 and at the run's end (epoch 5);
+    a SIGKILL in epoch 4 leaves last.pt of epoch 2 behind log rows 1-3, and the resumed run trains epoch 3 again,
+    keeps its first row and ends bit for bit like an uninterrupted run."""
+    every = ["--train.checkpoint_every_epochs=2", "--epochs=5", "--train.patience=5"]
+    assert main(_train_args(tmp_path, "sasrec-CCE-", "whole", *every)) == 0
+    assert load_checkpoint(tmp_path / "whole" / "last.pt")["epoch"] == 5  # the run's end, though 5 is odd
+    kill_step = 3 * 25 + 6  # epoch 4, batch 7
+    result = subprocess.run(
+        [sys.executable, "-c", DRIVER, "kill", str(kill_step), *_train_args(tmp_path, "sasrec-CCE-", "killed", *every)],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == -signal.SIGKILL
+    folder = tmp_path / "killed"
+    assert load_checkpoint(folder / "last.pt")["epoch"] == 2
+    first_rows = _log_rows(folder)
+    assert [row["epoch"] for row in first_rows] == ["1", "2", "3"]
+    assert main(["train", "--resume", str(folder)]) == 0
+    assert _log_rows(folder) == _log_rows(tmp_path / "whole")  # every epoch once; epoch 3's row the first one
+    assert json.loads((folder / "metrics.json").read_text()) == json.loads(
+        (tmp_path / "whole" / "metrics.json").read_text())
+
+
+def test_a_failure_before_any_checkpoint_keeps_the_finished_epochs(tmp_path):
+    """With last.pt only every 3rd epoch, an error in epoch 2 must not remove the folder (as it does for a run that
+    fails before it has anything): epoch 1's row and best.pt are the user's."""
+    result = subprocess.run(
+        [sys.executable, "-c", DRIVER, "raise", "30",
+         *_train_args(tmp_path, "sasrec-CCE-", "early", "--train.checkpoint_every_epochs=3")],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and "a failure inside training" in result.stderr
+    assert not (tmp_path / "early" / "last.pt").exists()
+    assert (tmp_path / "early" / "best.pt").exists() and len(_log_rows(tmp_path / "early")) == 1
+
+
 def test_kill_during_a_save_keeps_the_previous_checkpoint(tmp_path, uninterrupted, capsys):
     result = _interrupted(tmp_path, "sasrec-CCE-", "torn", "kill-during-save",
                           "--train.checkpoint_every_minutes=0.000001")
@@ -202,4 +238,4 @@ def test_resume_refuses_other_settings(tmp_path, uninterrupted, capsys):
     assert "is not a folder" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
     assert main(["train", "--resume", str(tmp_path / "empty")]) == 2
-    assert "has no last.pt (it stopped before its first epoch end or timed checkpoint)" in capsys.readouterr().err
+    assert "has no last.pt (it stopped before its first checkpoint)" in capsys.readouterr().err

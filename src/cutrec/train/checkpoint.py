@@ -25,7 +25,7 @@ import torch
 from cutrec import __version__
 from cutrec.errors import CutrecError
 
-LAST_NAME = "last.pt"  # the whole training state, at every epoch end and every train.checkpoint_every_minutes
+LAST_NAME = "last.pt"  # the whole training state: see train.checkpoint_every_epochs and checkpoint_every_minutes
 BEST_NAME = "best.pt"  # the model of the best validation epoch: the one tested, recommended and exported
 CONFIG_NAME = "config.json"
 LOG_NAME = "log.csv"

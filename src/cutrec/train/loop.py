@@ -1,15 +1,16 @@
-"""The training loop, top to bottom: run folder, data, model, epochs with validation, early stopping and
-checkpoints, then test (unless eval.test is false). `train` starts a run and `resume` continues one from its last.pt.
+"""The training loop, top to bottom: run folder, data, model, epochs with validation, early stopping and checkpoints,
+then test (unless eval.test is false). `train` starts a run and `resume` continues one from its last.pt.
 
 Everything that changes while a run trains lives in one `TrainState` (cutrec.train.state); the loop owns nothing
 else. The model is used only through cutrec.models.SequenceModel; each step runs through cutrec.train.step (static
-shapes, no host sync, one CUDA graph where it applies), whose loss seed is derived from (run seed, step). The
-loop reads the device only at epoch ends, checkpoints and through the step's non-waiting readout. The run folder holds
+shapes, no host sync, one CUDA graph where it applies), whose loss seed is derived from (run seed, step). The loop
+reads the device only at epoch ends, checkpoints and through the step's non-waiting readout. The run folder holds
 data.npz (the run's own copy of its preprocessed data, raw ids included), run.json (its format), config.json,
 log.csv (one row per finished epoch; rows are only added, each time atomically), last.pt (the whole state, at every
-epoch end and every train.checkpoint_every_minutes), best.pt (the model of the best validation epoch, the one
-tested) and metrics.json (the best epoch, its validation metric and the test metrics). SIGTERM and SIGINT stop
-after the current step with last.pt written (see interrupt.py).
+train.checkpoint_every_epochs-th epoch end, every train.checkpoint_every_minutes, at the run's end and on a stop; a
+run resumed from an epoch before its last log row trains those epochs again and keeps their first rows), best.pt
+(the model of the best validation epoch, the one tested) and metrics.json (the best epoch, its validation metric and
+the test metrics). SIGTERM and SIGINT stop after the current step with last.pt written (see interrupt.py).
 """
 
 from __future__ import annotations
@@ -65,7 +66,8 @@ from cutrec.train.step import NonFiniteStep, TrainStep, make_optimizer, step_see
 
 # what --resume may change: nothing that changes what is computed
 RESUMABLE_KEYS = ("train.epochs", "train.time_limit_minutes", "train.progress", "train.check_memory",
-                  "train.memory_limit_gb", "train.tensorboard", "train.dist_timeout_minutes", "eval.test")
+                  "train.memory_limit_gb", "train.tensorboard", "train.dist_timeout_minutes",
+                  "train.checkpoint_every_epochs", "train.checkpoint_every_minutes", "eval.test")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -161,26 +163,30 @@ def create_run_folder(config: RunConfig) -> Path:
 
 class EpochLog:
     """log.csv, one row per finished epoch. Rows are only ever added, never changed or dropped, and each addition is
-    an atomic rewrite (earlier rows plus the new one), so a kill mid-write cannot leave a torn row."""
+    an atomic rewrite (earlier rows plus the new one), so a kill mid-write cannot leave a torn row. An epoch that
+    already has a row (trained again after a resume from an earlier last.pt) keeps its first one."""
 
     def __init__(self, path: Path, columns: list[str]) -> None:
         self.path = path
         self.columns = columns
+        self.epochs: set[int] = set()  # the epochs that have a row
         if not path.exists():
             self._write([columns])
             return
         with path.open(newline="") as file:
             reader = csv.DictReader(file)
             header, rows = reader.fieldnames or [], list(reader)
+        self.epochs = {int(row["epoch"]) for row in rows if (row.get("epoch") or "").isdigit()}
         if header != columns:  # a log written by an earlier version: the same rows under today's columns
             self._write([columns, *([row.get(c) or "" for c in columns] for row in rows)])
 
-    def epochs(self) -> set[int]:
-        with self.path.open(newline="") as file:
-            return {int(row["epoch"]) for row in csv.DictReader(file) if row.get("epoch", "").isdigit()}
-
-    def append(self, row: dict[str, Any]) -> None:
+    def append(self, row: dict[str, Any]) -> bool:
+        """Add the row unless its epoch has one; whether it was added."""
+        if int(row["epoch"]) in self.epochs:
+            return False
         self._write([[row.get(c, "") for c in self.columns]], keep=self.path.read_bytes())
+        self.epochs.add(int(row["epoch"]))
+        return True
 
     def _write(self, rows: list[list[Any]], keep: bytes = b"") -> None:
         text = io.StringIO()
@@ -236,8 +242,8 @@ def train(config: RunConfig, sequences: SequenceData | None = None) -> Path:
         if ranks.rank:  # each rank's own dropout and PyTorch-sampled negatives; rank 0 draws as a single process
             torch.manual_seed(step_seed(config.train.seed, 0, ranks.rank))
         return fit(config, folder, data, state, device, ranks)
-    except BaseException:
-        if ranks.main and not (folder / LAST_NAME).exists():
+    except BaseException:  # a folder without a checkpoint or a finished epoch holds nothing of the user's
+        if ranks.main and not (folder / LAST_NAME).exists() and not (folder / BEST_NAME).exists():
             shutil.rmtree(folder, ignore_errors=True)
         raise
 
@@ -274,7 +280,7 @@ def resume(folder: Path, file_values: dict[str, Any], overrides: list[str]) -> P
     folder_format = run_format(folder)  # refuses a folder of a newer cutrec
     if not (folder / LAST_NAME).exists():
         raise CutrecError(
-            f"run {str(folder)!r} has no last.pt (it stopped before its first epoch end or timed checkpoint); "
+            f"run {str(folder)!r} has no last.pt (it stopped before its first checkpoint); "
             "start it again with `cutrec train`"
         )
     saved = load_checkpoint(folder / LAST_NAME)
@@ -449,20 +455,25 @@ def fit(
     columns = ["epoch", "step", "train_loss", *metric_names, "epoch_seconds", "train_seconds", "setup_seconds",
                "peak_train_gpu_mb"]
     log = EpochLog(folder / LOG_NAME, columns) if ranks.main else None
-    if log is not None and state.last_row is not None and int(state.last_row["epoch"]) not in log.epochs():
+    if log is not None and state.last_row is not None:
         log.append(state.last_row)  # stopped between saving last.pt and appending its row
     scalars = tensorboard_writer(config, folder) if ranks.main else None
     session_start, seconds_before = time.perf_counter(), state.train_seconds
     every = 60 * config.train.checkpoint_every_minutes
-    last_saved = time.monotonic()
+    last_saved, saved_step = time.monotonic(), state.step
 
     def checkpoint() -> None:
-        nonlocal last_saved
+        nonlocal last_saved, saved_step
         step.check()  # never save the state of a run that has gone non-finite
         state.train_seconds = seconds_before + time.perf_counter() - session_start
         settle_epoch_loss(state, ranks, config)
         save_last(folder, state, config, data, ranks)
-        last_saved = time.monotonic()
+        last_saved, saved_step = time.monotonic(), state.step
+
+    def checkpoint_unless_saved() -> None:
+        """last.pt of the state now, unless it holds it already (every rank agrees: they count the same steps)."""
+        if saved_step != state.step:
+            checkpoint()
 
     with StopSignals() as signals:
         try:
@@ -470,6 +481,7 @@ def fit(
                 if state.epoch_order is None:  # between epochs: stop, or draw the next epoch's order
                     reason = distributed.broadcast(stop_reason(config, state), ranks)  # decided once
                     if reason is not None:
+                        checkpoint_unless_saved()  # the run's end: the state a resume with more epochs continues
                         break
                     state.epoch_order = epoch_order(split.train, min_length=model.min_train_length,
                                                     rng=state.batch_rng)
@@ -516,15 +528,15 @@ def fit(
                 if device.type == "cuda":
                     peak_mb = max(torch.cuda.max_memory_allocated(device), step.graph_peak_bytes) / 2**20
                 end_epoch(config, folder, data, state, device, columns, train_seconds, setup_seconds, peak_mb, ranks)
-                checkpoint()
-                if log is not None:
-                    log.append(state.last_row)
-                if scalars is not None:
+                if state.epoch % config.train.checkpoint_every_epochs == 0:
+                    checkpoint()
+                if log is not None and log.append(state.last_row) and scalars is not None:
                     for key, value in state.last_row.items():
                         if key not in ("epoch", "step"):
                             scalars.add_scalar(key, float(value), state.epoch)
                     scalars.flush()
                 if distributed.agree([signals.received is not None], ranks)[0]:
+                    checkpoint_unless_saved()
                     raise RunStopped(_stopped_message(signals.name, folder, state, total), 128 + (signals.received
                                                                                                   or 15))
         except NonFiniteStep as bad:
@@ -615,7 +627,7 @@ def end_epoch(
 def _last_good(folder: Path) -> str:
     path = folder / LAST_NAME
     if not path.exists():
-        return "none yet (no epoch finished and no timed checkpoint written)"
+        return "none yet (no checkpoint written)"
     saved = load_checkpoint(path)
     return f"{path} (step {saved['step']})"
 
