@@ -166,4 +166,6 @@ def test_a_log_from_an_earlier_version_is_rewritten_under_todays_columns(tmp_pat
     log = EpochLog(path, ["epoch", "step", "train_loss", "setup_seconds"])
     log.append({"epoch": "2", "step": "20", "train_loss": "0.4", "setup_seconds": "0.0"})
     assert path.read_text().splitlines() == ["epoch,step,train_loss,setup_seconds", "1,10,0.5,", "2,20,0.4,0.0"]
-    assert log.epochs() == {1, 2}
+    assert log.epochs == {1, 2}
+    assert not log.append({"epoch": "2", "step": "20", "train_loss": "0.3"})  # epoch 2 keeps its first row
+    assert path.read_text().splitlines()[-1] == "2,20,0.4,0.0"

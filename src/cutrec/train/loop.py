@@ -460,19 +460,20 @@ def fit(
     scalars = tensorboard_writer(config, folder) if ranks.main else None
     session_start, seconds_before = time.perf_counter(), state.train_seconds
     every = 60 * config.train.checkpoint_every_minutes
-    last_saved, saved_step = time.monotonic(), state.step
+    last_saved, saved_at = time.monotonic(), (state.step, state.epoch)
 
     def checkpoint() -> None:
-        nonlocal last_saved, saved_step
+        nonlocal last_saved, saved_at
         step.check()  # never save the state of a run that has gone non-finite
         state.train_seconds = seconds_before + time.perf_counter() - session_start
         settle_epoch_loss(state, ranks, config)
         save_last(folder, state, config, data, ranks)
-        last_saved, saved_step = time.monotonic(), state.step
+        last_saved, saved_at = time.monotonic(), (state.step, state.epoch)
 
     def checkpoint_unless_saved() -> None:
-        """last.pt of the state now, unless it holds it already (every rank agrees: they count the same steps)."""
-        if saved_step != state.step:
+        """last.pt of the state now, unless it holds it already (every rank agrees: they count the same steps and
+        epochs; a timed save after an epoch's last step is not its end)."""
+        if saved_at != (state.step, state.epoch):
             checkpoint()
 
     with StopSignals() as signals:
