@@ -34,6 +34,7 @@ def test_yaml_file(tmp_path):
         ("model.max_len=0", "model.max_len=0 is out of range"),
         ("loss.num_negatives=0", "loss.num_negatives=0 is out of range"),
         ("train.memory_limit_gb=0", "train.memory_limit_gb=0.0 is out of range"),
+        ("train.checkpoint_every_epochs=0", "train.checkpoint_every_epochs=0 is out of range: use 1"),
         ("model=3", "is a section"),
         ("train.lr", "has no '='"),
         ("eval.valid_metric=NDCG@7", "eval.valid_metric='NDCG@7' is not computed"),

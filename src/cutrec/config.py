@@ -129,7 +129,7 @@ class TrainConfig:
     grad_clip: float | None = None  # clip the global gradient norm to this; none: no clipping
     checkpoint_every_minutes: float = 10.0  # last.pt also between epoch ends, this often; 0: only at epoch ends
     # last.pt at every Nth epoch end (and always at the run's end and on a stop). Raise it where the write is slower
-    # than an epoch: the state of a 1M x 64 table with its two Adam moments is 0.75 GB, a write of 0.6-2.5 s
+    # than an epoch: the state of a 1M x 64 table with its two Adam moments is 0.77 GB, a write of 0.6-2.5 s
     checkpoint_every_epochs: int = 1
     check_memory: bool = True  # on a GPU, refuse a batch whose estimated peak exceeds the free memory
     memory_limit_gb: float | None = None  # on a GPU, use at most this much of it (a budget on a shared card)
