@@ -233,6 +233,19 @@ def run_recbole(args: argparse.Namespace, data: Path, work: Path) -> dict:
     model = SASRec(config, train_data._dataset).to(config["device"])
     times, peaks, best = [], [], {"epoch": 0, "capped": False}
     started = time.perf_counter()
+    steps = {"done": 0, "begin": started, "shown": started}  # the running epoch, for progress within a long one
+    calculate_loss = model.calculate_loss
+
+    def counted_loss(interaction):
+        steps["done"] += 1
+        now = time.perf_counter()
+        if now - steps["shown"] >= 30:  # not synchronised: a timeout's row still shows the step rate
+            elapsed = now - steps["begin"]
+            progress(f"epoch {len(times) + 1}: {steps['done']} of {len(train_data)} steps in {elapsed:.1f} s")
+            steps["shown"] = now
+        return calculate_loss(interaction)
+
+    model.calculate_loss = counted_loss
 
     class TimedTrainer(Trainer):
         def _train_epoch(self, *positional, **keywords):
@@ -240,6 +253,7 @@ def run_recbole(args: argparse.Namespace, data: Path, work: Path) -> dict:
             if torch.cuda.is_available():
                 torch.cuda.reset_peak_memory_stats()
             begin = time.perf_counter()
+            steps.update(done=0, begin=begin, shown=begin)
             loss = super()._train_epoch(*positional, **keywords)
             cuda_sync(torch)
             times.append(time.perf_counter() - begin)
