@@ -35,7 +35,9 @@ from datetime import date
 from pathlib import Path
 from types import SimpleNamespace
 
-from parallel_paths import _machine, _torch_version
+import torch
+
+from cutrec.experiment import machine_name
 
 RESULT = "RESULT "  # the line a worker prints (rank 0) with its measurement as JSON
 
@@ -110,7 +112,6 @@ def run(args: argparse.Namespace, loss: str, num_items: int, ranks: int, path: s
 
 def worker(args: argparse.Namespace) -> None:
     """One run's step, timed (rank 0 prints the RESULT line with the largest rank's peak memory)."""
-    import torch
     from torch import nn
 
     from cutrec import distributed
@@ -169,12 +170,12 @@ def worker(args: argparse.Namespace) -> None:
 
 
 def write(args: argparse.Namespace, rows: list[dict]) -> None:
-    header = {"machine": _machine(), "date": str(date.today()), "commit": args.commit, "dim": args.dim,
+    header = {"machine": machine_name(), "date": str(date.today()), "commit": args.commit, "dim": args.dim,
               "rows": args.rows, "negatives": args.negatives, "steps": args.steps, "command": " ".join(sys.argv)}
     Path(f"{args.out}.json").write_text(json.dumps({**header, "results": rows}, indent=2) + "\n")
     lines = [
         "# Catalog-parallel cut CE and CCE- on large catalogs", "",
-        f"Machine: {header['machine']}; date: {header['date']}; commit: {args.commit}; torch {_torch_version()}. "
+        f"Machine: {header['machine']}; date: {header['date']}; commit: {args.commit}; torch {torch.__version__}. "
         f"D {args.dim}, {args.rows:,} hidden rows a step over all ranks, CCE- with {args.negatives} uniform "
         f"negatives, share none; median of {args.steps} steps (forward, backward, fused Adam on the table)"
         + ("; on the CPU every rank runs one thread (OMP_NUM_THREADS=1)." if args.device == "cpu" else "."),

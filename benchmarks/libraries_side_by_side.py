@@ -79,6 +79,8 @@ import time
 from datetime import date
 from pathlib import Path
 
+from cutrec.experiment import machine_name
+
 LIBRARIES = ["cutrec", "cutrec-cce", "cutrec-cce-", "recbole-ce", "replay-ce", "replay-sce"]
 CUTREC_LOSSES = {"cutrec": "CE", "cutrec-cce": "CCE", "cutrec-cce-": "CCE-"}  # library -> cutrec's --loss
 DIM, BLOCKS, HEADS, DROPOUT, MAX_LEN, BATCH, LR, PATIENCE = 64, 1, 1, 0.2, 50, 128, 1e-3, 10
@@ -446,14 +448,6 @@ def version(name: str) -> str:
         return "not installed"
 
 
-def machine_name() -> str:
-    import torch
-
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
-
-
 def run_library(args: argparse.Namespace, library: str, data: Path, info: dict, root: Path) -> dict:
     work = root / library
     work.mkdir(parents=True, exist_ok=True)
@@ -582,7 +576,7 @@ def write_report(args: argparse.Namespace, name: str, info: dict, rows: list[dic
         "dataset": name,
         "data": info,
         "device": args.device,
-        "device_name": machine_name() if args.device != "cpu" else f"CPU ({os.cpu_count()} cores)",
+        "device_name": machine_name(args.device),
         "date": str(date.today()),
         "commit": args.commit,
         "epochs": args.epochs,

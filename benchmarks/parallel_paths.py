@@ -29,13 +29,16 @@ import argparse
 import csv
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 from datetime import date
 from pathlib import Path
+
+import torch
+
+from cutrec.experiment import machine_name
 
 TORCHRUN_ONE = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=1"]
 SUITES = {
@@ -104,12 +107,12 @@ def main() -> None:
     for row, (_, _, extra, _) in zip(rows, suite["runs"], strict=True):
         if row["status"] == "ok" and args.suite == "gpu-data-parallel":
             row["scaling_efficiency"] = row["sequences_per_second"] / (_devices(extra) * single)
-    header = {"suite": args.suite, "machine": _machine(), "date": str(date.today()), "commit": args.commit,
+    header = {"suite": args.suite, "machine": machine_name(), "date": str(date.today()), "commit": args.commit,
               "config": suite["config"]}
     Path(f"{args.out}.json").write_text(json.dumps({**header, "rows": rows}, indent=2) + "\n")
     lines = [
         f"# Parallel paths: {args.suite}", "",
-        f"Machine: {header['machine']}; date: {header['date']}; commit: {args.commit}; torch {_torch_version()}.",
+        f"Machine: {header['machine']}; date: {header['date']}; commit: {args.commit}; torch {torch.__version__}.",
         f"Command: `python benchmarks/parallel_paths.py --suite {args.suite} --commit {args.commit} --out "
         f"{args.out}`; config: `{' '.join(suite['config'])}`, the same global batch in every run.", "",
         "| run | training s / epoch (median) | sequences / s | scaling efficiency | epoch s with validation (median) "
@@ -134,23 +137,7 @@ def _devices(extra: list[str]) -> int:
 
 
 def _gpu_count() -> int:
-    import torch
-
     return torch.cuda.device_count()
-
-
-def _machine() -> str:
-    import torch
-
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
-
-
-def _torch_version() -> str:
-    import torch
-
-    return torch.__version__
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ import argparse
 import csv
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -32,6 +31,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from datetime import date
 from pathlib import Path
+
+from cutrec.experiment import git_commit, machine_name
 
 MODEL_SETTINGS = {
     "sasrec": ["--model.name=sasrec", "--model.num_blocks=1", "--model.num_heads=1"],
@@ -45,23 +46,6 @@ SETTINGS = [
     "--train.batch_size=128",
     "--train.progress=false",
 ]
-
-
-def machine_name() -> str:
-    import torch
-
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
-
-
-def commit() -> str:
-    """The measured code's commit: --commit, else `git rev-parse` here (the device's copy of the tree has no .git)."""
-    try:
-        result = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    except FileNotFoundError:  # no git installed
-        return "unknown (pass --commit)"
-    return result.stdout.strip() if result.returncode == 0 else "unknown (pass --commit)"
 
 
 def parse_spec(spec: str) -> tuple[str, str, str, list[str]]:
@@ -193,7 +177,7 @@ def main() -> None:
         (d, spec, s) for d in args.datasets for spec in args.run_specs for s in args.seeds)}
     header = (
         f"# Test metrics, full-catalog ranking, leave-one-out\n\nMachine: {machine_name()}; date: "
-        f"{date.today()}; commit: {args.commit or commit()}; {args.parallel} runs at a time on {args.gpus} GPU(s) "
+        f"{date.today()}; commit: {args.commit or git_commit()}; {args.parallel} runs at a time on {args.gpus} GPU(s) "
         "(epoch times include that sharing); "
         f"epochs <= {args.epochs}, patience {args.patience}, negatives {args.negatives}; settings: "
         f"{' '.join(SETTINGS)} {' '.join(args.extra)}; sasrec: {' '.join(MODEL_SETTINGS['sasrec'][1:])}; "

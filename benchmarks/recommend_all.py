@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import subprocess
 import sys
 import time
 from datetime import date
 from pathlib import Path
+
+from cutrec.experiment import machine_name
 
 NUM_ITEMS, NUM_USERS, K = 1_000_000, 100_000, 10
 
@@ -156,16 +157,6 @@ def cli(folder: Path, device: str, out: Path) -> dict:
     return {"wall_s": time.perf_counter() - started, **_peaks(device)}
 
 
-def machine(device: str) -> str:
-    import torch
-
-    if device.startswith("cuda"):
-        return torch.cuda.get_device_name(0)
-    import os
-
-    return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
-
-
 def main() -> None:
     if sys.argv[1:2] == ["build"]:
         build(Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
@@ -206,7 +197,7 @@ def main() -> None:
                                            text=True).stdout.strip() or "unknown"
     import torch
 
-    header = (f"Machine: {machine(args.device)}; torch {torch.__version__}; date {date.today()}; commit {commit}; "
+    header = (f"Machine: {machine_name(args.device)}; torch {torch.__version__}; date {date.today()}; commit {commit}; "
               f"{args.items:,} items, {args.users:,} users, k={K}, SASRec dim 64 (as initialised), eval.batch_size "
               "1024, eval.item_chunk 65536, seen items excluded")
     lines = [f"# cutrec recommend --all\n\n{header}\n",
@@ -216,7 +207,7 @@ def main() -> None:
         cells = [row.get(key) for key in ("wall_s", "load_s", "rank_s", "write_s", "peak_rss_mb", "peak_gpu_mb")]
         lines.append(f"| {name} | " + " | ".join("" if c is None else f"{c:,.1f}" for c in cells) + " |")
     Path(f"{args.out}.md").write_text("\n".join(lines) + "\n")
-    Path(f"{args.out}.json").write_text(json.dumps({"commit": commit, "machine": machine(args.device),
+    Path(f"{args.out}.json").write_text(json.dumps({"commit": commit, "machine": machine_name(args.device),
                                                     "date": str(date.today()), "results": results}, indent=2) + "\n")
     print("\n".join(lines))
 

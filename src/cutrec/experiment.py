@@ -216,8 +216,8 @@ def run_grid(path: str | Path, *, commit: str | None = None) -> Path:
     todo = [run for run in runs if run.id not in results.finished()]
     note(f"grid {settings['name']}: {len(runs)} runs, {len(runs) - len(todo)} already finished, in {folder}")
     free = [gpu for gpu in settings["gpus"] or [None] for _ in range(settings["runs_per_gpu"])]  # one slot per run
-    context = {"sharing": _sharing(settings["gpus"], settings["runs_per_gpu"]), "machine": _machine(),
-               "commit": commit or _commit(), "date": str(date.today())}
+    context = {"sharing": _sharing(settings["gpus"], settings["runs_per_gpu"]), "machine": machine_name(),
+               "commit": commit or git_commit(), "date": str(date.today())}
     slots = len(free)
     threads = max(1, (os.cpu_count() or 1) // slots) if slots > 1 else None
     lock = threading.Lock()
@@ -334,19 +334,23 @@ class Results:
             atomic_write_bytes(self.md, lambda file: file.write(("\n".join(lines) + "\n").encode()))
 
 
-def _machine() -> str:
+def machine_name(device: str = "cuda") -> str:
+    """The machine a result was measured on, as results tables name it: the first CUDA card (when `device` is a CUDA
+    one and a card is visible), else the CPU and its cores. The benchmarks share it."""
     import platform
 
     import torch
 
-    if torch.cuda.is_available():
+    if device.startswith("cuda") and torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
-    return f"CPU ({platform.machine()}, {os.cpu_count()} cores)"
+    return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
 
 
-def _commit() -> str:
+def git_commit() -> str:
+    """The short commit of the working folder's git checkout, or "unknown (pass --commit)" outside one (the GPU
+    machine's copy of the tree has no .git)."""
     try:
         done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    except FileNotFoundError:
-        return "unknown"
-    return done.stdout.strip() if done.returncode == 0 else "unknown"
+    except FileNotFoundError:  # no git installed
+        return "unknown (pass --commit)"
+    return done.stdout.strip() if done.returncode == 0 else "unknown (pass --commit)"
