@@ -3,6 +3,7 @@ half-finished run, an OOM is a row, and bad grids are refused before the first r
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 
@@ -194,3 +195,14 @@ def test_a_recipe_that_collides_with_an_axis_or_is_malformed_is_one_line(tmp_pat
     assert main(["experiment", str(_grid(tmp_path, axes, base=grid))]) == 2
     error = capsys.readouterr().err
     assert message in error and error.count("\n") == 1
+
+
+def test_every_shipped_grid_is_valid_and_names_its_command():
+    """The grids in benchmarks/grids load (every run's config checked, no data read), and each says in its header the
+    command that runs it, as the results files that cite it expect."""
+    grids = sorted((Path(__file__).parents[1] / "benchmarks" / "grids").glob("*.toml"))
+    assert grids
+    for path in grids:
+        settings, runs = load_grid(path)
+        assert runs and settings["name"] == path.stem
+        assert f"cutrec experiment benchmarks/grids/{path.name}" in path.read_text(), path.name
