@@ -178,8 +178,9 @@ def over_seeds_section(rows: list[dict[str, str]]) -> list[str]:
 def recipes_section(rows: list[dict[str, str]]) -> list[str]:
     """The ablation of a recipe study: per configuration of the other axes that ran the recipe "base", each recipe's
     mean (min..max) best validation NDCG@10 over its seeds and its mean's difference from base's, marked * when
-    that difference is larger than base's own spread (max - min over seeds; nothing is marked when base ran with
-    one seed); none without a base recipe."""
+    that difference is larger than the seed noise: the larger of base's own spread (max - min over seeds) and the
+    median spread of the recipes run with two or more seeds (two seeds of base can agree by chance). Nothing is
+    marked when base ran with one seed; no table without a base recipe."""
     others = [name for name in SETTINGS if name != "recipe"]
     groups: dict[tuple[str, ...], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for row in rows:
@@ -191,8 +192,11 @@ def recipes_section(rows: list[dict[str, str]]) -> list[str]:
             continue
         base = recipes["base"]
         title = ", ".join(f"{name} {value}" for name, value in zip(others, key, strict=True) if value)
-        spread = max(base) - min(base) if len(base) >= 2 else None  # one seed of base: its spread is unknown
-        marks = (f"* beyond base's spread {spread:.4f}" if spread is not None else
+        spreads = [max(values) - min(values) for values in recipes.values() if len(values) >= 2]
+        # one seed of base: its spread is unknown
+        spread = max(max(base) - min(base), float(np.median(spreads))) if len(base) >= 2 else None
+        marks = (f"* beyond the seed noise {spread:.4f}: the larger of base's spread and the median spread of "
+                 f"{len(spreads)} recipes with two or more seeds" if spread is not None else
                  "one seed of base, so no spread to judge by: nothing starred")
         lines += ["", f"## Recipes against base: {title or 'all runs'} (validation NDCG@10; {marks})", "",
                   "| recipe | seeds | valid NDCG@10 mean (min..max) | against base |", "|---|---|---|---|"]
