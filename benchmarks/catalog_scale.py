@@ -80,8 +80,6 @@ def run(args: argparse.Namespace, loss: str, num_items: int, ranks: int, path: s
     row = {"loss": loss, "items": num_items, "ranks": ranks, "path": path,
            "floor_gb_per_card": 16 * num_items * args.dim / ranks / 1e9}
     if args.device == "cuda":
-        import torch
-
         if ranks > torch.cuda.device_count():
             return {**row, "status": f"skipped: the machine has {torch.cuda.device_count()} GPUs"}
         card = torch.cuda.get_device_properties(0).total_memory / 1e9

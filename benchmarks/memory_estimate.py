@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cutrec.experiment import git_commit
+
 LOSSES = ["CE", "CE-", "CCE", "CCE-"]
 MODEL = ["model.dim=64", "model.num_blocks=2", "model.num_heads=1", "model.max_len=50", "loss.num_negatives=256"]
 
@@ -159,8 +161,7 @@ def main() -> None:
             raise SystemExit(f"case {case} failed:\n{done.stderr[-3000:]}")
         results.append(json.loads(done.stdout.strip().splitlines()[-1]))
         print(markdown(results[-1:], "").splitlines()[-1], flush=True)
-    commit = args.commit or subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                           text=True).stdout.strip() or "unknown"
+    commit = args.commit or git_commit()
     header = (f"# Estimated against measured peak training memory\n\nCard: {results[0]['device']}; torch "
               f"{results[0]['torch']}; date {date.today()}; commit {commit}; SASRec unless named, 2 blocks, dim 64, "
               f"max_len 50, 256 negatives, bf16 autocast unless train.amp=false; up to {args.max_steps} steps of one "

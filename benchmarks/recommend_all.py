@@ -31,7 +31,7 @@ import time
 from datetime import date
 from pathlib import Path
 
-from cutrec.experiment import machine_name
+from cutrec.experiment import git_commit, machine_name
 
 NUM_ITEMS, NUM_USERS, K = 1_000_000, 100_000, 10
 
@@ -193,8 +193,7 @@ def main() -> None:
             print(results, file=sys.stderr)
     if "cli" not in args.skip:
         results["cli"] = _child("cli", str(folder), args.device)
-    commit = args.commit or subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                           text=True).stdout.strip() or "unknown"
+    commit = args.commit or git_commit()
     import torch
 
     header = (f"Machine: {machine_name(args.device)}; torch {torch.__version__}; date {date.today()}; commit {commit}; "
